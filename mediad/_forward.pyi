@@ -1,0 +1,123 @@
+"""Typed control API of the compiled forwarding core (mediad/_forward.pyx).
+
+The hot path owns Endpoint, Track and Subscription; the control side creates, changes and
+reads them only through the methods below. Nothing here is called per packet.
+"""
+import asyncio
+import socket
+from typing import Any
+
+DROP_REASONS: tuple[str, ...]
+"""Names of the per-endpoint drop counters, in the order the hot path keeps them."""
+
+class Forwarder:
+    """Owns the shared packet buffers and drives every endpoint's socket on one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, batch_size: int = 32) -> None: ...
+    @property
+    def endpoints(self) -> list[Endpoint]: ...
+    def create_endpoint(
+        self,
+        sock: socket.socket,
+        *,
+        rx_suite: str,
+        rx_key: bytes,
+        tx_suite: str,
+        tx_key: bytes,
+        remote: tuple[str, int] | None = None,
+        name: str = "",
+    ) -> Endpoint:
+        """Start forwarding on a bound UDP socket (the endpoint owns and closes it).
+
+        rx_* is the SRTP key and salt the remote peer protects with (inbound), tx_* the one
+        the endpoint protects with (outbound). Without `remote`, the endpoint latches onto the
+        source of the first packet that authenticates (and follows later authenticated ones).
+        """
+    def stats(self) -> dict[str, Any]:
+        """Totals over all endpoints: packets and bytes in and out, drops by reason."""
+    def close(self) -> None:
+        """Close every endpoint."""
+
+class Endpoint:
+    @property
+    def name(self) -> str: ...
+    @property
+    def local_address(self) -> tuple[str, int]: ...
+    @property
+    def remote(self) -> tuple[str, int] | None: ...
+    @property
+    def latching(self) -> bool:
+        """True while the remote address follows authenticated packets (none was given)."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def tracks(self) -> list[Track]: ...
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        """Subscriptions that send to this endpoint."""
+    def set_remote(self, remote: tuple[str, int] | None) -> None:
+        """Fix the remote address, or None to latch again."""
+    def set_keys(self, *, rx_suite: str, rx_key: bytes, tx_suite: str, tx_key: bytes) -> None:
+        """Install new SRTP sessions for both directions (rekey, or keys from DTLS later)."""
+    def add_track(self, ssrc: int, *, clock_rate: int = 90000, kind: str = "video", name: str = "") -> Track:
+        """An inbound stream of this endpoint, by SSRC. ValueError if the SSRC is taken."""
+    def remove_track(self, track: Track) -> None:
+        """Stop forwarding `track`; its subscriptions are removed."""
+    def stats(self) -> dict[str, Any]:
+        """packets_in, bytes_in, packets_out, bytes_out, rtcp_in, last_activity (monotonic
+        seconds, 0.0 if never), drops: {reason: count} for every reason in DROP_REASONS."""
+    def close(self) -> None:
+        """Stop the socket, remove its tracks (and their subscriptions) and the subscriptions
+        sending to it. Idempotent."""
+
+class Track:
+    @property
+    def ssrc(self) -> int: ...
+    @property
+    def clock_rate(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def endpoint(self) -> Endpoint: ...
+    @property
+    def subscriptions(self) -> list[Subscription]: ...
+    def set_ssrc(self, ssrc: int) -> None:
+        """The publisher restarted with a new SSRC: its subscribers' outgoing streams stay
+        continuous (sequence and timestamp carry on)."""
+    def subscribe(self, target: Endpoint, ssrc: int, *, paused: bool = False) -> Subscription:
+        """Send this track to `target` with outgoing SSRC `ssrc`. ValueError if `target`
+        already sends that SSRC or already receives this track, or is this track's endpoint."""
+    def unsubscribe(self, subscription: Subscription) -> None: ...
+    def stats(self) -> dict[str, Any]:
+        """packets, bytes, last_activity, subscriptions."""
+
+class Subscription:
+    @property
+    def ssrc(self) -> int: ...
+    @property
+    def track(self) -> Track: ...
+    @property
+    def target(self) -> Endpoint: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def active(self) -> bool:
+        """False once unsubscribed or either endpoint closed."""
+    def pause(self) -> None: ...
+    def resume(self) -> None:
+        """Resume; the outgoing sequence continues without a gap."""
+    def stats(self) -> dict[str, Any]:
+        """packets, bytes, dropped_paused, dropped_no_remote, send_errors, last_activity,
+        last_seq, last_timestamp."""
+
+class Rewriter:
+    """The per-subscription sequence/timestamp rewrite, exposed for table-driven tests."""
+
+    def __init__(self, ssrc: int = 0) -> None: ...
+    def rewrite(self, source: int, seq: int, timestamp: int, now: float, clock_rate: int = 90000) -> tuple[int, int] | None:
+        """Map one incoming packet of `source` (a generation number of the track's SSRC) to
+        (sequence, timestamp), or None when it is too old to forward."""
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
