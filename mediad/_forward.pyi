@@ -26,12 +26,14 @@ class Forwarder:
         tx_key: bytes,
         remote: tuple[str, int] | None = None,
         name: str = "",
+        buffer_bytes: int = 1 << 20,
     ) -> Endpoint:
         """Start forwarding on a bound UDP socket (the endpoint owns and closes it).
 
         rx_* is the SRTP key and salt the remote peer protects with (inbound), tx_* the one
         the endpoint protects with (outbound). Without `remote`, the endpoint latches onto the
         source of the first packet that authenticates (and follows later authenticated ones).
+        The socket's receive and send buffers are raised to at least `buffer_bytes`.
         """
     def stats(self) -> dict[str, Any]:
         """Totals over all endpoints: packets and bytes in and out, drops by reason."""
