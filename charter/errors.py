@@ -1,0 +1,117 @@
+"""Typed errors of the control plane and their one mapping to gRPC status codes.
+
+Domain code (controller and media daemon) raises these; `StatusInterceptor` turns them into
+canonical status codes at the edge of each server, so servicers never pick codes themselves.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("charter.errors")
+
+
+class CharterError(Exception):
+    """A request that cannot be served, with a message that says what to fix."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(CharterError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(CharterError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(CharterError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(CharterError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(CharterError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(CharterError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Internal(CharterError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Maps CharterError to its status code for the methods of `package` (unary and
+    server-streaming); anything else that escapes a servicer is logged and becomes INTERNAL."""
+
+    def __init__(self, package: str = "charter.v1") -> None:
+        self._prefix = f"/{package}."
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def _abort(method: str, context: grpc.aio.ServicerContext, error: Exception) -> None:
+    if isinstance(error, CharterError):
+        log.info("request refused", extra={"method": method, "code": error.code.name, "reason": str(error)})
+        await context.abort(error.code, str(error))
+    log.exception("request failed", extra={"method": method})
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+
+
+def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behaviour(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # noqa: BLE001 - mapped to a status in _abort
+            await _abort(method, context, error)
+
+    return unary
+
+
+def _wrap_stream(method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for message in behaviour(request, context):
+                yield message
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # noqa: BLE001 - mapped to a status in _abort
+            await _abort(method, context, error)
+
+    return stream
+

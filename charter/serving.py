@@ -1,0 +1,96 @@
+"""What the controller and the media daemon share as gRPC servers: health, reflection, the
+status mapping, signals and the ordered shutdown (NOT_SERVING, then stop with grace)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from charter.errors import StatusInterceptor
+
+log = logging.getLogger("charter.serving")
+
+# Keepalive pings let both sides notice a dead peer on idle long-lived streams (WatchConference).
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class Server:
+    """A grpc.aio server with grpc.health.v1, server reflection and StatusInterceptor."""
+
+    def __init__(self, listen: str, service_names: Sequence[str]) -> None:
+        self.listen = listen
+        self.service_names = list(service_names)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(interceptors=[StatusInterceptor()], options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = 0
+
+    def add(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any) -> None:
+        add_to_server(servicer, self.server)
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(self.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.listen}")
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop_serving(self) -> None:
+        """Tell load balancers to go elsewhere; calls in flight and new ones still work."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls and give those in flight `grace` seconds."""
+        await self.server.stop(grace)
+
+
+def stop_event() -> asyncio.Event:
+    """Set on the first SIGTERM or SIGINT; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if event.is_set():
+            log.warning("second signal: exiting now", extra={"signal": signal.Signals(signum).name})
+            raise SystemExit(1)
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        event.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return event
+
+
+async def wait_serving(address: str, timeout: float = 30.0) -> None:
+    """Poll grpc.health.v1 at `address` until it answers SERVING; TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as error:
+                last = error.code().name
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{address} did not report SERVING within {timeout:.0f} s (last: {last})")

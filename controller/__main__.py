@@ -1,0 +1,5 @@
+import sys
+
+from controller.server import main
+
+sys.exit(main())

@@ -1,0 +1,385 @@
+"""Conferences and participants: placement, keys, SSRC assignment and the calls to the
+conference's media daemon. State lives in a ConferenceStore; every change of a conference
+happens under its lock and publishes its events before the lock is released."""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from charter.errors import AlreadyExists, CharterError, NotFound, ResourceExhausted, Unavailable
+from controller import events
+from controller.daemons import MediaDaemonClient, MediaDaemonClients, Route
+from controller.model import Conference, Participant, Subscription, Track
+from controller.placement import Candidate, describe, least_loaded
+from controller.registry import DaemonRecord, Registry
+from controller.store import ConferenceStore
+from mediad.srtp import generate_key
+
+log = logging.getLogger("controller.conferences")
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    conference_id: str
+    participant_id: str
+    """Empty: generated."""
+    display_name: str
+    tracks: list[Track]
+    receive_address: tuple[str, int] | None
+    suite: str
+    send_key: bytes | None
+    """None: generated."""
+
+
+def new_ssrc(taken: set[int]) -> int:
+    """A random non-zero 32-bit SSRC (RFC 3550 section 8.1) not in `taken`."""
+    while True:
+        ssrc = secrets.randbits(32)
+        if ssrc and ssrc not in taken:
+            return ssrc
+
+
+def endpoint_id(conference_id: str, participant_id: str) -> str:
+    # '/' cannot occur in ids, so this is unique per daemon.
+    return f"{conference_id}/{participant_id}"
+
+
+class Conferences:
+    def __init__(
+        self,
+        store: ConferenceStore,
+        registry: Registry,
+        daemons: MediaDaemonClients,
+        hub: events.EventHub,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.daemons = daemons
+        self.hub = hub
+        self._clock = clock
+
+    # --- conferences ---------------------------------------------------------------------
+
+    async def create(self, conference_id: str, name: str, persistent: bool) -> Conference:
+        if conference_id and await self.store.get(conference_id) is not None:
+            raise AlreadyExists(f"conference {conference_id!r} already exists")
+        record = await self._place()
+        conference = Conference(
+            conference_id=conference_id or f"conf-{secrets.token_hex(6)}",
+            name=name,
+            daemon_id=record.info.daemon_id,
+            persistent=persistent,
+            created_at=self._clock(),
+        )
+        if not await self.store.add(conference):
+            raise AlreadyExists(f"conference {conference.conference_id!r} already exists")
+        log.info(
+            "conference created",
+            extra={"conference_id": conference.conference_id, "daemon_id": conference.daemon_id},
+        )
+        return conference
+
+    async def get(self, conference_id: str) -> Conference:
+        conference = await self.store.get(conference_id)
+        if conference is None:
+            raise NotFound(f"conference {conference_id!r} not found")
+        return conference
+
+    async def list(self, page_size: int, page_token: str) -> tuple[list[Conference], str]:
+        page = await self.store.list(after=page_token, limit=page_size + 1)
+        if len(page) > page_size:
+            return page[:page_size], page[page_size - 1].conference_id
+        return page, ""
+
+    async def end(self, conference_id: str, reason: str = "ended") -> int:
+        async with self.store.lock(conference_id):
+            conference = await self.get(conference_id)
+            count = len(conference.participants)
+            await self._end_locked(conference, reason)
+            return count
+
+    async def _end_locked(self, conference: Conference, reason: str) -> None:
+        client = self._client(conference.daemon_id)
+        if client is not None:
+            # A live daemon that does not answer keeps the conference: nothing is lost, the
+            # caller can try again. A daemon without a lease holds nothing we can reach.
+            await client.release_conference(conference.conference_id)
+        await self.store.delete(conference.conference_id)
+        self.hub.publish(conference.conference_id, self._number(conference, [events.ConferenceEnded(reason)]))
+        self.hub.end(conference.conference_id)
+        log.info(
+            "conference ended",
+            extra={"conference_id": conference.conference_id, "reason": reason, "participants": len(conference.participants)},
+        )
+
+    # --- participants --------------------------------------------------------------------
+
+    async def join(self, spec: JoinSpec) -> Participant:
+        async with self.store.lock(spec.conference_id):
+            conference = await self.get(spec.conference_id)
+            participant_id = spec.participant_id or f"p-{secrets.token_hex(6)}"
+            if participant_id in conference.participants:
+                raise AlreadyExists(
+                    f"participant {participant_id!r} is already in conference {conference.conference_id!r}"
+                )
+            record = self._live_daemon(conference)
+            await self._check_room(record, conference)
+            client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)
+
+            suite = spec.suite
+            send_key = spec.send_key or generate_key(suite)
+            receive_key = generate_key(suite)
+            ep_id = endpoint_id(conference.conference_id, participant_id)
+            participant = Participant(
+                conference_id=conference.conference_id,
+                participant_id=participant_id,
+                display_name=spec.display_name,
+                tracks=list(spec.tracks),
+                suite=suite,
+                send_key=send_key,
+                receive_key=receive_key,
+                receive_address=spec.receive_address,
+                daemon_id=record.info.daemon_id,
+                endpoint_id=ep_id,
+                media_address=(record.info.media_ip, 0),
+                joined_at=self._clock(),
+            )
+            routes, new_subscriptions = self._assign(conference, participant)
+
+            endpoint = await client.create_endpoint(
+                ep_id,
+                conference.conference_id,
+                suite=suite,
+                rx_key=send_key,
+                tx_key=receive_key,
+                remote=spec.receive_address,
+                tracks=participant.tracks,
+            )
+            try:
+                await client.subscribe(routes)
+            except CharterError:
+                await self._delete_quietly(client, ep_id)
+                raise
+            participant.media_address = (record.info.media_ip, endpoint.local_address.port)
+
+            conference.participants[participant_id] = participant
+            for receiver_id, subscription in new_subscriptions:
+                receiver = conference.participants[receiver_id]
+                receiver.subscriptions[(subscription.publisher_id, subscription.track.ssrc)] = subscription
+            added: list[events.Body] = [events.ParticipantJoined(participant)]
+            for track in participant.tracks:
+                ssrcs = {
+                    q.participant_id: q.subscriptions[(participant_id, track.ssrc)].ssrc
+                    for q in conference.participants.values()
+                    if q is not participant
+                }
+                added.append(events.TrackAdded(participant_id, track, ssrcs))
+            batch = self._number(conference, added)
+            await self.store.put(conference)
+            self.hub.publish(conference.conference_id, batch)
+            log.info(
+                "participant joined",
+                extra={
+                    "conference_id": conference.conference_id,
+                    "participant_id": participant_id,
+                    "daemon_id": record.info.daemon_id,
+                    "port": endpoint.local_address.port,
+                    "tracks": len(participant.tracks),
+                },
+            )
+            return participant
+
+    def _assign(
+        self, conference: Conference, participant: Participant
+    ) -> tuple[list[Route], list[tuple[str, Subscription]]]:
+        """Subscriptions of the newcomer to every other participant's tracks, and of every
+        other participant to the newcomer's, each with an SSRC new to its receiver.
+        The newcomer's own subscriptions are set on it; the others' are returned."""
+        routes: list[Route] = []
+        taken = participant.own_ssrcs()
+        for other in conference.participants.values():
+            for track in other.tracks:
+                ssrc = new_ssrc(taken)
+                taken.add(ssrc)
+                participant.subscriptions[(other.participant_id, track.ssrc)] = Subscription(
+                    other.participant_id, track, ssrc
+                )
+                routes.append(Route(other.endpoint_id, track.ssrc, participant.endpoint_id, ssrc))
+        others: list[tuple[str, Subscription]] = []
+        for other in conference.participants.values():
+            taken = other.own_ssrcs() | other.received_ssrcs()
+            for track in participant.tracks:
+                ssrc = new_ssrc(taken)
+                taken.add(ssrc)
+                others.append((other.participant_id, Subscription(participant.participant_id, track, ssrc)))
+                routes.append(Route(participant.endpoint_id, track.ssrc, other.endpoint_id, ssrc))
+        return routes, others
+
+    async def get_participant(self, conference_id: str, participant_id: str) -> Participant:
+        conference = await self.get(conference_id)
+        return self._participant(conference, participant_id)
+
+    async def leave(self, conference_id: str, participant_id: str) -> bool:
+        """Remove a participant; True when the conference ended with it."""
+        async with self.store.lock(conference_id):
+            conference = await self.get(conference_id)
+            participant = self._participant(conference, participant_id)
+            client = self._client(conference.daemon_id)
+            if client is not None:
+                # Closing the endpoint removes its tracks, their subscriptions and the
+                # subscriptions sending to it, and releases its port.
+                await client.delete_endpoint(participant.endpoint_id)
+            del conference.participants[participant_id]
+            removed: list[events.Body] = []
+            for track in participant.tracks:
+                ssrcs = {}
+                for other in conference.participants.values():
+                    subscription = other.subscriptions.pop((participant_id, track.ssrc), None)
+                    if subscription is not None:
+                        ssrcs[other.participant_id] = subscription.ssrc
+                removed.append(events.TrackRemoved(participant_id, track, ssrcs))
+            removed.append(events.ParticipantLeft(participant_id))
+            batch = self._number(conference, removed)
+            await self.store.put(conference)
+            self.hub.publish(conference_id, batch)
+            log.info("participant left", extra={"conference_id": conference_id, "participant_id": participant_id})
+            if not conference.participants and not conference.persistent:
+                await self._end_locked(conference, "empty")
+                return True
+            return False
+
+    # --- events --------------------------------------------------------------------------
+
+    async def watch(self, conference_id: str, participant_id: str) -> AsyncIterator[events.Event]:
+        async with self.store.lock(conference_id):
+            conference = await self.get(conference_id)
+            if participant_id:
+                self._participant(conference, participant_id)
+            now = self._clock()
+            initial: list[events.Event] = []
+            for p in conference.participants.values():
+                initial.append(events.Event(conference.sequence, now, events.ParticipantJoined(p), initial=True))
+            for p in conference.participants.values():
+                for track in p.tracks:
+                    ssrcs = {
+                        q.participant_id: q.subscriptions[(p.participant_id, track.ssrc)].ssrc
+                        for q in conference.participants.values()
+                        if (p.participant_id, track.ssrc) in q.subscriptions
+                    }
+                    body = events.TrackAdded(p.participant_id, track, ssrcs)
+                    initial.append(events.Event(conference.sequence, now, body, initial=True))
+            watcher = self.hub.watch(conference_id, participant_id, initial)
+        try:
+            async for event in watcher.events():
+                yield event
+        finally:
+            self.hub.unwatch(watcher)
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    async def close_watches(self) -> None:
+        """End every watch stream (first step of a shutdown). With a store that does not
+        outlive this process the conferences end with it, and watchers are told so."""
+        if not self.store.durable:
+            for conference_id in await self.store.ids():
+                conference = await self.store.get(conference_id)
+                if conference is not None:
+                    self.hub.publish(conference_id, self._number(conference, [events.ConferenceEnded("shutdown")]))
+        self.hub.end_all()
+
+    async def release_all(self) -> None:
+        """End every conference so that the daemons release their endpoints (last step of a
+        shutdown with a store that does not outlive this process)."""
+        if self.store.durable:
+            return
+        for conference_id in await self.store.ids():
+            try:
+                await self.end(conference_id, reason="shutdown")
+            except CharterError as error:
+                log.warning(
+                    "conference not released at shutdown",
+                    extra={"conference_id": conference_id, "reason": str(error)},
+                )
+
+    # --- helpers -------------------------------------------------------------------------
+
+    async def candidates(self) -> list[Candidate]:
+        usage = await self.store.daemon_usage()
+        result = []
+        for record in self.registry.live():
+            used = usage.get(record.info.daemon_id)
+            result.append(
+                Candidate(
+                    daemon_id=record.info.daemon_id,
+                    capacity=record.info.capacity,
+                    endpoints=max(record.load.endpoints, used.endpoints if used else 0),
+                    conferences=used.conferences if used else 0,
+                    draining=record.load.draining,
+                )
+            )
+        return result
+
+    async def _place(self) -> DaemonRecord:
+        candidates = await self.candidates()
+        if not candidates:
+            raise Unavailable("no media daemon is registered: start one (charter mediad) and let it register")
+        chosen = least_loaded(candidates)
+        if chosen is None:
+            raise ResourceExhausted(f"no media daemon has room for a new conference ({describe(candidates)})")
+        record = self.registry.get(chosen.daemon_id)
+        assert record is not None
+        return record
+
+    def _live_daemon(self, conference: Conference) -> DaemonRecord:
+        record = self.registry.get(conference.daemon_id)
+        if record is None:
+            raise Unavailable(
+                f"media daemon {conference.daemon_id} of conference {conference.conference_id!r} "
+                "is gone (its lease expired): end the conference and create it again"
+            )
+        return record
+
+    async def _check_room(self, record: DaemonRecord, conference: Conference) -> None:
+        if record.load.draining:
+            raise Unavailable(
+                f"media daemon {record.info.daemon_id} of conference {conference.conference_id!r} is draining "
+                "and takes no new participants"
+            )
+        usage = (await self.store.daemon_usage()).get(record.info.daemon_id)
+        used = max(record.load.endpoints, usage.endpoints if usage else 0)
+        if used >= record.info.capacity:
+            raise ResourceExhausted(
+                f"media daemon {record.info.daemon_id} of conference {conference.conference_id!r} is full "
+                f"({used} of {record.info.capacity} endpoints in use)"
+            )
+
+    def _client(self, daemon_id: str) -> MediaDaemonClient | None:
+        record = self.registry.get(daemon_id)
+        if record is None:
+            return None
+        return self.daemons.get(daemon_id, record.info.grpc_address)
+
+    def _participant(self, conference: Conference, participant_id: str) -> Participant:
+        participant = conference.participants.get(participant_id)
+        if participant is None:
+            raise NotFound(f"participant {participant_id!r} is not in conference {conference.conference_id!r}")
+        return participant
+
+    def _number(self, conference: Conference, bodies: list[events.Body]) -> list[events.Event]:
+        """Events with the conference's next sequence numbers (stored with the conference)."""
+        now = self._clock()
+        batch = []
+        for body in bodies:
+            conference.sequence += 1
+            batch.append(events.Event(conference.sequence, now, body))
+        return batch
+
+    async def _delete_quietly(self, client: MediaDaemonClient, ep_id: str) -> None:
+        try:
+            await client.delete_endpoint(ep_id)
+        except CharterError as error:
+            log.warning("endpoint of a failed join not deleted", extra={"endpoint_id": ep_id, "reason": str(error)})

@@ -1,0 +1,138 @@
+"""The controller's client of the media daemons (the MediaDaemon service), one channel per
+daemon. Failures come back as the controller's typed errors."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from charter.errors import CharterError, Internal, ResourceExhausted, Unavailable
+from charter.v1 import mediad_pb2, mediad_pb2_grpc
+from controller.messages import SUITE_NUMBERS, address_to_proto, track_to_proto
+from controller.model import Track
+
+log = logging.getLogger("controller.daemons")
+
+CALL_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """A track of one endpoint sent to another endpoint with `ssrc`."""
+
+    track_endpoint_id: str
+    track_ssrc: int
+    endpoint_id: str
+    ssrc: int
+
+    def to_proto(self) -> mediad_pb2.SubscriptionSpec:
+        return mediad_pb2.SubscriptionSpec(
+            track_endpoint_id=self.track_endpoint_id,
+            track_ssrc=self.track_ssrc,
+            endpoint_id=self.endpoint_id,
+            ssrc=self.ssrc,
+        )
+
+
+class MediaDaemonClient:
+    def __init__(self, daemon_id: str, address: str, timeout: float = CALL_TIMEOUT) -> None:
+        self.daemon_id = daemon_id
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = mediad_pb2_grpc.MediaDaemonStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def create_endpoint(
+        self,
+        endpoint_id: str,
+        conference_id: str,
+        *,
+        suite: str,
+        rx_key: bytes,
+        tx_key: bytes,
+        remote: tuple[str, int] | None,
+        tracks: Sequence[Track],
+    ) -> mediad_pb2.Endpoint:
+        request = mediad_pb2.CreateEndpointRequest(
+            endpoint_id=endpoint_id,
+            conference_id=conference_id,
+            suite=SUITE_NUMBERS[suite],  # type: ignore[arg-type]
+            rx_key=rx_key,
+            tx_key=tx_key,
+            tracks=[track_to_proto(t) for t in tracks],
+        )
+        if remote is not None:
+            request.remote.CopyFrom(address_to_proto(remote))
+        return await self._call("CreateEndpoint", request)
+
+    async def delete_endpoint(self, endpoint_id: str) -> bool:
+        request = mediad_pb2.DeleteEndpointRequest(endpoint_id=endpoint_id, allow_missing=True)
+        reply = await self._call("DeleteEndpoint", request)
+        return bool(reply.deleted)
+
+    async def release_conference(self, conference_id: str) -> int:
+        reply = await self._call("ReleaseConference", mediad_pb2.ReleaseConferenceRequest(conference_id=conference_id))
+        return int(reply.endpoints_deleted)
+
+    async def subscribe(self, routes: Sequence[Route]) -> int:
+        if not routes:
+            return 0
+        reply = await self._call("Subscribe", mediad_pb2.SubscribeRequest(subscriptions=[r.to_proto() for r in routes]))
+        return int(reply.created)
+
+    async def list_endpoints(self, conference_id: str = "") -> list[mediad_pb2.Endpoint]:
+        reply = await self._call("ListEndpoints", mediad_pb2.ListEndpointsRequest(conference_id=conference_id))
+        return list(reply.endpoints)
+
+    async def _call(self, method: str, request: object) -> object:
+        try:
+            return await getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise _translate(self.daemon_id, method, error) from None
+
+
+def _translate(daemon_id: str, method: str, error: grpc.aio.AioRpcError) -> CharterError:
+    code, details = error.code(), error.details() or ""
+    log.warning(
+        "media daemon call failed",
+        extra={"daemon_id": daemon_id, "method": method, "code": code.name, "details": details},
+    )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return Unavailable(f"media daemon {daemon_id} did not answer {method} ({code.name}): try again")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(f"media daemon {daemon_id} has no room: {details}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return Unavailable(f"media daemon {daemon_id} takes no new endpoints: {details}")
+    return Internal(f"media daemon {daemon_id} refused {method} ({code.name}): {details}")
+
+
+class MediaDaemonClients:
+    """One client per registered daemon, replaced when its address changes."""
+
+    def __init__(self, timeout: float = CALL_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._clients: dict[str, MediaDaemonClient] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def get(self, daemon_id: str, address: str) -> MediaDaemonClient:
+        client = self._clients.get(daemon_id)
+        if client is None or client.address != address:
+            if client is not None:
+                task = asyncio.get_running_loop().create_task(client.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            client = MediaDaemonClient(daemon_id, address, self.timeout)
+            self._clients[daemon_id] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+

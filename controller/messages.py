@@ -1,0 +1,243 @@
+"""Translation between charter.v1 messages and the controller's domain, with the checks
+that make a bad request an INVALID_ARGUMENT naming its field."""
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from charter.errors import InvalidArgument
+from charter.v1 import controller_pb2 as pb
+from charter.v1 import media_pb2
+from controller import events
+from controller.model import Conference, Participant, Subscription, Track
+from controller.registry import DaemonInfo, DaemonLoad
+from mediad.srtp import SrtpSuite
+
+_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_CODEC = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
+MAX_TEXT = 256
+MAX_TRACKS = 16
+
+KINDS = {media_pb2.AUDIO: "audio", media_pb2.VIDEO: "video"}
+KIND_NUMBERS = {v: k for k, v in KINDS.items()}
+SUITES = {
+    media_pb2.SRTP_SUITE_UNSPECIFIED: SrtpSuite.AES_CM_128_HMAC_SHA1_80.value,
+    media_pb2.AES_CM_128_HMAC_SHA1_80: SrtpSuite.AES_CM_128_HMAC_SHA1_80.value,
+    media_pb2.AES_CM_128_HMAC_SHA1_32: SrtpSuite.AES_CM_128_HMAC_SHA1_32.value,
+    media_pb2.AEAD_AES_128_GCM: SrtpSuite.AEAD_AES_128_GCM.value,
+}
+SUITE_NUMBERS = {SrtpSuite(v).value: k for k, v in SUITES.items() if k != media_pb2.SRTP_SUITE_UNSPECIFIED}
+
+
+# --- requests -> domain ------------------------------------------------------------------
+
+def parse_id(field: str, value: str, *, required: bool = True) -> str:
+    """A valid id, or "" when optional and empty."""
+    if not value:
+        if required:
+            raise InvalidArgument(field, "is required")
+        return ""
+    if not _ID.match(value):
+        raise InvalidArgument(
+            field, f"{value[:80]!r} is not a valid id: use 1-64 letters, digits, '.', '_' or '-'"
+        )
+    return value
+
+
+def parse_text(field: str, value: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise InvalidArgument(field, f"is {len(value)} characters long; at most {MAX_TEXT}")
+    return value
+
+
+def parse_track(field: str, track: media_pb2.Track) -> Track:
+    if not 0 < track.ssrc <= 0xFFFFFFFF:
+        raise InvalidArgument(f"{field}.ssrc", "is required: the non-zero 32-bit RTP SSRC the track is sent with")
+    if track.kind not in KINDS:
+        raise InvalidArgument(f"{field}.kind", "is required: AUDIO or VIDEO")
+    if not _CODEC.match(track.codec):
+        raise InvalidArgument(f"{field}.codec", f"{track.codec[:40]!r} is not a codec name such as VP8, H264 or opus")
+    if track.payload_type > 127:
+        raise InvalidArgument(f"{field}.payload_type", f"is {track.payload_type}; RTP payload types are 0-127")
+    if not 0 < track.clock_rate <= 1_000_000:
+        raise InvalidArgument(
+            f"{field}.clock_rate", "is required: the RTP clock rate in Hz, such as 90000 (video) or 48000 (opus)"
+        )
+    if track.channels > 8:
+        raise InvalidArgument(f"{field}.channels", f"is {track.channels}; at most 8")
+    return Track(
+        ssrc=track.ssrc,
+        kind=KINDS[track.kind],
+        codec=track.codec,
+        payload_type=track.payload_type,
+        clock_rate=track.clock_rate,
+        channels=track.channels,
+        name=parse_text(f"{field}.name", track.name),
+    )
+
+
+def parse_tracks(field: str, tracks: list[media_pb2.Track]) -> list[Track]:
+    if len(tracks) > MAX_TRACKS:
+        raise InvalidArgument(field, f"has {len(tracks)} tracks; at most {MAX_TRACKS}")
+    parsed: list[Track] = []
+    seen: set[int] = set()
+    for i, track in enumerate(tracks):
+        t = parse_track(f"{field}[{i}]", track)
+        if t.ssrc in seen:
+            raise InvalidArgument(f"{field}[{i}].ssrc", f"{t.ssrc} is used by another track of this participant")
+        seen.add(t.ssrc)
+        parsed.append(t)
+    return parsed
+
+
+def parse_address(field: str, address: media_pb2.Address) -> tuple[str, int]:
+    try:
+        ip = str(ipaddress.ip_address(address.ip))
+    except ValueError:
+        raise InvalidArgument(f"{field}.ip", f"{address.ip[:60]!r} is not an IPv4 or IPv6 address") from None
+    if not 0 < address.port <= 65535:
+        raise InvalidArgument(f"{field}.port", f"is {address.port}; use a UDP port 1-65535")
+    return ip, address.port
+
+
+def parse_suite(field: str, value: int) -> str:
+    try:
+        return SUITES[value]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown SRTP suite number {value}") from None
+
+
+def parse_key(field: str, text: str, suite: str) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(field, "is not base64 (the inline key of an SDES a=crypto line)") from None
+    need = SrtpSuite(suite).key_length
+    if len(key) != need:
+        raise InvalidArgument(field, f"decodes to {len(key)} bytes; {suite} needs {need} (master key and salt)")
+    return key
+
+
+def parse_daemon(field: str, daemon: pb.Daemon) -> DaemonInfo:
+    daemon_id = parse_id(f"{field}.daemon_id", daemon.daemon_id)
+    if not re.fullmatch(r"[^\s]+:\d{1,5}", daemon.grpc_address):
+        raise InvalidArgument(f"{field}.grpc_address", f"{daemon.grpc_address[:80]!r} is not host:port")
+    try:
+        ipaddress.ip_address(daemon.media_ip)
+    except ValueError:
+        raise InvalidArgument(f"{field}.media_ip", f"{daemon.media_ip[:60]!r} is not an IP address") from None
+    first, last = daemon.port_range.first, daemon.port_range.last
+    if not 0 < first <= last <= 65535:
+        raise InvalidArgument(f"{field}.port_range", f"{first}-{last} is not a UDP port range")
+    if daemon.capacity == 0:
+        raise InvalidArgument(f"{field}.capacity", "is required: the endpoints it takes at most")
+    return DaemonInfo(daemon_id, daemon.grpc_address, daemon.media_ip, first, last, daemon.capacity)
+
+
+def parse_load(load: pb.DaemonLoad) -> DaemonLoad:
+    return DaemonLoad(
+        endpoints=load.endpoints,
+        tracks=load.tracks,
+        subscriptions=load.subscriptions,
+        packets_in_per_second=load.packets_in_per_second,
+        packets_out_per_second=load.packets_out_per_second,
+        draining=load.draining,
+    )
+
+
+# --- domain -> responses -----------------------------------------------------------------
+
+def timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def duration(seconds: float) -> Duration:
+    value = Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+def track_to_proto(track: Track) -> media_pb2.Track:
+    return media_pb2.Track(
+        ssrc=track.ssrc,
+        kind=KIND_NUMBERS[track.kind],  # type: ignore[arg-type]
+        codec=track.codec,
+        payload_type=track.payload_type,
+        clock_rate=track.clock_rate,
+        channels=track.channels,
+        name=track.name,
+    )
+
+
+def address_to_proto(address: tuple[str, int]) -> media_pb2.Address:
+    return media_pb2.Address(ip=address[0], port=address[1])
+
+
+def summary_to_proto(p: Participant) -> pb.ParticipantSummary:
+    return pb.ParticipantSummary(
+        participant_id=p.participant_id,
+        display_name=p.display_name,
+        tracks=[track_to_proto(t) for t in p.tracks],
+        joined_at=timestamp(p.joined_at),
+    )
+
+
+def conference_to_proto(c: Conference) -> pb.Conference:
+    return pb.Conference(
+        conference_id=c.conference_id,
+        name=c.name,
+        daemon_id=c.daemon_id,
+        persistent=c.persistent,
+        created_at=timestamp(c.created_at),
+        participants=[summary_to_proto(p) for p in c.participants.values()],
+    )
+
+
+def subscription_to_proto(s: Subscription) -> pb.Subscription:
+    return pb.Subscription(publisher_id=s.publisher_id, track=track_to_proto(s.track), ssrc=s.ssrc)
+
+
+def participant_to_proto(p: Participant) -> pb.Participant:
+    message = pb.Participant(
+        conference_id=p.conference_id,
+        participant_id=p.participant_id,
+        display_name=p.display_name,
+        tracks=[track_to_proto(t) for t in p.tracks],
+        media_address=address_to_proto(p.media_address),
+        suite=SUITE_NUMBERS[p.suite],  # type: ignore[arg-type]
+        send_key=base64.b64encode(p.send_key).decode("ascii"),
+        receive_key=base64.b64encode(p.receive_key).decode("ascii"),
+        subscriptions=[subscription_to_proto(s) for s in p.subscriptions.values()],
+        daemon_id=p.daemon_id,
+        joined_at=timestamp(p.joined_at),
+    )
+    if p.receive_address is not None:
+        message.receive_address.CopyFrom(address_to_proto(p.receive_address))
+    return message
+
+
+def event_to_proto(event: events.Event, watcher_id: str) -> pb.ConferenceEvent:
+    message = pb.ConferenceEvent(sequence=event.sequence, time=timestamp(event.time), initial=event.initial)
+    body = event.body
+    if isinstance(body, events.ParticipantJoined):
+        message.participant_joined.participant.CopyFrom(summary_to_proto(body.participant))
+    elif isinstance(body, events.ParticipantLeft):
+        message.participant_left.participant_id = body.participant_id
+    elif isinstance(body, events.TrackAdded):
+        message.track_added.publisher_id = body.publisher_id
+        message.track_added.track.CopyFrom(track_to_proto(body.track))
+        message.track_added.ssrc = body.ssrcs.get(watcher_id, 0)
+    elif isinstance(body, events.TrackRemoved):
+        message.track_removed.publisher_id = body.publisher_id
+        message.track_removed.track_ssrc = body.track.ssrc
+        message.track_removed.ssrc = body.ssrcs.get(watcher_id, 0)
+    elif isinstance(body, events.ConferenceEnded):
+        message.conference_ended.reason = body.reason
+    return message

@@ -1,0 +1,70 @@
+"""The controller process: ConferenceService and DaemonRegistry on one grpc.aio server, with
+health, reflection, structured logs and an ordered shutdown on SIGTERM or SIGINT:
+health NOT_SERVING -> watch streams end -> stop with grace -> conferences released on the
+daemons (the in-memory state would be lost anyway) -> daemon channels closed."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import uvloop
+
+from charter import logs
+from charter.serving import Server, stop_event
+from charter.v1 import controller_pb2, controller_pb2_grpc
+from controller import config as config_module
+from controller.conferences import Conferences
+from controller.config import ControllerConfig
+from controller.daemons import MediaDaemonClients
+from controller.events import EventHub
+from controller.registry import Registry
+from controller.service import ConferenceService, DaemonRegistryService
+from controller.store import MemoryStore
+
+log = logging.getLogger("controller")
+
+SERVICE_NAMES = [
+    controller_pb2.DESCRIPTOR.services_by_name["ConferenceService"].full_name,
+    controller_pb2.DESCRIPTOR.services_by_name["DaemonRegistry"].full_name,
+]
+
+
+async def serve(config: ControllerConfig) -> None:
+    registry = Registry(config.lease_ttl)
+    daemons = MediaDaemonClients(config.daemon_timeout)
+    conferences = Conferences(MemoryStore(), registry, daemons, EventHub())
+
+    server = Server(config.listen, SERVICE_NAMES)
+    server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, ConferenceService(conferences))
+    server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, DaemonRegistryService(registry, conferences))
+    stop = stop_event()
+    port = await server.start()
+    sweeper = asyncio.create_task(registry.sweep())
+    log.info("controller serving", extra={"listen": config.listen, "port": port, "lease_ttl": config.lease_ttl})
+
+    await stop.wait()
+    await server.stop_serving()
+    await conferences.close_watches()
+    await server.stop(config.grace)
+    await conferences.release_all()
+    sweeper.cancel()
+    await daemons.close()
+    log.info("controller stopped")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config_module.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_module.from_args(args)
+    logs.setup("controller", config.log_level, config.log_format)
+    uvloop.run(serve(config))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="charter controller", description="Charter's controller: the gRPC API of conferences")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

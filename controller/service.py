@@ -1,0 +1,149 @@
+"""Servicers of charter.v1.ConferenceService and charter.v1.DaemonRegistry: they check and
+translate messages and call the domain; they hold no state."""
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from charter.errors import InvalidArgument
+from charter.v1 import controller_pb2 as pb
+from charter.v1 import controller_pb2_grpc
+from controller import messages as m
+from controller.conferences import Conferences, JoinSpec
+from controller.registry import Registry
+
+MAX_PAGE = 1000
+
+
+class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
+    def __init__(self, conferences: Conferences) -> None:
+        self.conferences = conferences
+
+    async def CreateConference(self, request: pb.CreateConferenceRequest, context: grpc.aio.ServicerContext) -> pb.Conference:
+        conference = await self.conferences.create(
+            m.parse_id("conference_id", request.conference_id, required=False),
+            m.parse_text("name", request.name),
+            request.persistent,
+        )
+        return m.conference_to_proto(conference)
+
+    async def GetConference(self, request: pb.GetConferenceRequest, context: grpc.aio.ServicerContext) -> pb.Conference:
+        conference = await self.conferences.get(m.parse_id("conference_id", request.conference_id))
+        return m.conference_to_proto(conference)
+
+    async def ListConferences(
+        self, request: pb.ListConferencesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListConferencesResponse:
+        if request.page_size > MAX_PAGE:
+            raise InvalidArgument("page_size", f"is {request.page_size}; at most {MAX_PAGE}")
+        token = m.parse_id("page_token", request.page_token, required=False)
+        page, next_token = await self.conferences.list(request.page_size or 100, token)
+        return pb.ListConferencesResponse(
+            conferences=[m.conference_to_proto(c) for c in page], next_page_token=next_token
+        )
+
+    async def EndConference(
+        self, request: pb.EndConferenceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EndConferenceResponse:
+        removed = await self.conferences.end(m.parse_id("conference_id", request.conference_id))
+        return pb.EndConferenceResponse(participants_removed=removed)
+
+    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
+        suite = m.parse_suite("suite", request.suite)
+        spec = JoinSpec(
+            conference_id=m.parse_id("conference_id", request.conference_id),
+            participant_id=m.parse_id("participant_id", request.participant_id, required=False),
+            display_name=m.parse_text("display_name", request.display_name),
+            tracks=m.parse_tracks("tracks", list(request.tracks)),
+            receive_address=(
+                m.parse_address("receive_address", request.receive_address)
+                if request.HasField("receive_address")
+                else None
+            ),
+            suite=suite,
+            send_key=m.parse_key("send_key", request.send_key, suite) if request.send_key else None,
+        )
+        participant = await self.conferences.join(spec)
+        return pb.JoinResponse(participant=m.participant_to_proto(participant))
+
+    async def GetParticipant(self, request: pb.GetParticipantRequest, context: grpc.aio.ServicerContext) -> pb.Participant:
+        participant = await self.conferences.get_participant(
+            m.parse_id("conference_id", request.conference_id),
+            m.parse_id("participant_id", request.participant_id),
+        )
+        return m.participant_to_proto(participant)
+
+    async def Leave(self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext) -> pb.LeaveResponse:
+        ended = await self.conferences.leave(
+            m.parse_id("conference_id", request.conference_id),
+            m.parse_id("participant_id", request.participant_id),
+        )
+        return pb.LeaveResponse(conference_ended=ended)
+
+    async def WatchConference(
+        self, request: pb.WatchConferenceRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ConferenceEvent]:
+        conference_id = m.parse_id("conference_id", request.conference_id)
+        watcher_id = m.parse_id("participant_id", request.participant_id, required=False)
+        async for event in self.conferences.watch(conference_id, watcher_id):
+            yield m.event_to_proto(event, watcher_id)
+
+
+class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
+    def __init__(self, registry: Registry, conferences: Conferences) -> None:
+        self.registry = registry
+        self.conferences = conferences
+
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        if not request.HasField("daemon"):
+            raise InvalidArgument("daemon", "is required")
+        info = m.parse_daemon("daemon", request.daemon)
+        record = self.registry.register(info, m.parse_load(request.load))
+        return pb.RegisterResponse(lease_id=record.lease_id, lease_ttl=m.duration(self.registry.lease_ttl))
+
+    async def KeepAlive(self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext) -> pb.KeepAliveResponse:
+        daemon_id = m.parse_id("daemon_id", request.daemon_id)
+        if not request.lease_id:
+            raise InvalidArgument("lease_id", "is required")
+        self.registry.keep_alive(daemon_id, request.lease_id, m.parse_load(request.load))
+        return pb.KeepAliveResponse(lease_ttl=m.duration(self.registry.lease_ttl))
+
+    async def Deregister(self, request: pb.DeregisterRequest, context: grpc.aio.ServicerContext) -> pb.DeregisterResponse:
+        daemon_id = m.parse_id("daemon_id", request.daemon_id)
+        if not request.lease_id:
+            raise InvalidArgument("lease_id", "is required")
+        self.registry.deregister(daemon_id, request.lease_id)
+        return pb.DeregisterResponse()
+
+    async def ListDaemons(self, request: pb.ListDaemonsRequest, context: grpc.aio.ServicerContext) -> pb.ListDaemonsResponse:
+        store_usage = await self.conferences.store.daemon_usage()
+        reply = pb.ListDaemonsResponse()
+        for record in self.registry.live():
+            info, load = record.info, record.load
+            daemon = reply.daemons.add()
+            daemon.daemon.CopyFrom(
+                pb.Daemon(
+                    daemon_id=info.daemon_id,
+                    grpc_address=info.grpc_address,
+                    media_ip=info.media_ip,
+                    capacity=info.capacity,
+                )
+            )
+            daemon.daemon.port_range.first, daemon.daemon.port_range.last = info.port_first, info.port_last
+            daemon.load.CopyFrom(
+                pb.DaemonLoad(
+                    endpoints=load.endpoints,
+                    tracks=load.tracks,
+                    subscriptions=load.subscriptions,
+                    packets_in_per_second=load.packets_in_per_second,
+                    packets_out_per_second=load.packets_out_per_second,
+                    draining=load.draining,
+                )
+            )
+            used = store_usage.get(info.daemon_id)
+            daemon.conferences = used.conferences if used else 0
+            daemon.endpoints_assigned = used.endpoints if used else 0
+            daemon.lease_expires_at.CopyFrom(m.timestamp(time.time() + record.expires_at - self.registry.clock()))
+        return reply

@@ -1,0 +1,89 @@
+"""Where conference state lives: a small interface, and its in-memory implementation.
+
+Everything the controller knows about a conference goes through ConferenceStore, so a shared
+implementation (Redis) can replace MemoryStore without touching the domain. Changes to one
+conference happen under `lock(conference_id)`: read, change, `put`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.model import Conference
+
+
+@dataclass(frozen=True)
+class DaemonUsage:
+    conferences: int = 0
+    endpoints: int = 0
+
+
+class ConferenceStore(Protocol):
+    durable: bool
+    """True when the state outlives the controller process (then shutdown keeps conferences)."""
+
+    def lock(self, conference_id: str) -> contextlib.AbstractAsyncContextManager[None]: ...
+    async def get(self, conference_id: str) -> Conference | None: ...
+    async def add(self, conference: Conference) -> bool:
+        """Store a new conference; False if its id is taken."""
+        ...
+    async def put(self, conference: Conference) -> None: ...
+    async def delete(self, conference_id: str) -> None: ...
+    async def list(self, after: str = "", limit: int = 100) -> list[Conference]:
+        """Conferences with an id greater than `after`, by id."""
+        ...
+    async def ids(self) -> list[str]: ...
+    async def daemon_usage(self) -> dict[str, DaemonUsage]:
+        """Conferences and endpoints (participants) placed on each daemon."""
+        ...
+
+
+class MemoryStore:
+    """The embedded default: state in this process, lost when it stops."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._conferences: dict[str, Conference] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def lock(self, conference_id: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(conference_id, asyncio.Lock())
+        async with lock:
+            yield
+        if conference_id not in self._conferences and not lock.locked():
+            self._locks.pop(conference_id, None)
+
+    async def get(self, conference_id: str) -> Conference | None:
+        return self._conferences.get(conference_id)
+
+    async def add(self, conference: Conference) -> bool:
+        if conference.conference_id in self._conferences:
+            return False
+        self._conferences[conference.conference_id] = conference
+        return True
+
+    async def put(self, conference: Conference) -> None:
+        self._conferences[conference.conference_id] = conference
+
+    async def delete(self, conference_id: str) -> None:
+        self._conferences.pop(conference_id, None)
+
+    async def list(self, after: str = "", limit: int = 100) -> list[Conference]:
+        ids = sorted(i for i in self._conferences if i > after)[:limit]
+        return [self._conferences[i] for i in ids]
+
+    async def ids(self) -> list[str]:
+        return sorted(self._conferences)
+
+    async def daemon_usage(self) -> dict[str, DaemonUsage]:
+        usage: dict[str, list[int]] = {}
+        for conference in self._conferences.values():
+            counts = usage.setdefault(conference.daemon_id, [0, 0])
+            counts[0] += 1
+            counts[1] += len(conference.participants)
+        return {d: DaemonUsage(c, e) for d, (c, e) in usage.items()}
