@@ -1,0 +1,5 @@
+import sys
+
+from mediad.server import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Media daemon settings: each flag has an environment variable (CHARTER_MEDIAD_*) as its
+default."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+
+ENV_PREFIX = "CHARTER_MEDIAD_"
+
+
+@dataclass(frozen=True)
+class MediadConfig:
+    listen: str = "127.0.0.1:8443"
+    daemon_id: str = ""
+    advertise: str = ""
+    """gRPC address the controller reaches this daemon at; default: the listen address."""
+    controller: str = "127.0.0.1:50051"
+    """Empty: run alone, registered nowhere."""
+    media_ip: str = "127.0.0.1"
+    port_first: int = 16384
+    port_last: int = 32767
+    capacity: int = 0
+    """Endpoints taken at most; 0: one per port of the range."""
+    drain_timeout: float = 10.0
+    grace: float = 5.0
+    log_level: str = "info"
+    log_format: str = "json"
+
+
+def _env(name: str, default: object) -> str:
+    return os.environ.get(ENV_PREFIX + name, str(default))
+
+
+def parse_ports(text: str) -> tuple[int, int]:
+    try:
+        first_text, last_text = text.split("-")
+        first, last = int(first_text), int(last_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port range such as 16384-32767") from None
+    if not 0 < first <= last <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not within 1-65535")
+    return first, last
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = MediadConfig()
+    p = ENV_PREFIX
+    parser.add_argument("--listen", default=_env("LISTEN", d.listen),
+                        help=f"gRPC address to listen on [{p}LISTEN, default %(default)s]")
+    parser.add_argument("--daemon-id", default=_env("DAEMON_ID", d.daemon_id),
+                        help=f"stable id of this daemon [{p}DAEMON_ID, default mediad-<hostname>-<grpc port>]")
+    parser.add_argument("--advertise", default=_env("ADVERTISE", d.advertise),
+                        help=f"gRPC host:port the controller calls [{p}ADVERTISE, default the listen address]")
+    parser.add_argument("--controller", default=_env("CONTROLLER", d.controller),
+                        help=f"controller to register with, host:port; empty: none [{p}CONTROLLER, default %(default)s]")
+    parser.add_argument("--media-ip", default=_env("MEDIA_IP", d.media_ip),
+                        help=f"IPv4 address media ports bind to and are reached at [{p}MEDIA_IP, default %(default)s]")
+    parser.add_argument("--ports", type=parse_ports, default=_env("PORTS", f"{d.port_first}-{d.port_last}"),
+                        help=f"UDP port range of endpoints, first-last [{p}PORTS, default %(default)s]")
+    parser.add_argument("--capacity", type=int, default=int(_env("CAPACITY", d.capacity)),
+                        help=f"endpoints taken at most; 0: one per port [{p}CAPACITY, default %(default)s]")
+    parser.add_argument("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", d.drain_timeout)),
+                        help=f"seconds a shutdown waits for endpoints to be released [{p}DRAIN_TIMEOUT, default %(default)s]")
+    parser.add_argument("--grace", type=float, default=float(_env("GRACE", d.grace)),
+                        help=f"seconds calls in flight get at shutdown [{p}GRACE, default %(default)s]")
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level), choices=["debug", "info", "warning", "error"],
+                        help=f"[{p}LOG_LEVEL, default %(default)s]")
+    parser.add_argument("--log-format", default=_env("LOG_FORMAT", d.log_format), choices=["json", "text"],
+                        help=f"[{p}LOG_FORMAT, default %(default)s]")
+
+
+def from_args(args: argparse.Namespace) -> MediadConfig:
+    ports = args.ports if isinstance(args.ports, tuple) else parse_ports(args.ports)
+    try:
+        if ipaddress.ip_address(args.media_ip).version != 4:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--media-ip {args.media_ip!r} is not an IPv4 address") from None
+    if args.capacity < 0:
+        raise SystemExit("--capacity must be 0 or more")
+    host, _, port = args.listen.rpartition(":")
+    advertise = args.advertise or (f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}")
+    daemon_id = args.daemon_id or f"mediad-{socket.gethostname()}-{port}"
+    return MediadConfig(
+        listen=args.listen,
+        daemon_id=daemon_id,
+        advertise=advertise,
+        controller=args.controller,
+        media_ip=args.media_ip,
+        port_first=ports[0],
+        port_last=ports[1],
+        capacity=args.capacity,
+        drain_timeout=args.drain_timeout,
+        grace=args.grace,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )

@@ -1,0 +1,101 @@
+"""The daemon's lease with the controller: register, renew at a third of the lease with the
+current load, and register again whenever the controller no longer knows the lease (it
+restarted, or the lease expired while this daemon was stalled)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+
+from charter.v1 import controller_pb2 as pb
+from charter.v1 import controller_pb2_grpc
+
+log = logging.getLogger("mediad.registration")
+
+CALL_TIMEOUT = 2.0
+RETRY_MIN = 0.2
+RETRY_MAX = 2.0
+
+
+class Registration:
+    def __init__(
+        self,
+        controller: str,
+        daemon: pb.Daemon,
+        load: Callable[[], pb.DaemonLoad],
+    ) -> None:
+        self.controller = controller
+        self.daemon = daemon
+        self.load = load
+        self.lease_id = ""
+        self.registered = asyncio.Event()
+        self._channel = grpc.aio.insecure_channel(controller)
+        self._stub = controller_pb2_grpc.DaemonRegistryStub(self._channel)
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        retry = RETRY_MIN
+        while True:
+            try:
+                reply = await self._stub.Register(
+                    pb.RegisterRequest(daemon=self.daemon, load=self.load()), timeout=CALL_TIMEOUT
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    log.error("controller refused registration", extra={"code": error.code().name, "details": error.details()})
+                await asyncio.sleep(retry)
+                retry = min(RETRY_MAX, retry * 2)
+                continue
+            retry = RETRY_MIN
+            self.lease_id = reply.lease_id
+            ttl = reply.lease_ttl.ToTimedelta().total_seconds()
+            self.registered.set()
+            log.info("registered with the controller", extra={"controller": self.controller, "lease_ttl": ttl})
+            await self._renew(ttl)
+            self.registered.clear()
+            self.lease_id = ""
+
+    async def _renew(self, ttl: float) -> None:
+        """Renew until the controller no longer knows the lease or it has surely expired."""
+        expires = time.monotonic() + ttl
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=ttl / 3)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                reply = await self._stub.KeepAlive(
+                    pb.KeepAliveRequest(daemon_id=self.daemon.daemon_id, lease_id=self.lease_id, load=self.load()),
+                    timeout=min(CALL_TIMEOUT, ttl / 3),
+                )
+                ttl = reply.lease_ttl.ToTimedelta().total_seconds() or ttl
+                expires = time.monotonic() + ttl
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("lease unknown to the controller: registering again", extra={"details": error.details()})
+                    return
+                if time.monotonic() >= expires:
+                    log.warning("controller unreachable past the lease: registering again", extra={"code": error.code().name})
+                    return
+
+    def report_now(self) -> None:
+        """Send the load at once (a change placement must see, such as draining)."""
+        self._wake.set()
+
+    async def deregister(self) -> None:
+        if not self.lease_id:
+            return
+        try:
+            await self._stub.Deregister(
+                pb.DeregisterRequest(daemon_id=self.daemon.daemon_id, lease_id=self.lease_id), timeout=CALL_TIMEOUT
+            )
+            log.info("deregistered from the controller")
+        except grpc.aio.AioRpcError as error:
+            log.warning("deregistration failed", extra={"code": error.code().name})
+
+    async def close(self) -> None:
+        await self._channel.close()
