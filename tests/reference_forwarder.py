@@ -55,6 +55,9 @@ class Rewriter:
         self.last_out_seq = 0
         self.last_out_ts = 0
         self.last_time = 0.0
+        # How the last rewrite() mapped: a rebase, and whether it advanced last_out_*.
+        self.rebased = False
+        self.advanced = False
 
     def pause(self) -> None:
         self.paused = True
@@ -67,6 +70,7 @@ class Rewriter:
     def rewrite(
         self, source: int, seq: int, timestamp: int, now: float, clock_rate: int = 90000
     ) -> tuple[int, int] | None:
+        self.rebased = self.advanced = False
         if self.paused:
             return None
         if not self._started:
@@ -82,6 +86,7 @@ class Rewriter:
             out_ts = (self.last_out_ts + max(1, int((now - self.last_time) * clock_rate))) & 0xFFFFFFFF
             self.seq_offset = (out_seq - seq) & 0xFFFF
             self.ts_offset = (out_ts - timestamp) & 0xFFFFFFFF
+            self.rebased = True
             return self._advance(source, seq, timestamp, now, epoch=True)
         if delta > 0:
             return self._advance(source, seq, timestamp, now, epoch=False)
@@ -99,6 +104,7 @@ class Rewriter:
         self.last_out_seq = out_seq
         self.last_out_ts = out_ts
         self.last_time = now
+        self.advanced = True
         return out_seq, out_ts
 
 
@@ -110,6 +116,7 @@ class Sent:
     address: Address
     datagram: bytes
     subscription: "RefSubscription"
+    rebased: bool
 
 
 class RefSubscription:
@@ -284,7 +291,7 @@ class ReferenceForwarder:
             subscription.counters["bytes"] += len(protected)
             target.counters["packets_out"] += 1
             target.counters["bytes_out"] += len(protected)
-            sent.append(Sent(target, target.remote, protected, subscription))
+            sent.append(Sent(target, target.remote, protected, subscription, subscription.rewriter.rebased))
         return sent
 
     @staticmethod
