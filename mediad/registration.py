@@ -95,7 +95,9 @@ class Registration:
             )
             log.info("deregistered from the controller")
         except grpc.aio.AioRpcError as error:
-            log.warning("deregistration failed", extra={"code": error.code().name})
+            # The controller may be gone first (charter up stops it first); the lease then
+            # dies with it.
+            log.info("not deregistered", extra={"code": error.code().name, "details": error.details()})
 
     async def close(self) -> None:
         await self._channel.close()
