@@ -68,8 +68,8 @@ def extension_past_end(s: Scene) -> bytes:
     return bytes(plain) + b"\x00" * s.tag
 
 
-def wrong_key(s: Scene) -> bytes:
-    return sender_session(s.suite, new_key(s.suite)).protect(s.plain())
+def wrong_key(s: Scene, ssrc: int = TRACK_SSRC) -> bytes:
+    return sender_session(s.suite, new_key(s.suite)).protect(s.plain(ssrc=ssrc))
 
 
 def tiny_rtcp(s: Scene) -> bytes:
@@ -116,6 +116,8 @@ CASES: dict[str, tuple[Callable[[Scene], bytes], str]] = {
     "timestamp bit flipped": (lambda s: flip(s.protected(), 7, 3), "auth_failed"),
     "replayed": (lambda s: s.accepted[0], "replayed"),
     "unknown SSRC": (lambda s: s.protected(ssrc=0x0BAD0BAD), "unknown_ssrc"),
+    # Looked up before decryption: no crypto is spent on it, whatever its key.
+    "unknown SSRC with a wrong key": (lambda s: wrong_key(s, ssrc=0x0BAD0BAD), "unknown_ssrc"),
     "oversize, 3000 bytes": (lambda s: s.protected(payload=b"o" * 3000), "oversize"),
     "oversize by one byte": (lambda s: s.protected(payload=b"o" * (2049 - 12 - s.tag)), "oversize"),
     "RTCP shorter than its trailer": (tiny_rtcp, "too_short"),
