@@ -69,7 +69,8 @@ class Peer:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.sock.getsockname()[:2]
+        host, port = self.sock.getsockname()[:2]
+        return host, port
 
     def protect(self, plain: bytes) -> bytes:
         return self.tx.protect(plain)
@@ -125,7 +126,7 @@ class Participant:
 def processed(endpoint: Endpoint) -> int:
     """Datagrams the endpoint has accounted for: forwarded, consumed as RTCP or dropped."""
     stats = endpoint.stats()
-    return stats["packets_in"] + stats["rtcp_in"] + sum(stats["drops"].values())
+    return int(stats["packets_in"] + stats["rtcp_in"] + sum(stats["drops"].values()))
 
 
 class Harness:

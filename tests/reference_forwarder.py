@@ -116,7 +116,8 @@ class Sent:
     address: Address
     datagram: bytes
     subscription: "RefSubscription"
-    rebased: bool
+    rebased: bool  # its mapping started a new epoch
+    advanced: bool  # it moved the subscription's last sent sequence/timestamp
 
 
 class RefSubscription:
@@ -291,7 +292,8 @@ class ReferenceForwarder:
             subscription.counters["bytes"] += len(protected)
             target.counters["packets_out"] += 1
             target.counters["bytes_out"] += len(protected)
-            sent.append(Sent(target, target.remote, protected, subscription, subscription.rewriter.rebased))
+            rewriter = subscription.rewriter
+            sent.append(Sent(target, target.remote, protected, subscription, rewriter.rebased, rewriter.advanced))
         return sent
 
     @staticmethod

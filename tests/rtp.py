@@ -151,8 +151,8 @@ def header_fields(data: bytes) -> tuple[int, int, int]:
 def _enlarge(session: pylibsrtp.Session) -> pylibsrtp.Session:
     # pylibsrtp copies every packet through one 1500-byte buffer; give it room for the
     # largest datagram the forwarder accepts.
-    session._cdata = ffi.new("char[]", SESSION_BUFFER)  # type: ignore[attr-defined]
-    session._buffer = ffi.buffer(session._cdata)  # type: ignore[attr-defined]
+    session._cdata = ffi.new("char[]", SESSION_BUFFER)
+    session._buffer = ffi.buffer(session._cdata)
     return session
 
 

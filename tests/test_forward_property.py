@@ -2,6 +2,8 @@
 exactly once, and keeps forwarding valid packets afterwards."""
 from __future__ import annotations
 
+from typing import Any
+
 import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,7 +40,7 @@ datagram_sources = st.one_of(
 )
 
 
-def mutate(datagram: bytes, steps: list[tuple]) -> bytes:
+def mutate(datagram: bytes, steps: list[tuple[Any, ...]]) -> bytes:
     out = bytearray(datagram)
     for step in steps:
         if step[0] == "flip" and out:
@@ -67,7 +69,7 @@ def run_property(harness: Harness) -> None:
     state = {"seq": 0, "sent": 0, "forwarded": 0}
     accepted: dict[str, list[bytes]] = {suite: [] for suite in SUITES}
 
-    def next_packet(shape: dict) -> bytes:
+    def next_packet(shape: dict[str, Any]) -> bytes:
         state["seq"] += 1
         return build_rtp(state["seq"], 3000 * state["seq"], TRACK_SSRC, **shape)
 
@@ -78,7 +80,7 @@ def run_property(harness: Harness) -> None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(suite=st.sampled_from(SUITES), sources=st.lists(datagram_sources, max_size=12))
-    def check(suite: str, sources: list[tuple]) -> None:
+    def check(suite: str, sources: list[tuple[Any, ...]]) -> None:
         publisher = publishers[suite]
         endpoint, peer = publisher.endpoint, publisher.peer
         before = processed(endpoint)
