@@ -1,0 +1,145 @@
+"""Leases, room and shutdown with real processes: a daemon that stops renewing leaves
+placement and comes back when it resumes; daemons register again with a restarted
+controller; no room is RESOURCE_EXHAUSTED, no daemon UNAVAILABLE; SIGTERM drains in order."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from charter.v1 import controller_pb2 as pb
+from charter.v1.controller_pb2_grpc import ConferenceServiceStub as conference_stub_on
+from charter.v1 import mediad_pb2
+from processes import (
+    cluster,
+    conference_stub,
+    live_daemons,
+    mediad_stub,
+    registry_stub,
+    start_controller,
+    udp_port_free,
+    wait_until,
+)
+
+LEASE = 1.5
+
+
+def test_stalled_daemon_leaves_placement_and_returns(tmp_path: Path) -> None:
+    with cluster(tmp_path, daemons=2, lease_ttl=LEASE) as charter:
+        api = conference_stub(charter.controller)
+        stalled = charter.daemon("mediad-1")
+        stalled.signal(signal.SIGSTOP)  # alive but silent: no renewals
+        try:
+            wait_until(lambda: live_daemons(charter.controller) == {"mediad-0"}, what="mediad-1's lease to expire")
+            placed = [api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id for _ in range(4)]
+            assert placed == ["mediad-0"] * 4
+        finally:
+            stalled.signal(signal.SIGCONT)
+        # Its next renewal is refused (NOT_FOUND), so it registers again.
+        wait_until(lambda: live_daemons(charter.controller) == {"mediad-0", "mediad-1"}, what="mediad-1 to register again")
+        assert api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id == "mediad-1"
+        assert "registering again" in stalled.log()
+
+
+def test_daemons_register_again_with_a_restarted_controller(tmp_path: Path) -> None:
+    with cluster(tmp_path, daemons=2, lease_ttl=LEASE) as charter:
+        port = int(charter.controller.address.rsplit(":", 1)[1])
+        assert charter.controller.stop() == 0
+        (tmp_path / "again").mkdir()
+        charter.controller = start_controller(tmp_path / "again", lease_ttl=LEASE, port=port)
+        wait_until(lambda: live_daemons(charter.controller) == {"mediad-0", "mediad-1"}, what="both daemons to register again")
+        conference = conference_stub(charter.controller).CreateConference(pb.CreateConferenceRequest(), timeout=10)
+        assert conference.daemon_id in {"mediad-0", "mediad-1"}
+
+
+def test_no_daemon_is_unavailable(tmp_path: Path) -> None:
+    controller = start_controller(tmp_path)
+    try:
+        with pytest.raises(grpc.RpcError) as error:
+            conference_stub(controller).CreateConference(pb.CreateConferenceRequest(), timeout=10)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no media daemon is registered" in error.value.details()
+    finally:
+        assert controller.stop() == 0
+
+
+def test_no_room_is_resource_exhausted(tmp_path: Path) -> None:
+    with cluster(tmp_path, daemons=1, capacity=2) as charter:
+        api = conference_stub(charter.controller)
+        conference = api.CreateConference(pb.CreateConferenceRequest(conference_id="small"), timeout=10)
+        for name in ("a", "b"):
+            api.Join(pb.JoinRequest(conference_id="small", participant_id=name), timeout=10)
+        with pytest.raises(grpc.RpcError) as error:
+            api.Join(pb.JoinRequest(conference_id="small", participant_id="c"), timeout=10)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "mediad-0" in error.value.details() and "full (2 of 2 endpoints" in error.value.details()
+        with pytest.raises(grpc.RpcError) as error:
+            api.CreateConference(pb.CreateConferenceRequest(), timeout=10)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "no media daemon has room" in error.value.details()
+        # Nothing was lost by the refusals; leaving makes room again.
+        assert [p.participant_id for p in api.GetConference(pb.GetConferenceRequest(conference_id="small"), timeout=10).participants] == ["a", "b"]
+        api.Leave(pb.LeaveRequest(conference_id="small", participant_id="b"), timeout=10)
+        api.Join(pb.JoinRequest(conference_id="small", participant_id="c"), timeout=10)
+        assert conference.daemon_id == "mediad-0"
+
+
+def test_controller_sigterm_ends_watches_and_releases_daemons(tmp_path: Path) -> None:
+    with cluster(tmp_path, daemons=1) as charter:
+        api = conference_stub(charter.controller)
+        api.CreateConference(pb.CreateConferenceRequest(conference_id="live"), timeout=10)
+        port = api.Join(pb.JoinRequest(conference_id="live", participant_id="a"), timeout=10).participant.media_address.port
+        events: list[pb.ConferenceEvent] = []
+        with grpc.insecure_channel(charter.controller.address) as channel:
+            stream = conference_stub_on(channel).WatchConference(pb.WatchConferenceRequest(conference_id="live"), timeout=60)
+            reader = threading.Thread(target=lambda: events.extend(stream))
+            reader.start()
+            wait_until(lambda: len(events) >= 1, what="the initial event")
+            assert charter.controller.stop() == 0
+            reader.join(20)
+        assert not reader.is_alive()
+        assert events[-1].conference_ended.reason == "shutdown"
+        daemon = mediad_stub(charter.daemons[0])
+        assert daemon.ListEndpoints(mediad_pb2.ListEndpointsRequest(), timeout=10).endpoints == []
+        assert udp_port_free(port)
+
+
+def test_mediad_sigterm_drains_before_stopping(tmp_path: Path) -> None:
+    with cluster(tmp_path, daemons=2) as charter:
+        api = conference_stub(charter.controller)
+        conference = api.CreateConference(pb.CreateConferenceRequest(conference_id="draining"), timeout=10)
+        api.Join(pb.JoinRequest(conference_id="draining", participant_id="a"), timeout=10)
+        leaving = charter.daemon(conference.daemon_id)
+        other = next(d for d in charter.daemons if d is not leaving)
+        leaving.signal(signal.SIGTERM)
+        health = health_pb2_grpc.HealthStub(leaving.channel)
+        wait_until(
+            lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING,
+            what="NOT_SERVING while draining",
+        )
+
+        def reported_draining() -> bool:
+            reply = registry_stub(charter.controller).ListDaemons(pb.ListDaemonsRequest(), timeout=5)
+            return any(d.daemon.daemon_id == leaving.name and d.load.draining for d in reply.daemons)
+
+        wait_until(reported_draining, what="the controller to learn that the daemon drains")
+        # Still serving its conference, but taking nothing new.
+        assert api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id == other.name
+        with pytest.raises(grpc.RpcError) as error:
+            api.Join(pb.JoinRequest(conference_id="draining", participant_id="b"), timeout=10)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in error.value.details()
+        with pytest.raises(grpc.RpcError) as error:
+            mediad_stub(leaving).CreateEndpoint(
+                mediad_pb2.CreateEndpointRequest(endpoint_id="x/y", conference_id="x", rx_key=os.urandom(30), tx_key=os.urandom(30)),
+                timeout=10,
+            )
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # The last endpoint going lets it finish: it exits 0 and leaves placement.
+        api.EndConference(pb.EndConferenceRequest(conference_id="draining"), timeout=10)
+        assert leaving.process.wait(30) == 0
+        wait_until(lambda: live_daemons(charter.controller) == {other.name}, what="the drained daemon to deregister")
