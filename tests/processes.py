@@ -31,6 +31,25 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_tcp_ports(count: int, low: int = 40000, high: int = 60000) -> int:
+    """The first of `count` consecutive TCP ports free now."""
+    for _ in range(200):
+        first = random.randrange(low, high - count)
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free TCP ports")
+
+
 def udp_port_free(port: int, ip: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:

@@ -1,0 +1,52 @@
+"""`charter up` as a user runs it: one command starts the controller and the daemons, a
+conference can be placed on each daemon, and Ctrl-C (SIGINT) or SIGTERM stops all cleanly."""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from charter.v1 import controller_pb2 as pb
+from charter.v1 import controller_pb2_grpc
+from processes import free_tcp_port, free_tcp_ports, free_udp_range, udp_port_free, wait_until
+
+
+def charter_command() -> list[str]:
+    script = shutil.which("charter")
+    return [script] if script else [sys.executable, "-m", "charter.cli"]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    controller_port = free_tcp_port()
+    first, last = free_udp_range(20)
+    argv = [
+        *charter_command(), "up", "--daemons", "2", "--controller-port", str(controller_port),
+        "--mediad-port", str(free_tcp_ports(2)), "--ports", f"{first}-{last}", "--log-format", "json",
+    ]
+    log = tmp_path / "up.log"
+    with open(log, "w") as out:
+        up = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: "Charter is up" in log.read_text() or up.poll() is not None, timeout=60, what="charter up")
+        assert up.poll() is None, log.read_text()
+        with grpc.insecure_channel(f"127.0.0.1:{controller_port}") as channel:
+            api = controller_pb2_grpc.ConferenceServiceStub(channel)
+            placed = {api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id for _ in range(2)}
+            assert placed == {"mediad-0", "mediad-1"}
+            joined = api.Join(pb.JoinRequest(conference_id=api.ListConferences(pb.ListConferencesRequest(), timeout=10).conferences[0].conference_id), timeout=10)
+            assert not udp_port_free(joined.participant.media_address.port)
+        up.send_signal(stop_signal)
+        assert up.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    text = log.read_text()
+    assert "every process exited cleanly" in text
+    assert all(udp_port_free(p) for p in range(first, last + 1))
