@@ -117,11 +117,12 @@ DROP_REASONS = (
     "unknown_ssrc", "auth_failed", "replayed", "srtp_error",
 )
 
-# Authentication tag length per suite: what a packet needs beyond its header.
+# Authentication tag lengths per suite, (SRTP, SRTCP): what a packet needs beyond its
+# header. SRTCP keeps the 80-bit tag under AES_CM_128_HMAC_SHA1_32 (RFC 4568 6.2.1).
 _TAG_LENGTHS = {
-    _srtp.SrtpSuite.AES_CM_128_HMAC_SHA1_80: 10,
-    _srtp.SrtpSuite.AES_CM_128_HMAC_SHA1_32: 4,
-    _srtp.SrtpSuite.AEAD_AES_128_GCM: 16,
+    _srtp.SrtpSuite.AES_CM_128_HMAC_SHA1_80: (10, 10),
+    _srtp.SrtpSuite.AES_CM_128_HMAC_SHA1_32: (4, 10),
+    _srtp.SrtpSuite.AEAD_AES_128_GCM: (16, 16),
 }
 
 cdef srtp_fn _srtp_protect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_protect")
@@ -451,7 +452,7 @@ cdef class Endpoint:
     cdef object _rx_session, _tx_session   # owned pylibsrtp sessions behind rx_ctx / tx_ctx
     cdef void *rx_ctx
     cdef void *tx_ctx
-    cdef int rx_tag_len
+    cdef int rx_tag_len, rx_rtcp_tag_len
     cdef sockaddr_in remote_addr
     cdef bint has_remote, _latching, _closed
     cdef list _tracks              # owned
@@ -519,7 +520,7 @@ cdef class Endpoint:
         self._tx_session = tx
         self.rx_ctx = <void *><uintptr_t>_srtp.session_pointer(rx)
         self.tx_ctx = <void *><uintptr_t>_srtp.session_pointer(tx)
-        self.rx_tag_len = _TAG_LENGTHS[rx_suite]
+        self.rx_tag_len, self.rx_rtcp_tag_len = _TAG_LENGTHS[rx_suite]
 
     cdef object _find_track(self, uint32_t ssrc):
         for track in self._tracks:
@@ -824,7 +825,7 @@ cdef class Forwarder:
     cdef void _accept_rtcp(self, Endpoint ep, int i, int length, double now) noexcept:
         cdef uint8_t *p = self.rx_buf + i * RX_SLOT
         cdef int err
-        if length < RTCP_HEADER + SRTCP_INDEX + ep.rx_tag_len:
+        if length < RTCP_HEADER + SRTCP_INDEX + ep.rx_rtcp_tag_len:
             ep.drops[DROP_TOO_SHORT] += 1
             return
         err = _srtp_unprotect_rtcp(ep.rx_ctx, p, &length)
