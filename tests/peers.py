@@ -167,14 +167,19 @@ class MediaProcess:
             raise AssertionError(f"{self.name} still running after {timeout} s:\n{self.describe()}") from None
 
     def stop(self) -> None:
-        """Interrupt (ffmpeg and gst-launch -e finish their output on SIGINT), then kill."""
-        if self.running:
+        """Interrupt: ffmpeg and `gst-launch -e` finish their output on SIGINT. ffmpeg only
+        leaves a blocking read on a second one (the first just ends its main loop)."""
+        for wait in (1.0, STOP_SECONDS):
+            if not self.running:
+                break
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(STOP_SECONDS)
+                self.process.wait(wait)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                pass
+        if self.running:
+            self.process.kill()
+            self.process.wait()
         self._log.close()
 
 
@@ -299,7 +304,7 @@ class FfmpegReceiver(Receiver):
         argv = [
             FFMPEG or "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning",
             "-protocol_whitelist", "file,udp,rtp,srtp,crypto",
-            "-i", str(self.sdp_path), "-map", "0", "-fps_mode", "passthrough",
+            "-threads", "1", "-i", str(self.sdp_path), "-map", "0", "-fps_mode", "passthrough",
             "-f", "framemd5", "-flush_packets", "1", str(self.output),
         ]
         self.process = MediaProcess(name, argv, workdir)
@@ -331,7 +336,8 @@ class GstReceiver(Receiver):
 
     srtpdec takes its key and SSRC from caps and drops other SSRCs, so each stream gets its
     own branch off a tee, with its caps set: several tracks of a participant arrive on its
-    one receive port, told apart by SSRC as the SDP states them.
+    one receive port, told apart by SSRC as the SDP states them. The sinks do not wait for
+    preroll (async=false): a branch whose stream never comes must not hold up the others.
     """
 
     def __init__(self, name: str, streams: Sequence[Stream], workdir: Path) -> None:
@@ -356,7 +362,7 @@ class GstReceiver(Receiver):
             self.outputs[stream.ssrc] = (output, frame_bytes)
             branches.append(
                 f"t. ! queue ! capssetter replace=true caps={caps} ! srtpdec ! {decode} "
-                f"! filesink location={output} sync=false buffer-mode=unbuffered"
+                f"! filesink location={output} sync=false async=false buffer-mode=unbuffered"
             )
         pipeline = f"udpsrc address=0.0.0.0 port={self.port} caps=application/x-srtp ! tee name=t " + " ".join(branches)
         self.process = MediaProcess(name, [GST_LAUNCH or "gst-launch-1.0", "-q", "-e", *pipeline.split()], workdir)
@@ -514,3 +520,135 @@ def random_ssrcs() -> Iterator[int]:
         if ssrc and ssrc not in seen:
             seen.add(ssrc)
             yield ssrc
+
+
+# --------------------------------------------------------------------------------------
+# The real thing: `charter up` (controller and media daemon processes) driven over gRPC.
+
+
+def free_port(kind: int = 0) -> int:
+    """A port the kernel just handed out (SOCK_DGRAM for UDP, else TCP), closed again."""
+    import socket
+
+    with socket.socket(socket.AF_INET, kind or socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    import socket
+
+    return free_port(socket.SOCK_DGRAM)
+
+
+class CharterUp:
+    """`charter up` with one media daemon on free ports, as a user starts it."""
+
+    def __init__(self, workdir: Path, *, media_ports: str | None = None) -> None:
+        import random
+        import sys
+
+        import grpc
+
+        from charter.v1 import controller_pb2_grpc
+
+        self.controller_address = f"127.0.0.1:{free_port()}"
+        self.mediad_address = f"127.0.0.1:{free_port()}"
+        if media_ports is None:
+            # A block of the default media range; ports another process holds are skipped.
+            first = random.randrange(16384, 32767 - 400, 100)
+            media_ports = f"{first}-{first + 399}"
+        argv = [
+            sys.executable, "-m", "charter.cli", "up", "--daemons", "1",
+            "--controller-port", self.controller_address.rsplit(":", 1)[1],
+            "--mediad-port", self.mediad_address.rsplit(":", 1)[1],
+            "--ports", media_ports, "--log-format", "text", "--log-level", "warning",
+        ]
+        self.process = MediaProcess("charter-up", argv, workdir)
+        self.channel = grpc.insecure_channel(self.controller_address)
+        self.daemon_channel = grpc.insecure_channel(self.mediad_address)
+        self.conferences = controller_pb2_grpc.ConferenceServiceStub(self.channel)
+        self._registry = controller_pb2_grpc.DaemonRegistryStub(self.channel)
+        self._wait_daemon()
+
+    def _wait_daemon(self) -> None:
+        import grpc
+
+        from charter.v1 import controller_pb2
+
+        def registered() -> bool:
+            assert self.process.running, f"charter up exited:\n{self.process.describe()}"
+            try:
+                reply = self._registry.ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=2)
+            except grpc.RpcError:
+                return False
+            return len(reply.daemons) > 0
+
+        wait_until(registered, "charter up to serve with a registered media daemon", 60.0)
+
+    def create_conference(self, conference_id: str) -> None:
+        from charter.v1 import controller_pb2
+
+        self.conferences.CreateConference(controller_pb2.CreateConferenceRequest(conference_id=conference_id), timeout=10)
+
+    def join(
+        self,
+        conference_id: str,
+        participant_id: str,
+        tracks: Sequence[MediaTrack] = (),
+        *,
+        receive_address: tuple[str, int] | None = None,
+    ) -> ParticipantSession:
+        from charter.sdp import from_participant
+        from charter.v1 import controller_pb2, media_pb2
+
+        request = controller_pb2.JoinRequest(
+            conference_id=conference_id,
+            participant_id=participant_id,
+            tracks=[
+                media_pb2.Track(
+                    ssrc=t.ssrc, kind=media_pb2.AUDIO if t.kind == "audio" else media_pb2.VIDEO, codec=t.codec,
+                    payload_type=t.payload_type, clock_rate=t.clock_rate, channels=t.channels, name=t.name,
+                )
+                for t in tracks
+            ],
+        )
+        if receive_address is not None:
+            request.receive_address.ip, request.receive_address.port = receive_address
+        return from_participant(self.conferences.Join(request, timeout=10).participant)
+
+    def session(self, conference_id: str, participant_id: str) -> ParticipantSession:
+        from charter.sdp import from_participant
+        from charter.v1 import controller_pb2
+
+        request = controller_pb2.GetParticipantRequest(conference_id=conference_id, participant_id=participant_id)
+        return from_participant(self.conferences.GetParticipant(request, timeout=10))
+
+    def endpoint_stats(self, conference_id: str, participant_id: str) -> object:
+        """The daemon's EndpointStats of a participant (endpoint id "conference/participant")."""
+        from charter.v1 import mediad_pb2, mediad_pb2_grpc
+
+        daemon = mediad_pb2_grpc.MediaDaemonStub(self.daemon_channel)
+        stats = daemon.GetStats(mediad_pb2.GetStatsRequest(conference_id=conference_id), timeout=10)
+        for endpoint in stats.endpoints:
+            if endpoint.endpoint_id == f"{conference_id}/{participant_id}":
+                return endpoint
+        raise KeyError(f"the daemon has no endpoint for {conference_id}/{participant_id}")
+
+    def end_conference(self, conference_id: str) -> None:
+        from charter.v1 import controller_pb2
+
+        self.conferences.EndConference(controller_pb2.EndConferenceRequest(conference_id=conference_id), timeout=10)
+
+    def close(self) -> int | None:
+        """SIGTERM, as Ctrl-C would; the exit code (0: every process stopped cleanly)."""
+        self.channel.close()
+        self.daemon_channel.close()
+        if self.process.running:
+            self.process.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.process.kill()
+        self.process.stop()
+        return self.process.process.returncode
