@@ -1,0 +1,94 @@
+"""A conference of four: each participant publishes 20 s of real encoded video (VP8 or
+H.264, from ffmpeg or GStreamer) through `charter up` and receives the other three on its
+one receive port; every receiver decodes at least 95 % of every other participant's frames."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import peers
+from charter import sdp
+from charter.sdp import MediaTrack
+
+pytestmark = [
+    pytest.mark.peers,
+    pytest.mark.skipif(peers.missing_tools() is not None, reason=f"{peers.missing_tools()}: peer tests need both"),
+]
+
+SECONDS = 20
+FRAMES = SECONDS * peers.VIDEO_FPS
+ENOUGH = 0.95
+# (participant, codec, payload type, sending tool)
+PARTICIPANTS = [
+    ("ada", "VP8", 96, "ffmpeg"),
+    ("ben", "VP8", 96, "gst"),
+    ("cy", "H264", 97, "ffmpeg"),
+    ("dee", "H264", 97, "gst"),
+]
+
+
+@pytest.fixture(scope="module")
+def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[peers.CharterUp]:
+    system = peers.CharterUp(tmp_path_factory.mktemp("charter-up"))
+    try:
+        yield system
+    finally:
+        code = system.close()
+    assert code == 0, f"charter up did not stop cleanly (exit {code}):\n{system.process.log()}"
+
+
+def test_four_participants_all_to_all_for_20_seconds(charter: peers.CharterUp, tmp_path: Path) -> None:
+    conference = "all-to-all"
+    charter.create_conference(conference)
+    ssrcs = peers.random_ssrcs()
+    for participant, codec, payload_type, _ in PARTICIPANTS:
+        track = MediaTrack("video", codec, payload_type, 90000, next(ssrcs), name="camera")
+        charter.join(conference, participant, [track], receive_address=("127.0.0.1", peers.free_udp_port()))
+    # Everyone's subscriptions as they are once all have joined.
+    sessions = {p: charter.session(conference, p) for p, *_ in PARTICIPANTS}
+
+    receivers: dict[str, peers.GstReceiver] = {}
+    processes: list[peers.MediaProcess | peers.Receiver] = []
+    try:
+        for participant, session in sessions.items():
+            streams = [peers.Stream.from_media(m) for m in sdp.parse(sdp.render(session, direction=sdp.RECV_ONLY)).media]
+            assert len(streams) == len(PARTICIPANTS) - 1
+            receivers[participant] = peers.GstReceiver(f"{participant}-receiver", streams, tmp_path)
+            processes.append(receivers[participant])
+        for receiver in receivers.values():
+            receiver.wait_ready()
+        senders = []
+        for participant, _, _, tool in PARTICIPANTS:
+            (media,) = sdp.parse(sdp.render(sessions[participant], direction=sdp.SEND_ONLY)).media
+            sender = peers.SENDERS[tool](f"{participant}-sender", peers.Stream.from_media(media), FRAMES, tmp_path)
+            senders.append(sender)
+            processes.append(sender)
+        for sender in senders:
+            assert sender.wait(SECONDS * 4) == 0, sender.describe()
+
+        def decoded() -> dict[tuple[str, str], int]:
+            return {
+                (receiver, publisher): receivers[receiver].frames(track.ssrc)
+                for receiver, session in sessions.items()
+                for publisher, *_ in PARTICIPANTS
+                for track in sdp.received_from(session, publisher)
+            }
+
+        peers.settle(lambda: list(decoded().values()))
+    finally:
+        peers.cleanup(processes)
+
+    counts = decoded()
+    print(f"all-to-all: {FRAMES} frames sent by each; decoded (receiver, publisher) -> frames:")
+    for (receiver, publisher), count in sorted(counts.items()):
+        print(f"  {receiver:>4} <- {publisher:<4} {count:4d}  {100 * count / FRAMES:5.1f} %")
+    assert len(counts) == len(PARTICIPANTS) * (len(PARTICIPANTS) - 1)
+    short = {pair: count for pair, count in counts.items() if count < ENOUGH * FRAMES}
+    assert not short, f"decoded fewer than {ENOUGH:.0%} of {FRAMES} frames: {short}"
+    assert all(count <= FRAMES + 1 for count in counts.values()), counts
+    for participant, *_ in PARTICIPANTS:
+        counters = charter.endpoint_stats(conference, participant).counters
+        assert sum(counters.drops.values()) == 0, (participant, dict(counters.drops))
+    charter.end_conference(conference)
