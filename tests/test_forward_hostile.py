@@ -10,7 +10,7 @@ import pytest
 
 from forward_harness import Harness, Participant, new_key
 from mediad._forward import DROP_REASONS
-from rtp import SUITES, TAG_LENGTHS, build_rtcp_receiver_report, build_rtp, header_fields, sender_session
+from rtp import SRTCP_TRAILER_LENGTHS, SUITES, TAG_LENGTHS, build_rtcp_receiver_report, build_rtp, header_fields, sender_session
 
 TRACK_SSRC = 0x600DF00D
 OUT_SSRC = 0x0000BEEF
@@ -76,6 +76,11 @@ def tiny_rtcp(s: Scene) -> bytes:
     return build_rtcp_receiver_report(TRACK_SSRC)[:8] + b"\x00" * 2
 
 
+def rtcp_without_full_trailer(s: Scene) -> bytes:
+    # 8 bytes of RTCP and one byte less than the SRTCP index and tag.
+    return build_rtcp_receiver_report(TRACK_SSRC) + b"\x00" * (SRTCP_TRAILER_LENGTHS[s.suite] - 1)
+
+
 def rtcp_wrong_key(s: Scene) -> bytes:
     return sender_session(s.suite, new_key(s.suite)).protect_rtcp(build_rtcp_receiver_report(TRACK_SSRC))
 
@@ -121,6 +126,7 @@ CASES: dict[str, tuple[Callable[[Scene], bytes], str]] = {
     "oversize, 3000 bytes": (lambda s: s.protected(payload=b"o" * 3000), "oversize"),
     "oversize by one byte": (lambda s: s.protected(payload=b"o" * (2049 - 12 - s.tag)), "oversize"),
     "RTCP shorter than its trailer": (tiny_rtcp, "too_short"),
+    "RTCP one byte short of its trailer": (rtcp_without_full_trailer, "too_short"),
     "RTCP with a wrong key": (rtcp_wrong_key, "auth_failed"),
 }
 
