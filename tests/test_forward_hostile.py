@@ -312,3 +312,19 @@ def test_fixed_remote_never_changes(harness: Harness) -> None:
     assert not fixed.endpoint.latching
     harness.deliver(other, [other.protect(build_rtp(3, 0, 0xF1, b"x"))], fixed.endpoint)
     assert fixed.endpoint.remote == fixed.peer.address
+
+
+@pytest.mark.parametrize("padding_byte", [0, 200])
+def test_authenticated_packet_with_bad_padding_is_accounted_once(harness: Harness, padding_byte: int) -> None:
+    """The contract leaves this open: forwarded byte-identical or dropped as malformed, but
+    counted exactly once, and the stream flows on."""
+    scene = Scene(harness, "AES_CM_128_HMAC_SHA1_80")
+    plain = bytearray(scene.plain(payload=b"abc", padding=1))
+    plain[-1] = padding_byte  # padding count 0, or past the payload
+    bad = scene.publisher.peer.protect(bytes(plain))
+    harness.deliver(scene.publisher.peer, [scene.good(), bad, scene.good()], scene.publisher.endpoint)
+    stats = scene.publisher.endpoint.stats()
+    assert stats["packets_in"] + stats["drops"]["malformed"] == 3
+    assert sum(stats["drops"].values()) == stats["drops"]["malformed"]
+    harness.wait(lambda: len(scene.subscriber.peer.received) == stats["packets_in"], "the forwarded packets")
+    assert [p[12:] for p in scene.subscriber.peer.plain if p[12:] != bytes(plain[12:])] == scene.good_payloads
