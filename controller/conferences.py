@@ -150,6 +150,8 @@ class Conferences:
             )
             routes, new_subscriptions = self._assign(conference, participant)
 
+            # One call: the daemon makes the endpoint, its tracks and every route to and from
+            # it together or not at all.
             endpoint = await client.create_endpoint(
                 ep_id,
                 conference.conference_id,
@@ -158,12 +160,8 @@ class Conferences:
                 tx_key=receive_key,
                 remote=spec.receive_address,
                 tracks=participant.tracks,
+                routes=routes,
             )
-            try:
-                await client.subscribe(routes)
-            except CharterError:
-                await self._delete_quietly(client, ep_id)
-                raise
             participant.media_address = (record.info.media_ip, endpoint.local_address.port)
 
             conference.participants[participant_id] = participant
@@ -316,7 +314,7 @@ class Conferences:
                 Candidate(
                     daemon_id=record.info.daemon_id,
                     capacity=record.info.capacity,
-                    endpoints=max(record.load.endpoints, used.endpoints if used else 0),
+                    endpoints=used.endpoints if used else 0,
                     conferences=used.conferences if used else 0,
                     draining=record.load.draining,
                 )
@@ -350,7 +348,7 @@ class Conferences:
                 "and takes no new participants"
             )
         usage = (await self.store.daemon_usage()).get(record.info.daemon_id)
-        used = max(record.load.endpoints, usage.endpoints if usage else 0)
+        used = usage.endpoints if usage else 0
         if used >= record.info.capacity:
             raise ResourceExhausted(
                 f"media daemon {record.info.daemon_id} of conference {conference.conference_id!r} is full "
@@ -377,9 +375,3 @@ class Conferences:
             conference.sequence += 1
             batch.append(events.Event(conference.sequence, now, body))
         return batch
-
-    async def _delete_quietly(self, client: MediaDaemonClient, ep_id: str) -> None:
-        try:
-            await client.delete_endpoint(ep_id)
-        except CharterError as error:
-            log.warning("endpoint of a failed join not deleted", extra={"endpoint_id": ep_id, "reason": str(error)})

@@ -58,7 +58,9 @@ class MediaDaemonClient:
         tx_key: bytes,
         remote: tuple[str, int] | None,
         tracks: Sequence[Track],
+        routes: Sequence[Route] = (),
     ) -> mediad_pb2.Endpoint:
+        """The endpoint with its tracks and the routes to and from it, in one call."""
         request = mediad_pb2.CreateEndpointRequest(
             endpoint_id=endpoint_id,
             conference_id=conference_id,
@@ -66,6 +68,7 @@ class MediaDaemonClient:
             rx_key=rx_key,
             tx_key=tx_key,
             tracks=[track_to_proto(t) for t in tracks],
+            subscriptions=[r.to_proto() for r in routes],
         )
         if remote is not None:
             request.remote.CopyFrom(address_to_proto(remote))

@@ -13,8 +13,8 @@ class Candidate:
     capacity: int
     """Endpoints it takes at most."""
     endpoints: int
-    """Endpoints in use: the larger of what it reported and what the controller assigned to it,
-    so that joins since its last lease renewal count."""
+    """Endpoints in use: the participants of the conferences placed on it (from the store,
+    exact at once; a renewal's reported count lags by up to a third of the lease)."""
     conferences: int
     draining: bool = False
 
@@ -22,23 +22,33 @@ class Candidate:
     def free(self) -> int:
         return max(0, self.capacity - self.endpoints)
 
-    @property
-    def utilisation(self) -> float:
-        return self.endpoints / self.capacity if self.capacity > 0 else 1.0
+    def load(self, reserve: int = 0) -> float:
+        """Share of capacity in use, counting `reserve` more endpoints per conference."""
+        if self.capacity <= 0:
+            return float("inf")
+        return (self.endpoints + reserve * self.conferences) / self.capacity
+
+
+RESERVE_PER_CONFERENCE = 2
+"""Endpoints a conference is expected to grow into (a conversation needs two). Without it,
+conferences created before anyone joins would all go to the daemon that was emptiest at that
+moment."""
 
 
 def has_room(candidate: Candidate, endpoints_needed: int = 1) -> bool:
     return not candidate.draining and candidate.free >= endpoints_needed
 
 
-def least_loaded(candidates: Iterable[Candidate], endpoints_needed: int = 1) -> Candidate | None:
-    """The daemon with room and the lowest share of its capacity in use; ties go to the one
-    with fewer conferences (a new conference has no endpoints yet, so empty conferences still
-    spread), then to the smaller id (deterministic). None when no daemon has room."""
+def least_loaded(
+    candidates: Iterable[Candidate], endpoints_needed: int = 1, reserve: int = RESERVE_PER_CONFERENCE
+) -> Candidate | None:
+    """The daemon with room and the lowest load (endpoints in use plus `reserve` per
+    conference, as a share of capacity); ties go to fewer conferences, then to the smaller id
+    (deterministic). None when no daemon has room."""
     eligible = [c for c in candidates if has_room(c, endpoints_needed)]
     if not eligible:
         return None
-    return min(eligible, key=lambda c: (c.utilisation, c.conferences, c.daemon_id))
+    return min(eligible, key=lambda c: (c.load(reserve), c.conferences, c.daemon_id))
 
 
 def describe(candidates: Iterable[Candidate]) -> str:

@@ -37,6 +37,8 @@ class EndpointSpec:
     tx_key: bytes
     remote: tuple[str, int] | None
     tracks: tuple[TrackSpec, ...] = ()
+    subscriptions: tuple["SubscriptionSpec", ...] = ()
+    """Routes to and from the endpoint, made with it or not at all."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Media:
                 raise AlreadyExists(f"endpoint {spec.endpoint_id!r} exists with other parameters")
             for track in spec.tracks:
                 self.add_track(spec.endpoint_id, track)
+            self.subscribe(spec.subscriptions)
             return record
         if self.draining:
             raise FailedPrecondition("this media daemon is draining and takes no new endpoints")
@@ -111,8 +114,13 @@ class Media:
             raise
         record = EndpointRecord(spec=spec, endpoint=endpoint, port=port)
         self._endpoints[spec.endpoint_id] = record
-        for track in spec.tracks:
-            self._add_track(record, track)
+        try:
+            for track in spec.tracks:
+                self._add_track(record, track)
+            self.subscribe(spec.subscriptions)
+        except BaseException:
+            self.delete_endpoint(spec.endpoint_id)
+            raise
         log.debug("endpoint created", extra={"endpoint_id": spec.endpoint_id, "port": port})
         return record
 

@@ -138,6 +138,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
             tx_key=bytes(request.tx_key),
             remote=remote,
             tracks=tuple(_track(f"tracks[{i}]", t) for i, t in enumerate(request.tracks)),
+            subscriptions=tuple(_subscription(f"subscriptions[{i}]", s) for i, s in enumerate(request.subscriptions)),
         )
         return endpoint_to_proto(self.media.create_endpoint(spec), self.media_ip)
 

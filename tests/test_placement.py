@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.placement import Candidate, describe, has_room, least_loaded
+from controller.placement import RESERVE_PER_CONFERENCE, Candidate, describe, has_room, least_loaded
 
 
 def c(daemon_id: str, endpoints: int = 0, capacity: int = 100, conferences: int = 0, draining: bool = False) -> Candidate:
@@ -21,6 +21,23 @@ def test_lowest_share_of_capacity_wins() -> None:
 
 def test_empty_conferences_spread_by_count() -> None:
     assert least_loaded([c("a", 0, conferences=3), c("b", 0, conferences=2)]).daemon_id == "b"
+
+
+def test_conferences_count_with_the_room_they_grow_into() -> None:
+    # 10 empty conferences on a weigh more than 5 endpoints in one conference on b.
+    assert least_loaded([c("a", 0, conferences=10), c("b", 5, conferences=1)]).daemon_id == "b"
+    assert least_loaded([c("a", 0, conferences=10), c("b", 5, conferences=1)], reserve=0).daemon_id == "a"
+
+
+def test_creating_many_conferences_alternates_between_equal_daemons() -> None:
+    pool = {"a": c("a"), "b": c("b")}
+    placed = []
+    for _ in range(6):
+        chosen = least_loaded(pool.values())
+        assert chosen is not None
+        placed.append(chosen.daemon_id)
+        pool[chosen.daemon_id] = c(chosen.daemon_id, conferences=chosen.conferences + 1)
+    assert placed == ["a", "b"] * 3
 
 
 def test_ties_go_to_the_smaller_id() -> None:
@@ -67,4 +84,4 @@ def test_choice_has_room_and_no_eligible_daemon_is_less_loaded(pool: list[Candid
         assert eligible == []
         return
     assert has_room(chosen)
-    assert all(chosen.utilisation <= x.utilisation for x in eligible)
+    assert all(chosen.load(RESERVE_PER_CONFERENCE) <= x.load(RESERVE_PER_CONFERENCE) for x in eligible)
