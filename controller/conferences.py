@@ -89,8 +89,8 @@ class Conferences:
             raise NotFound(f"conference {conference_id!r} not found")
         return conference
 
-    async def list(self, page_size: int, page_token: str) -> tuple[list[Conference], str]:
-        page = await self.store.list(after=page_token, limit=page_size + 1)
+    async def page(self, page_size: int, page_token: str) -> tuple[list[Conference], str]:
+        page = await self.store.page(after=page_token, limit=page_size + 1)
         if len(page) > page_size:
             return page[:page_size], page[page_size - 1].conference_id
         return page, ""

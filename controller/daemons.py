@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -93,7 +94,7 @@ class MediaDaemonClient:
         reply = await self._call("ListEndpoints", mediad_pb2.ListEndpointsRequest(conference_id=conference_id))
         return list(reply.endpoints)
 
-    async def _call(self, method: str, request: object) -> object:
+    async def _call(self, method: str, request: object) -> Any:
         try:
             return await getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:

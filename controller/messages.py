@@ -23,15 +23,15 @@ _CODEC = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
 MAX_TEXT = 256
 MAX_TRACKS = 16
 
-KINDS = {media_pb2.AUDIO: "audio", media_pb2.VIDEO: "video"}
+KINDS: dict[int, str] = {media_pb2.AUDIO: "audio", media_pb2.VIDEO: "video"}
 KIND_NUMBERS = {v: k for k, v in KINDS.items()}
-SUITES = {
+SUITES: dict[int, str] = {
     media_pb2.SRTP_SUITE_UNSPECIFIED: SrtpSuite.AES_CM_128_HMAC_SHA1_80.value,
     media_pb2.AES_CM_128_HMAC_SHA1_80: SrtpSuite.AES_CM_128_HMAC_SHA1_80.value,
     media_pb2.AES_CM_128_HMAC_SHA1_32: SrtpSuite.AES_CM_128_HMAC_SHA1_32.value,
     media_pb2.AEAD_AES_128_GCM: SrtpSuite.AEAD_AES_128_GCM.value,
 }
-SUITE_NUMBERS = {SrtpSuite(v).value: k for k, v in SUITES.items() if k != media_pb2.SRTP_SUITE_UNSPECIFIED}
+SUITE_NUMBERS = {v: k for k, v in SUITES.items() if k != media_pb2.SRTP_SUITE_UNSPECIFIED}
 
 
 # --- requests -> domain ------------------------------------------------------------------

@@ -39,7 +39,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         if request.page_size > MAX_PAGE:
             raise InvalidArgument("page_size", f"is {request.page_size}; at most {MAX_PAGE}")
         token = m.parse_id("page_token", request.page_token, required=False)
-        page, next_token = await self.conferences.list(request.page_size or 100, token)
+        page, next_token = await self.conferences.page(request.page_size or 100, token)
         return pb.ListConferencesResponse(
             conferences=[m.conference_to_proto(c) for c in page], next_page_token=next_token
         )

@@ -32,7 +32,7 @@ class ConferenceStore(Protocol):
         ...
     async def put(self, conference: Conference) -> None: ...
     async def delete(self, conference_id: str) -> None: ...
-    async def list(self, after: str = "", limit: int = 100) -> list[Conference]:
+    async def page(self, after: str = "", limit: int = 100) -> list[Conference]:
         """Conferences with an id greater than `after`, by id."""
         ...
     async def ids(self) -> list[str]: ...
@@ -73,7 +73,7 @@ class MemoryStore:
     async def delete(self, conference_id: str) -> None:
         self._conferences.pop(conference_id, None)
 
-    async def list(self, after: str = "", limit: int = 100) -> list[Conference]:
+    async def page(self, after: str = "", limit: int = 100) -> list[Conference]:
         ids = sorted(i for i in self._conferences if i > after)[:limit]
         return [self._conferences[i] for i in ids]
 
