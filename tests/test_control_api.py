@@ -278,3 +278,16 @@ def test_registry_refuses_bad_registrations(charter: Cluster) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("daemon.capacity:")
     error = refused(lambda: registry.KeepAlive(pb.KeepAliveRequest(daemon_id="mediad-0", lease_id="forged"), timeout=10))
     assert error.code() == grpc.StatusCode.NOT_FOUND and "register again" in error.details()
+
+
+def test_drain_and_resume_through_the_api(charter: Cluster) -> None:
+    daemon = mediad_stub(charter.daemons[1])
+    request = mediad_pb2.CreateEndpointRequest(endpoint_id="drain/a", conference_id="drain", rx_key=os.urandom(30), tx_key=os.urandom(30))
+    try:
+        assert daemon.Drain(mediad_pb2.DrainRequest(), timeout=10).draining
+        error = refused(lambda: daemon.CreateEndpoint(request, timeout=10))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "draining" in error.details()
+    finally:
+        assert not daemon.Drain(mediad_pb2.DrainRequest(resume=True), timeout=10).draining
+    assert daemon.CreateEndpoint(request, timeout=10).local_address.port
+    assert daemon.ReleaseConference(mediad_pb2.ReleaseConferenceRequest(conference_id="drain"), timeout=10).endpoints_deleted == 1

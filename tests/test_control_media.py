@@ -159,3 +159,45 @@ def test_gcm_suite_and_participant_chosen_send_key(charter: Cluster) -> None:
         api.EndConference(pb.EndConferenceRequest(conference_id=conference.conference_id), timeout=10)
         a.close()
         b.close()
+
+
+def test_stats_unary_and_streaming(charter: Cluster) -> None:
+    from google.protobuf.duration_pb2 import Duration
+
+    api = conference_stub(charter.controller)
+    conference = api.CreateConference(pb.CreateConferenceRequest(), timeout=10)
+    a = Peer("stats-a", [random.randrange(1, 2**32)])
+    b = Peer("stats-b", [random.randrange(1, 2**32)])
+    try:
+        for peer in (a, b):
+            peer.joined(api.Join(peer.join_request(conference.conference_id), timeout=10).participant)
+        exchange([a, b], lambda: sum(a.counts().values()) >= 5 and sum(b.counts().values()) >= 5)
+        daemon = mediad_stub(charter.daemon(conference.daemon_id))
+        stats = daemon.GetStats(mediad_pb2.GetStatsRequest(conference_id=conference.conference_id), timeout=10)
+        assert len(stats.endpoints) == 2 and stats.endpoint_count >= 2
+        for endpoint in stats.endpoints:
+            assert endpoint.counters.packets_in >= 5 and endpoint.counters.packets_out >= 5
+            assert endpoint.idle_seconds >= 0
+            assert [t.packets >= 5 for t in endpoint.tracks] == [True]
+            assert [s.packets >= 5 for s in endpoint.subscriptions] == [True]
+        assert stats.totals.packets_in >= sum(e.counters.packets_in for e in stats.endpoints)
+
+        stream = daemon.WatchStats(
+            mediad_pb2.WatchStatsRequest(conference_id=conference.conference_id, interval=Duration(nanos=100_000_000)),
+            timeout=30,
+        )
+        seen = []
+        for message in stream:
+            a.send_round()
+            seen.append(sum(e.counters.packets_in for e in message.endpoints))
+            if len(seen) == 3:
+                stream.cancel()
+                break
+        assert seen == sorted(seen) and seen[0] >= 10
+        with pytest.raises(grpc.RpcError) as error:
+            next(iter(daemon.WatchStats(mediad_pb2.WatchStatsRequest(interval=Duration(nanos=1000)), timeout=10)))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error.value.details().startswith("interval:")
+    finally:
+        api.EndConference(pb.EndConferenceRequest(conference_id=conference.conference_id), timeout=10)
+        a.close()
+        b.close()

@@ -2,6 +2,8 @@
 conference can be placed on each daemon, and Ctrl-C (SIGINT) or SIGTERM stops all cleanly."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,7 +15,7 @@ import pytest
 
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
-from processes import free_tcp_port, free_tcp_ports, free_udp_range, udp_port_free, wait_until
+from processes import Process, free_tcp_port, free_tcp_ports, free_udp_range, live_daemons, udp_port_free, wait_serving, wait_until
 
 
 def charter_command() -> list[str]:
@@ -50,3 +52,40 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
     text = log.read_text()
     assert "every process exited cleanly" in text
     assert all(udp_port_free(p) for p in range(first, last + 1))
+
+
+def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
+    controller_address = f"127.0.0.1:{free_tcp_port()}"
+    mediad_address = f"127.0.0.1:{free_tcp_port()}"
+    first, last = free_udp_range(4)
+    env = dict(
+        os.environ,
+        CHARTER_CONTROLLER_LISTEN=controller_address,
+        CHARTER_CONTROLLER_LOG_FORMAT="json",
+        CHARTER_MEDIAD_LISTEN=mediad_address,
+        CHARTER_MEDIAD_CONTROLLER=controller_address,
+        CHARTER_MEDIAD_DAEMON_ID="from-env",
+        CHARTER_MEDIAD_PORTS=f"{first}-{last}",
+        CHARTER_MEDIAD_LOG_FORMAT="json",
+    )
+    processes = []
+    for name, module, address in (("controller", "controller", controller_address), ("from-env", "mediad", mediad_address)):
+        log_path = tmp_path / f"{name}.log"
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen([sys.executable, "-m", module], stdout=out, stderr=subprocess.STDOUT, env=env)
+        processes.append(Process(name, address, popen, log_path))
+        wait_serving(address, popen)
+    controller, daemon = processes
+    try:
+        wait_until(lambda: live_daemons(controller) == {"from-env"}, what="the daemon configured by environment to register")
+        registry = controller_pb2_grpc.DaemonRegistryStub(controller.channel)
+        described = registry.ListDaemons(pb.ListDaemonsRequest(), timeout=10).daemons[0].daemon
+        assert (described.port_range.first, described.port_range.last, described.capacity) == (first, last, 4)
+    finally:
+        codes = [p.stop() for p in processes]
+    assert codes == [0, 0]
+    for process, service in ((controller, "controller"), (daemon, "mediad")):
+        entries = [json.loads(line) for line in process.log().splitlines() if line.strip()]
+        assert entries and all(e["service"] == service and e["level"] and e["time"] and e["message"] for e in entries)
+    serving = next(e for e in entries if e["message"] == "media daemon serving")
+    assert serving["daemon_id"] == "from-env" and serving["ports"] == f"{first}-{last}"
