@@ -10,6 +10,7 @@ import re
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from charter import sdp
 from charter.errors import InvalidArgument
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2
@@ -220,6 +221,7 @@ def participant_to_proto(p: Participant) -> pb.Participant:
     )
     if p.receive_address is not None:
         message.receive_address.CopyFrom(address_to_proto(p.receive_address))
+    message.sdp = sdp.render(sdp.from_participant(message))
     return message
 
 
