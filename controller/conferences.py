@@ -277,6 +277,32 @@ class Conferences:
         finally:
             self.hub.unwatch(watcher)
 
+    # --- reconciliation ------------------------------------------------------------------
+
+    async def reconcile(self, daemon_id: str) -> int:
+        """Delete the endpoints a daemon holds that no participant owns any more (their
+        conference ended or they left while the daemon had no lease). Each conference is
+        checked under its lock, so a join in flight is never mistaken for a leftover."""
+        client = self._client(daemon_id)
+        if client is None:
+            return 0
+        deleted = 0
+        conference_ids = sorted({e.conference_id for e in await client.list_endpoints()})
+        for conference_id in conference_ids:
+            async with self.store.lock(conference_id):
+                conference = await self.store.get(conference_id)
+                owned = (
+                    {p.endpoint_id for p in conference.participants.values()}
+                    if conference is not None and conference.daemon_id == daemon_id
+                    else set()
+                )
+                for endpoint in await client.list_endpoints(conference_id):
+                    if endpoint.endpoint_id not in owned:
+                        deleted += await client.delete_endpoint(endpoint.endpoint_id)
+        if deleted:
+            log.info("leftover endpoints deleted", extra={"daemon_id": daemon_id, "endpoints": deleted})
+        return deleted
+
     # --- shutdown ------------------------------------------------------------------------
 
     async def close_watches(self) -> None:

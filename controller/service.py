@@ -2,12 +2,14 @@
 translate messages and call the domain; they hold no state."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 
-from charter.errors import InvalidArgument
+from charter.errors import CharterError, InvalidArgument
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
 from controller import messages as m
@@ -15,6 +17,8 @@ from controller.conferences import Conferences, JoinSpec
 from controller.registry import Registry
 
 MAX_PAGE = 1000
+
+log = logging.getLogger("controller.service")
 
 
 class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
@@ -95,13 +99,26 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
     def __init__(self, registry: Registry, conferences: Conferences) -> None:
         self.registry = registry
         self.conferences = conferences
+        self._reconciling: set[asyncio.Task[None]] = set()
 
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         if not request.HasField("daemon"):
             raise InvalidArgument("daemon", "is required")
         info = m.parse_daemon("daemon", request.daemon)
         record = self.registry.register(info, m.parse_load(request.load))
+        if request.load.endpoints:
+            # A daemon that comes back with endpoints may hold some whose conference ended
+            # meanwhile; clean up after answering.
+            task = asyncio.create_task(self._reconcile(info.daemon_id))
+            self._reconciling.add(task)
+            task.add_done_callback(self._reconciling.discard)
         return pb.RegisterResponse(lease_id=record.lease_id, lease_ttl=m.duration(self.registry.lease_ttl))
+
+    async def _reconcile(self, daemon_id: str) -> None:
+        try:
+            await self.conferences.reconcile(daemon_id)
+        except CharterError as error:
+            log.warning("reconciliation failed", extra={"daemon_id": daemon_id, "reason": str(error)})
 
     async def KeepAlive(self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext) -> pb.KeepAliveResponse:
         daemon_id = m.parse_id("daemon_id", request.daemon_id)

@@ -26,7 +26,7 @@ from processes import (
     wait_until,
 )
 
-LEASE = 1.5
+LEASE = 3.0
 
 
 def test_stalled_daemon_leaves_placement_and_returns(tmp_path: Path) -> None:
@@ -44,6 +44,32 @@ def test_stalled_daemon_leaves_placement_and_returns(tmp_path: Path) -> None:
         wait_until(lambda: live_daemons(charter.controller) == {"mediad-0", "mediad-1"}, what="mediad-1 to register again")
         assert api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id == "mediad-1"
         assert "registering again" in stalled.log()
+
+
+def test_endpoints_of_a_conference_ended_while_the_daemon_stalled_are_deleted(tmp_path: Path) -> None:
+    with cluster(tmp_path, daemons=1, lease_ttl=LEASE) as charter:
+        api = conference_stub(charter.controller)
+        api.CreateConference(pb.CreateConferenceRequest(conference_id="orphan"), timeout=10)
+        port = api.Join(pb.JoinRequest(conference_id="orphan", participant_id="a"), timeout=10).participant.media_address.port
+        api.CreateConference(pb.CreateConferenceRequest(conference_id="kept"), timeout=10)
+        api.Join(pb.JoinRequest(conference_id="kept", participant_id="b"), timeout=10)
+        daemon = charter.daemons[0]
+        daemon.signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: live_daemons(charter.controller) == set(), what="the lease to expire")
+            # The controller forgets the conference; the stalled daemon cannot be told.
+            api.EndConference(pb.EndConferenceRequest(conference_id="orphan"), timeout=10)
+        finally:
+            daemon.signal(signal.SIGCONT)
+        endpoints = mediad_stub(daemon)
+
+        def only_kept_left() -> bool:
+            listed = endpoints.ListEndpoints(mediad_pb2.ListEndpointsRequest(), timeout=5).endpoints
+            return [e.endpoint_id for e in listed] == ["kept/b"]
+
+        wait_until(only_kept_left, what="the daemon to register again and drop the orphan endpoint")
+        assert udp_port_free(port)
+        assert "leftover endpoints deleted" in charter.controller.log()
 
 
 def test_daemons_register_again_with_a_restarted_controller(tmp_path: Path) -> None:
