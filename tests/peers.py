@@ -624,6 +624,13 @@ class CharterUp:
         request = controller_pb2.GetParticipantRequest(conference_id=conference_id, participant_id=participant_id)
         return from_participant(self.conferences.GetParticipant(request, timeout=10))
 
+    def api_sdp(self, conference_id: str, participant_id: str) -> str:
+        """The SDP the API returns with the participant (Participant.sdp of GetParticipant)."""
+        from charter.v1 import controller_pb2
+
+        request = controller_pb2.GetParticipantRequest(conference_id=conference_id, participant_id=participant_id)
+        return str(self.conferences.GetParticipant(request, timeout=10).sdp)
+
     def endpoint_stats(self, conference_id: str, participant_id: str) -> object:
         """The daemon's EndpointStats of a participant (endpoint id "conference/participant")."""
         from charter.v1 import mediad_pb2, mediad_pb2_grpc

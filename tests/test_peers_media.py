@@ -77,7 +77,10 @@ def test_published_stream_is_decoded_by_ffmpeg_and_gstreamer_subscribers(
     # ffmpeg reads the SDP file `charter sdp` writes, as it is.
     ffmpeg_sdp = charter_sdp(charter, conference, "ffmpeg-subscriber", "--direction", "recv")
     ffmpeg_receiver = peers.FfmpegReceiver("ffmpeg-subscriber", ffmpeg_sdp, tmp_path)
-    gst_streams = [peers.Stream.from_media(m) for m in sdp.parse(sdp.render(gst_session)).media]
+    # GStreamer's pipeline is built from the SDP the API returns.
+    gst_sdp = charter.api_sdp(conference, "gst-subscriber")
+    assert gst_sdp == sdp.render(gst_session)
+    gst_streams = [peers.Stream.from_media(m) for m in sdp.parse(gst_sdp).media]
     gst_receiver = peers.GstReceiver("gst-subscriber", gst_streams, tmp_path)
     processes: list[peers.MediaProcess | peers.Receiver] = [ffmpeg_receiver, gst_receiver]
     try:
