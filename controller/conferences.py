@@ -152,16 +152,22 @@ class Conferences:
 
             # One call: the daemon makes the endpoint, its tracks and every route to and from
             # it together or not at all.
-            endpoint = await client.create_endpoint(
-                ep_id,
-                conference.conference_id,
-                suite=suite,
-                rx_key=send_key,
-                tx_key=receive_key,
-                remote=spec.receive_address,
-                tracks=participant.tracks,
-                routes=routes,
-            )
+            try:
+                endpoint = await client.create_endpoint(
+                    ep_id,
+                    conference.conference_id,
+                    suite=suite,
+                    rx_key=send_key,
+                    tx_key=receive_key,
+                    remote=spec.receive_address,
+                    tracks=participant.tracks,
+                    routes=routes,
+                    replace=True,  # under the lock, and no participant owns ep_id
+                )
+            except Unavailable:
+                # The daemon may have made it before the answer was lost: do not leave it.
+                await self._delete_quietly(client, ep_id)
+                raise
             participant.media_address = (record.info.media_ip, endpoint.local_address.port)
 
             conference.participants[participant_id] = participant
@@ -392,6 +398,12 @@ class Conferences:
         if participant is None:
             raise NotFound(f"participant {participant_id!r} is not in conference {conference.conference_id!r}")
         return participant
+
+    async def _delete_quietly(self, client: MediaDaemonClient, ep_id: str) -> None:
+        try:
+            await client.delete_endpoint(ep_id)
+        except CharterError as error:
+            log.warning("endpoint of a failed join left on its daemon", extra={"endpoint_id": ep_id, "reason": str(error)})
 
     def _number(self, conference: Conference, bodies: list[events.Body]) -> list[events.Event]:
         """Events with the conference's next sequence numbers (stored with the conference)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from charter.errors import CharterError, Internal, ResourceExhausted, Unavailable
+from charter.errors import AlreadyExists, CharterError, Internal, ResourceExhausted, Unavailable
 from charter.v1 import mediad_pb2, mediad_pb2_grpc
 from controller.messages import SUITE_NUMBERS, address_to_proto, track_to_proto
 from controller.model import Track
@@ -60,8 +60,13 @@ class MediaDaemonClient:
         remote: tuple[str, int] | None,
         tracks: Sequence[Track],
         routes: Sequence[Route] = (),
+        replace: bool = False,
     ) -> mediad_pb2.Endpoint:
-        """The endpoint with its tracks and the routes to and from it, in one call."""
+        """The endpoint with its tracks and the routes to and from it, in one call.
+
+        With `replace`, an endpoint of that id with other parameters (left over by an
+        earlier attempt whose answer was lost) is deleted and made again; the caller knows
+        that no participant owns it."""
         request = mediad_pb2.CreateEndpointRequest(
             endpoint_id=endpoint_id,
             conference_id=conference_id,
@@ -73,7 +78,13 @@ class MediaDaemonClient:
         )
         if remote is not None:
             request.remote.CopyFrom(address_to_proto(remote))
-        return await self._call("CreateEndpoint", request)
+        try:
+            return await self._call("CreateEndpoint", request)
+        except AlreadyExists:
+            if not replace:
+                raise
+            await self.delete_endpoint(endpoint_id)
+            return await self._call("CreateEndpoint", request)
 
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         request = mediad_pb2.DeleteEndpointRequest(endpoint_id=endpoint_id, allow_missing=True)
@@ -111,6 +122,8 @@ def _translate(daemon_id: str, method: str, error: grpc.aio.AioRpcError) -> Char
         return Unavailable(f"media daemon {daemon_id} did not answer {method} ({code.name}): try again")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhausted(f"media daemon {daemon_id} has no room: {details}")
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return AlreadyExists(f"media daemon {daemon_id}: {details}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return Unavailable(f"media daemon {daemon_id} takes no new endpoints: {details}")
     return Internal(f"media daemon {daemon_id} refused {method} ({code.name}): {details}")

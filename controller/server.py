@@ -49,6 +49,7 @@ async def serve(config: ControllerConfig) -> None:
     await server.stop(config.grace)
     await conferences.release_all()
     sweeper.cancel()
+    await asyncio.gather(sweeper, return_exceptions=True)
     await daemons.close()
     log.info("controller stopped")
 

@@ -101,6 +101,7 @@ async def serve(config: MediadConfig) -> None:
         log.warning("drain timed out: closing endpoints still open", extra={"endpoints": left})
     if registration is not None and registering is not None:
         registering.cancel()
+        await asyncio.gather(registering, return_exceptions=True)
         await registration.deregister()
         await registration.close()
     await server.stop(config.grace)

@@ -291,3 +291,17 @@ def test_drain_and_resume_through_the_api(charter: Cluster) -> None:
         assert not daemon.Drain(mediad_pb2.DrainRequest(resume=True), timeout=10).draining
     assert daemon.CreateEndpoint(request, timeout=10).local_address.port
     assert daemon.ReleaseConference(mediad_pb2.ReleaseConferenceRequest(conference_id="drain"), timeout=10).endpoints_deleted == 1
+
+
+def test_join_replaces_a_leftover_endpoint_of_the_same_id(api: Any, charter: Cluster) -> None:
+    conference = api.CreateConference(pb.CreateConferenceRequest(conference_id="leftover"), timeout=10)
+    daemon = mediad_stub(charter.daemon(conference.daemon_id))
+    stale = daemon.CreateEndpoint(
+        mediad_pb2.CreateEndpointRequest(endpoint_id="leftover/p", conference_id="leftover", rx_key=os.urandom(30), tx_key=os.urandom(30)),
+        timeout=10,
+    )
+    joined = api.Join(join("leftover", "p", [video(3)]), timeout=10).participant
+    endpoints = daemon.ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id="leftover"), timeout=10).endpoints
+    assert [(e.endpoint_id, e.local_address.port) for e in endpoints] == [("leftover/p", joined.media_address.port)]
+    assert [t.ssrc for t in endpoints[0].tracks] == [3]
+    assert stale.local_address.port == joined.media_address.port or udp_port_free(stale.local_address.port)
