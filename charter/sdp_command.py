@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         session = fetch(args.controller, args.conference, args.participant)
     except grpc.RpcError as error:
-        print(f"charter sdp: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"charter sdp: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     direction = {"send": sdp.SEND_ONLY, "recv": sdp.RECV_ONLY, None: None}[args.direction]
     try:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from charter.sdp import Media, MediaTrack, ParticipantSession
 
@@ -235,7 +235,8 @@ def _gst_encoder(stream: Stream, frames: int) -> str:
             f"! video/x-raw,width={width},height={height},framerate={VIDEO_FPS}/1"
         )
         if codec == "vp8":
-            return f"{source} ! vp8enc deadline=1 cpu-used=8 target-bitrate=300000 keyframe-max-dist=30 ! rtpvp8pay {pay} mtu=1200"
+            encoder = "vp8enc deadline=1 cpu-used=8 target-bitrate=300000 keyframe-max-dist=30"
+            return f"{source} ! {encoder} ! rtpvp8pay {pay} mtu=1200"
         return (
             f"{source} ! openh264enc bitrate=300000 gop-size=30 ! h264parse "
             f"! rtph264pay {pay} mtu=1200 config-interval=-1"
@@ -398,118 +399,6 @@ def cleanup(processes: Sequence[MediaProcess | Receiver]) -> None:
         item.stop()
 
 
-
-# --------------------------------------------------------------------------------------
-# A conference straight on the forwarding core (no control plane): one endpoint per
-# participant, every track routed to every other participant with an SSRC assigned here.
-
-
-class CoreConference:
-    """mediad._forward's Forwarder on a uvloop loop in a thread of the test process."""
-
-    def __init__(self, conference_id: str = "core", suite: str = "AES_CM_128_HMAC_SHA1_80") -> None:
-        import asyncio
-        import threading
-
-        import uvloop
-
-        self.conference_id = conference_id
-        self.suite = suite
-        self.loop = uvloop.new_event_loop()
-        self.errors: list[dict[str, object]] = []
-        self.loop.set_exception_handler(lambda _loop, context: self.errors.append(context))
-        self._thread = threading.Thread(target=self.loop.run_forever, name="forwarder", daemon=True)
-        self._thread.start()
-        self._asyncio = asyncio
-        from mediad._forward import Forwarder
-
-        self.forwarder = self.call(lambda: Forwarder(self.loop))
-        self._participants: dict[str, dict[str, object]] = {}
-        self._ssrcs = random_ssrcs()
-
-    def call(self, function: Callable[[], object]) -> object:
-        """Run `function` on the forwarder's loop and return its result."""
-        import concurrent.futures
-
-        future: concurrent.futures.Future[object] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                future.set_result(function())
-            except BaseException as error:  # handed back to the calling thread
-                future.set_exception(error)
-
-        self.loop.call_soon_threadsafe(run)
-        return future.result(READY_SECONDS)
-
-    def join(
-        self,
-        participant_id: str,
-        tracks: Sequence[MediaTrack] = (),
-        *,
-        receive_address: tuple[str, int] | None = None,
-        send_key: bytes | None = None,
-    ) -> ParticipantSession:
-        import socket
-
-        from mediad.srtp import generate_key
-
-        send = send_key or generate_key(self.suite)
-        receive = generate_key(self.suite)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-
-        def create() -> object:
-            endpoint = self.forwarder.create_endpoint(
-                sock, rx_suite=self.suite, rx_key=send, tx_suite=self.suite, tx_key=receive,
-                remote=receive_address, name=participant_id,
-            )
-            new_tracks = [endpoint.add_track(t.ssrc, clock_rate=t.clock_rate, kind=t.kind, name=t.name) for t in tracks]
-            received: list[MediaTrack] = []
-            for other_id, other in self._participants.items():
-                for core_track, described in zip(other["core_tracks"], other["tracks"]):  # type: ignore[call-overload]
-                    ssrc = next(self._ssrcs)
-                    core_track.subscribe(endpoint, ssrc)
-                    received.append(dataclasses.replace(described, ssrc=ssrc, publisher_id=other_id))
-                for core_track, described in zip(new_tracks, tracks):
-                    ssrc = next(self._ssrcs)
-                    core_track.subscribe(other["endpoint"], ssrc)
-                    other["received"].append(dataclasses.replace(described, ssrc=ssrc, publisher_id=participant_id))  # type: ignore[attr-defined]
-            self._participants[participant_id] = {
-                "endpoint": endpoint, "core_tracks": new_tracks, "tracks": list(tracks), "received": received,
-                "send": send, "receive": receive, "receive_address": receive_address,
-            }
-            return endpoint
-
-        self.call(create)
-        return self.session(participant_id)
-
-    def session(self, participant_id: str) -> ParticipantSession:
-        entry = self._participants[participant_id]
-        endpoint = entry["endpoint"]
-        return ParticipantSession(
-            conference_id=self.conference_id,
-            participant_id=participant_id,
-            media_address=endpoint.local_address,  # type: ignore[attr-defined]
-            receive_address=entry["receive_address"],  # type: ignore[arg-type]
-            suite=self.suite,
-            send_key=base64.b64encode(entry["send"]).decode(),  # type: ignore[arg-type]
-            receive_key=base64.b64encode(entry["receive"]).decode(),  # type: ignore[arg-type]
-            published=tuple(entry["tracks"]),  # type: ignore[arg-type]
-            received=tuple(entry["received"]),  # type: ignore[arg-type]
-        )
-
-    def endpoint_stats(self, participant_id: str) -> dict[str, object]:
-        endpoint = self._participants[participant_id]["endpoint"]
-        return self.call(endpoint.stats)  # type: ignore[attr-defined,return-value]
-
-    def close(self) -> None:
-        self.call(self.forwarder.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(READY_SECONDS)
-        self.loop.close()
-
-
 def random_ssrcs() -> Iterator[int]:
     """Distinct random SSRCs (RFC 3550 section 8: chosen at random)."""
     import secrets
@@ -631,7 +520,7 @@ class CharterUp:
         request = controller_pb2.GetParticipantRequest(conference_id=conference_id, participant_id=participant_id)
         return str(self.conferences.GetParticipant(request, timeout=10).sdp)
 
-    def endpoint_stats(self, conference_id: str, participant_id: str) -> object:
+    def endpoint_stats(self, conference_id: str, participant_id: str) -> Any:
         """The daemon's EndpointStats of a participant (endpoint id "conference/participant")."""
         from charter.v1 import mediad_pb2, mediad_pb2_grpc
 

@@ -70,8 +70,8 @@ def test_four_participants_all_to_all_for_20_seconds(charter: peers.CharterUp, t
 
         def decoded() -> dict[tuple[str, str], int]:
             return {
-                (receiver, publisher): receivers[receiver].frames(track.ssrc)
-                for receiver, session in sessions.items()
+                (name, publisher): receivers[name].frames(track.ssrc)
+                for name, session in sessions.items()
                 for publisher, *_ in PARTICIPANTS
                 for track in sdp.received_from(session, publisher)
             }
@@ -82,8 +82,8 @@ def test_four_participants_all_to_all_for_20_seconds(charter: peers.CharterUp, t
 
     counts = decoded()
     print(f"all-to-all: {FRAMES} frames sent by each; decoded (receiver, publisher) -> frames:")
-    for (receiver, publisher), count in sorted(counts.items()):
-        print(f"  {receiver:>4} <- {publisher:<4} {count:4d}  {100 * count / FRAMES:5.1f} %")
+    for (name, publisher), count in sorted(counts.items()):
+        print(f"  {name:>4} <- {publisher:<4} {count:4d}  {100 * count / FRAMES:5.1f} %")
     assert len(counts) == len(PARTICIPANTS) * (len(PARTICIPANTS) - 1)
     short = {pair: count for pair, count in counts.items() if count < ENOUGH * FRAMES}
     assert not short, f"decoded fewer than {ENOUGH:.0%} of {FRAMES} frames: {short}"

@@ -213,7 +213,9 @@ def test_from_the_controllers_participant_message() -> None:
         subscriptions=[
             controller_pb2.Subscription(
                 publisher_id="bob",
-                track=media_pb2.Track(ssrc=77, kind=media_pb2.AUDIO, codec="opus", payload_type=111, clock_rate=48000, channels=2),
+                track=media_pb2.Track(
+                    ssrc=77, kind=media_pb2.AUDIO, codec="opus", payload_type=111, clock_rate=48000, channels=2
+                ),
                 ssrc=4444,
             )
         ],
