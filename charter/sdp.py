@@ -15,6 +15,11 @@ its `a=crypto` key) and writes for what it sends (`-sdp_file`). ffmpeg opens one
 m-line, so a process that receives a single track takes that track's SDP alone
 (`render(session, ssrc=...)`). RTP and RTCP share each port (`a=rtcp-mux`, RFC 5761).
 
+An offer/answer endpoint (a SIP user agent) needs the other view: `render_answer` is
+Charter's answer to the participant's offer (RFC 3264, SDES RFC 4568 section 5), every
+m-line on the daemon's port, directions as Charter sees them, and Charter's own key, the
+one it protects with. The participant's offered key goes into Join as send_key.
+
 Pure: no I/O, no dependency on the generated protobuf code except in `from_participant`.
 """
 from __future__ import annotations
@@ -193,6 +198,40 @@ def render(
     ]
     for mid, (track, way) in enumerate(chosen):
         lines += _media_lines(session, track, way, mid)
+    return "\r\n".join(lines) + "\r\n"
+
+
+def render_answer(session: ParticipantSession) -> str:
+    """Charter's SDP answer to the participant: BUNDLE on the daemon's one port, published
+    tracks recvonly (Charter receives them), received tracks sendonly with the SSRCs Charter
+    sends them with, and the key Charter protects with (the participant's receive key)."""
+    host, port = session.media_address
+    entries = [(t, RECV_ONLY) for t in session.published] + [(t, SEND_ONLY) for t in session.received]
+    lines = [
+        "v=0",
+        f"o=charter {_session_id(session)} 1 IN {_address_type(host)} {host}",
+        f"s=charter {session.conference_id}",
+        f"i=answer to participant {session.participant_id}",
+        f"c=IN {_address_type(host)} {host}",
+        "t=0 0",
+        "a=tool:charter",
+    ]
+    if entries:
+        lines.append("a=group:BUNDLE " + " ".join(str(mid) for mid in range(len(entries))))
+    for mid, (track, direction) in enumerate(entries):
+        lines += [
+            f"m={track.kind} {port} {PROFILE} {track.payload_type}",
+            f"a=mid:{mid}",
+            f"a=rtpmap:{track.rtpmap}",
+        ]
+        if track.format_parameters:
+            lines.append(f"a=fmtp:{track.payload_type} {track.format_parameters}")
+        lines += [f"a={direction}", "a=rtcp-mux"]
+        if direction == SEND_ONLY:
+            lines.append(f"a=ssrc:{track.ssrc} cname:{track.publisher_id or session.participant_id}")
+        if track.name:
+            lines.append(f"a=label:{track.name}")
+        lines.append(f"a=crypto:1 {session.suite} inline:{session.receive_key}")
     return "\r\n".join(lines) + "\r\n"
 
 

@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--direction", choices=["send", "recv"],
         help="only the tracks the participant publishes (send) or receives (recv)",
     )
+    parser.add_argument(
+        "--answer", action="store_true",
+        help="Charter's SDP answer for an offer/answer endpoint such as a SIP user agent "
+        "(every m-line on the daemon's port, Charter's key) instead of the participant's view",
+    )
     parser.add_argument("-o", "--output", help="write to this file instead of standard output")
 
 
@@ -50,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"charter sdp: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     direction = {"send": sdp.SEND_ONLY, "recv": sdp.RECV_ONLY, None: None}[args.direction]
+    if args.answer and (args.track is not None or direction is not None):
+        print("charter sdp: --answer describes the whole session; leave out --track and --direction", file=sys.stderr)
+        return 2
     try:
-        text = sdp.render(session, ssrc=args.track, direction=direction)
+        text = sdp.render_answer(session) if args.answer else sdp.render(session, ssrc=args.track, direction=direction)
     except KeyError as error:
         print(f"charter sdp: {error.args[0]}", file=sys.stderr)
         return 1

@@ -253,3 +253,24 @@ def test_every_track_reads_back(all_tracks: list[MediaTrack], split: int, port: 
         assert (m.kind, m.codec, m.payload_type, m.clock_rate, m.ssrc) == (
             track.kind, track.codec, track.payload_type, track.clock_rate, track.ssrc,
         )
+
+
+def test_answer_for_an_offer_answer_endpoint() -> None:
+    text = sdp.render_answer(session())
+    description = sdp.parse(text)
+    assert description.address == "127.0.0.1"
+    assert "a=group:BUNDLE 0 1 2 3" in text
+    media = description.media
+    # Every m-line on the daemon's one port; directions as Charter sees them.
+    assert {m.transport() for m in media} == {("127.0.0.1", 20000)}
+    assert [m.direction for m in media] == ["recvonly", "recvonly", "sendonly", "sendonly"]
+    # Charter states the SSRCs it sends, and the key it protects with.
+    assert [m.ssrcs for m in media] == [[], [], [3333], [4444]]
+    assert {c.key for m in media for c in m.crypto} == {RECEIVE_KEY}
+    assert all(m.rtcp_mux for m in media)
+    assert media[2].fmtp[97] == "packetization-mode=1"
+
+
+def test_answer_without_tracks_is_a_bare_session() -> None:
+    description = sdp.parse(sdp.render_answer(session(published=(), received=())))
+    assert description.media == []
