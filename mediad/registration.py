@@ -35,10 +35,11 @@ class Registration:
         self._channel = grpc.aio.insecure_channel(controller)
         self._stub = controller_pb2_grpc.DaemonRegistryStub(self._channel)
         self._wake = asyncio.Event()
+        self._stopped = False
 
     async def run(self) -> None:
         retry = RETRY_MIN
-        while True:
+        while not self._stopped:
             try:
                 reply = await self._stub.Register(
                     pb.RegisterRequest(daemon=self.daemon, load=self.load()), timeout=CALL_TIMEOUT
@@ -46,7 +47,7 @@ class Registration:
             except grpc.aio.AioRpcError as error:
                 if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     log.error("controller refused registration", extra={"code": error.code().name, "details": error.details()})
-                await asyncio.sleep(retry)
+                await self._pause(retry)
                 retry = min(RETRY_MAX, retry * 2)
                 continue
             retry = RETRY_MIN
@@ -55,6 +56,8 @@ class Registration:
             self.registered.set()
             log.info("registered with the controller", extra={"controller": self.controller, "lease_ttl": ttl})
             await self._renew(ttl)
+            if self._stopped:
+                return  # keep lease_id for deregister()
             self.registered.clear()
             self.lease_id = ""
 
@@ -62,11 +65,9 @@ class Registration:
         """Renew until the controller no longer knows the lease or it has surely expired."""
         expires = time.monotonic() + ttl
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=ttl / 3)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await self._pause(ttl / 3)
+            if self._stopped:
+                return
             try:
                 reply = await self._stub.KeepAlive(
                     pb.KeepAliveRequest(daemon_id=self.daemon.daemon_id, lease_id=self.lease_id, load=self.load()),
@@ -81,6 +82,22 @@ class Registration:
                 if time.monotonic() >= expires:
                     log.warning("controller unreachable past the lease: registering again", extra={"code": error.code().name})
                     return
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by report_now() or stop()."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set.
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def stop(self) -> None:
+        """End run() at its next step (also when a cancellation was lost)."""
+        self._stopped = True
+        self._wake.set()
 
     def report_now(self) -> None:
         """Send the load at once (a change placement must see, such as draining)."""

@@ -100,6 +100,7 @@ async def serve(config: MediadConfig) -> None:
     if left:
         log.warning("drain timed out: closing endpoints still open", extra={"endpoints": left})
     if registration is not None and registering is not None:
+        registration.stop()
         registering.cancel()
         await asyncio.gather(registering, return_exceptions=True)
         await registration.deregister()
