@@ -74,7 +74,7 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float 
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"process {process.args} exited with {process.returncode} before serving")
+                raise RuntimeError(f"process {process.args!r} exited with {process.returncode} before serving")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == health_pb2.HealthCheckResponse.SERVING:
                     return

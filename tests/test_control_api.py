@@ -6,7 +6,6 @@ import base64
 import os
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -239,7 +238,7 @@ def test_list_conferences_in_pages(api: Any) -> None:
 
 def test_media_daemon_operations_are_idempotent(charter: Cluster) -> None:
     daemon = mediad_stub(charter.daemons[0])
-    keys = dict(rx_key=os.urandom(30), tx_key=os.urandom(30))
+    keys: dict[str, Any] = dict(rx_key=os.urandom(30), tx_key=os.urandom(30))
     create = mediad_pb2.CreateEndpointRequest(endpoint_id="idem/a", conference_id="idem", tracks=[video(1)], **keys)
     first = daemon.CreateEndpoint(create, timeout=10)
     again = daemon.CreateEndpoint(create, timeout=10)

