@@ -304,3 +304,13 @@ def test_join_replaces_a_leftover_endpoint_of_the_same_id(api: Any, charter: Clu
     assert [(e.endpoint_id, e.local_address.port) for e in endpoints] == [("leftover/p", joined.media_address.port)]
     assert [t.ssrc for t in endpoints[0].tracks] == [3]
     assert stale.local_address.port == joined.media_address.port or udp_port_free(stale.local_address.port)
+
+
+def test_persistent_conference_outlives_its_last_participant(api: Any) -> None:
+    api.CreateConference(pb.CreateConferenceRequest(conference_id="room", persistent=True), timeout=10)
+    api.Join(join("room", "only"), timeout=10)
+    assert not api.Leave(pb.LeaveRequest(conference_id="room", participant_id="only"), timeout=10).conference_ended
+    kept = api.GetConference(pb.GetConferenceRequest(conference_id="room"), timeout=10)
+    assert kept.persistent and list(kept.participants) == []
+    api.Join(join("room", "again"), timeout=10)
+    assert api.EndConference(pb.EndConferenceRequest(conference_id="room"), timeout=10).participants_removed == 1

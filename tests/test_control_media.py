@@ -200,3 +200,20 @@ def test_stats_unary_and_streaming(charter: Cluster) -> None:
         api.EndConference(pb.EndConferenceRequest(conference_id=conference.conference_id), timeout=10)
         a.close()
         b.close()
+
+
+def test_receive_only_participant_gets_media_without_ever_sending(charter: Cluster) -> None:
+    api = conference_stub(charter.controller)
+    conference = api.CreateConference(pb.CreateConferenceRequest(), timeout=10)
+    publisher = Peer("publisher", [random.randrange(1, 2**32)])
+    viewer = Peer("viewer", [])  # like ffmpeg as a receiver: gives its address, never sends
+    try:
+        publisher.joined(api.Join(publisher.join_request(conference.conference_id), timeout=10).participant)
+        viewer.joined(api.Join(viewer.join_request(conference.conference_id, give_address=True), timeout=10).participant)
+        (subscription,) = viewer.session.subscriptions
+        exchange([publisher, viewer], lambda: viewer.counts()[("publisher", publisher.track_ssrcs[0], subscription.ssrc)] >= 5)
+        assert set(viewer.counts()) == {("publisher", publisher.track_ssrcs[0], subscription.ssrc)}
+    finally:
+        api.EndConference(pb.EndConferenceRequest(conference_id=conference.conference_id), timeout=10)
+        publisher.close()
+        viewer.close()
