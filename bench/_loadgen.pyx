@@ -186,6 +186,16 @@ cdef class LoadGen:
         self.prepared = 0
         self._suite = suite
 
+    def save_session(self) -> tuple:
+        """The current outbound session and packet index, to resume later with
+        restore_session() (a relay's replay window and rollover counter stay in step)."""
+        return (self._session, self.next_index, self._suite)
+
+    def restore_session(self, tuple state) -> None:
+        self._session, self.next_index, self._suite = state
+        self.srtp_ctx = <void*><uintptr_t>_srtp.session_pointer(self._session)
+        self.prepared = 0
+
     cdef void _ensure_capacity(self, Py_ssize_t n) except *:
         if n <= self.capacity:
             return
@@ -363,6 +373,7 @@ cdef class LoadGen:
         cdef int status
         cdef double now, stamp, t_first = 0.0, t_last = 0.0, max_lag = 0.0
         cdef double next_time, deadline = 0.0
+        cdef double t_call, max_send_call = 0.0, max_drain = 0.0
         cdef timespec wall
         clock_gettime(CLOCK_REALTIME, &wall)
         self.epoch = wall.tv_sec - 1
@@ -382,6 +393,9 @@ cdef class LoadGen:
                     clock_gettime(CLOCK_REALTIME, &wall)
                     stamp = (wall.tv_sec - self.epoch) + wall.tv_nsec * 1e-9
                     status = sendmmsg(self.tx_fd, self.tx_msgs, <unsigned int>k, 0)
+                    t_call = clock_seconds(CLOCK_MONOTONIC) - now
+                    if t_call > max_send_call:
+                        max_send_call = t_call
                     if status > 0:
                         for j in range(status):
                             self.send_times[sent + j] = stamp
@@ -396,7 +410,11 @@ cdef class LoadGen:
                     if sent >= n:
                         t_last = now
                         deadline = now + drain
+                t_call = clock_seconds(CLOCK_MONOTONIC)
                 got += self._drain(base, n, counters, seq_delta, ssrcs)
+                t_call = clock_seconds(CLOCK_MONOTONIC) - t_call
+                if t_call > max_drain:
+                    max_drain = t_call
                 if sent >= n and (got >= expected or clock_seconds(CLOCK_MONOTONIC) >= deadline):
                     break
         self.next_index += n
@@ -414,6 +432,8 @@ cdef class LoadGen:
             "send_errors": int(send_errors),
             "achieved_pps": (n - 1) / (t_last - t_first) if t_last > t_first else 0.0,
             "max_lag_ms": max_lag * 1e3,
+            "max_send_call_ms": max_send_call * 1e3,
+            "max_receive_pass_ms": max_drain * 1e3,
             "received": received,
             "loss": 1.0 - sum(received) / float(max(1, sent_ok * self.n_rx)),
             "strays": int(counters[0]),

@@ -11,8 +11,10 @@ Config: {"suite": str, "publisher": {"key": hex, "ssrc": int},
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -68,6 +70,14 @@ class RelayConfig:
             batch_size=raw.get("batch_size"),
             extra=raw.get("extra") or {},
         )
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when the process that started it exits
+    (prctl PR_SET_PDEATHSIG), so that no load or relay process outlives the benchmark."""
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def load_config() -> RelayConfig:

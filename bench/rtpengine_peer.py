@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bench.relay_process import die_with_parent
 from mediad.srtp import generate_key
 
 RTPENGINE = "/usr/bin/rtpengine"
@@ -79,6 +80,12 @@ def _sdp(port: int, cryptos: list[tuple[int, str, bytes]]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @dataclass
 class Call:
     """One publisher -> subscriber call through rtpengine."""
@@ -92,20 +99,28 @@ class Call:
 class RtpEngine:
     """An rtpengine daemon in the foreground, userspace only (--table=-1), pinned to `cpu`."""
 
-    def __init__(self, *, ng_port: int = 22222, port_min: int = 30000, port_max: int = 30999,
-                 cpu: int | None = None, threads: int = 1) -> None:
+    def __init__(self, *, ng_port: int | None = None, port_min: int = 61000, port_max: int = 61999,
+                 cpu: int | None = None, nice: int = 0, threads: int = 1) -> None:
+        """Media ports default to a range above the ephemeral ports and outside Charter's
+        media range, so that a daemon or test running beside the benchmark is not disturbed."""
         if not os.path.exists(RTPENGINE):
             raise FileNotFoundError(f"{RTPENGINE} is missing: apt-get install rtpengine-daemon")
-        self.ng_address = ("127.0.0.1", ng_port)
+        self.ng_address = ("127.0.0.1", ng_port or _free_udp_port())
         self._workdir = tempfile.mkdtemp(prefix="charter-rtpengine-")
         self._log = open(os.path.join(self._workdir, "rtpengine.log"), "wb")
         args = [
             RTPENGINE, "--table=-1", "--foreground", "--log-stderr", "--log-level=4",
-            "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{ng_port}",
+            "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{self.ng_address[1]}",
             f"--port-min={port_min}", f"--port-max={port_max}", f"--num-threads={threads}",
             "--delete-delay=0", "--timeout=60",
         ]
-        preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        def preexec() -> None:
+            die_with_parent()
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            if nice:
+                os.nice(nice)
+
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=self._workdir, preexec_fn=preexec)
         self.pid = self.process.pid

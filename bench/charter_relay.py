@@ -1,0 +1,84 @@
+"""Runs Charter's forwarding core (mediad._forward.Forwarder on uvloop) in its own process for
+the benchmark: one publisher endpoint with one track, one subscriber endpoint per receiver
+(fixed remote), and optionally `idle_endpoints` more endpoints that carry no traffic (each
+with a bound socket, keys, a track and a subscription, in pairs), the state of a busy daemon.
+"""
+from __future__ import annotations
+
+import asyncio
+import resource
+import signal
+import sys
+
+import uvloop
+
+from bench.relay_process import RelayConfig, announce, load_config, reply, udp_socket
+from mediad._forward import Forwarder
+from mediad.srtp import generate_key
+
+IDLE_SSRC_BASE = 0x10000000
+
+
+def add_idle_endpoints(forwarder: Forwarder, suite: str, count: int) -> None:
+    """`count` endpoints in subscribed pairs, each on its own bound socket (port 0: the
+    ephemeral range, clear of the media ports other benchmarks use)."""
+    endpoints = []
+    for i in range(count):
+        ep = forwarder.create_endpoint(
+            udp_socket(), rx_suite=suite, rx_key=generate_key(suite), tx_suite=suite,
+            tx_key=generate_key(suite), name=f"idle-{i}",
+        )
+        ep.add_track(IDLE_SSRC_BASE + 2 * i)
+        endpoints.append(ep)
+    for i in range(0, count - 1, 2):
+        a, b = endpoints[i], endpoints[i + 1]
+        a.tracks[0].subscribe(b, IDLE_SSRC_BASE + 1 + 2 * (i + 1))
+        b.tracks[0].subscribe(a, IDLE_SSRC_BASE + 1 + 2 * i)
+
+
+async def serve(config: RelayConfig) -> None:
+    loop = asyncio.get_running_loop()
+    forwarder = Forwarder(loop, batch_size=config.batch_size or 32)
+    suite = config.suite
+    publisher = forwarder.create_endpoint(
+        udp_socket(), rx_suite=suite, rx_key=config.publisher_key, tx_suite=suite,
+        tx_key=generate_key(suite), name="publisher",
+    )
+    track = publisher.add_track(config.publisher_ssrc, clock_rate=90000, kind="video")
+    for i, sub in enumerate(config.subscribers):
+        ep = forwarder.create_endpoint(
+            udp_socket(), rx_suite=suite, rx_key=generate_key(suite), tx_suite=suite,
+            tx_key=sub.key, remote=sub.remote, name=f"subscriber-{i}",
+        )
+        track.subscribe(ep, sub.ssrc)
+    if config.idle_endpoints:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        needed = config.idle_endpoints + len(config.subscribers) + 100
+        if needed > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+        add_idle_endpoints(forwarder, suite, config.idle_endpoints)
+
+    stopped = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+
+    def on_stdin() -> None:
+        line = sys.stdin.readline()
+        if not line:
+            stopped.set()
+        elif line.strip() == "stats":
+            reply(forwarder.stats())
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    announce(publisher.local_address, endpoints=len(forwarder.endpoints))
+    try:
+        await stopped.wait()
+    finally:
+        forwarder.close()
+
+
+def main() -> None:
+    uvloop.run(serve(load_config()))
+
+
+if __name__ == "__main__":
+    main()
