@@ -56,6 +56,12 @@ def missing_tools() -> str | None:
     return f"{' and '.join(missing)} not installed" if missing else None
 
 
+def gst_cannot_send(codec: str) -> str | None:
+    """Why GStreamer cannot encode `codec` here, or None (H.264 comes from openh264enc)."""
+    element = {"vp8": "vp8enc", "h264": "openh264enc", "opus": "opusenc"}[codec.lower()]
+    return None if gst_has(element) else f"GStreamer has no {element}"
+
+
 def gst_has(element: str) -> bool:
     return GST_INSPECT is not None and subprocess.run(
         [GST_INSPECT, "--exists", element], capture_output=True
