@@ -118,7 +118,7 @@ def test_wrong_keys_decode_nothing_and_are_counted(charter: peers.CharterUp, tmp
     frames = FRAMES["video"]
     charter.create_conference(conference)
     alice = charter.join(conference, "alice", [TRACKS["VP8"]])
-    mallory = charter.join(conference, "mallory", [TRACKS["H264"]], receive_address=(LOCALHOST, peers.free_udp_port()))
+    mallory = charter.join(conference, "mallory", [TRACKS["opus"]], receive_address=(LOCALHOST, peers.free_udp_port()))
     trudy = charter.join(conference, "trudy", receive_address=(LOCALHOST, peers.free_udp_port()))
     charter.join(conference, "bob", receive_address=(LOCALHOST, peers.free_udp_port()))
     bob = charter.session(conference, "bob")
@@ -137,7 +137,8 @@ def test_wrong_keys_decode_nothing_and_are_counted(charter: peers.CharterUp, tmp
         for receiver in (mallory_gst, trudy_ffmpeg, bob_gst):
             receiver.wait_ready()
         alice_sender = peers.ffmpeg_sender("alice", sender_stream(alice), frames, tmp_path)
-        mallory_sender = peers.gst_sender("mallory", sender_stream(mallory).with_key(os.urandom(30)), frames, tmp_path)
+        mallory_key = os.urandom(30)
+        mallory_sender = peers.gst_sender("mallory", sender_stream(mallory).with_key(mallory_key), FRAMES["audio"], tmp_path)
         processes += [alice_sender, mallory_sender]
         assert alice_sender.wait(60) == 0, alice_sender.describe()
         assert mallory_sender.wait(60) == 0, mallory_sender.describe()
@@ -151,7 +152,7 @@ def test_wrong_keys_decode_nothing_and_are_counted(charter: peers.CharterUp, tmp
         "mallory (gst) from alice": mallory_gst.frames(mallory_stream.ssrc),
         "trudy (ffmpeg) from alice": trudy_ffmpeg.frames(),
     }
-    print(f"wrong keys: {frames} frames sent by each, decoded {decoded}")
+    print(f"wrong keys: {frames} video frames from alice, {FRAMES['audio']} audio frames from mallory, decoded {decoded}")
     assert decoded["bob from alice"] >= ENOUGH * frames, bob_gst.process.describe()
     assert decoded["mallory (gst) from alice"] == 0
     assert decoded["trudy (ffmpeg) from alice"] == 0
@@ -161,11 +162,11 @@ def test_wrong_keys_decode_nothing_and_are_counted(charter: peers.CharterUp, tmp
     for name in ("mallory", "trudy"):
         endpoint = charter.endpoint_stats(conference, name)
         assert sum(s.packets for s in endpoint.subscriptions) >= frames, endpoint
-    # Everything Mallory sent failed authentication (at least a packet per frame), so no
-    # packet of its track was forwarded.
+    # Everything Mallory sent failed authentication (a packet per Opus frame), so no packet
+    # of its track was forwarded.
     counters = charter.endpoint_stats(conference, "mallory").counters
     print(f"mallory's endpoint: drops {dict(counters.drops)}, packets_in {counters.packets_in}")
-    assert counters.drops["auth_failed"] >= frames
+    assert counters.drops["auth_failed"] >= FRAMES["audio"]
     assert counters.packets_in == 0
     assert all(t.packets == 0 for t in charter.endpoint_stats(conference, "mallory").tracks)
     charter.end_conference(conference)
