@@ -1,7 +1,5 @@
 """The media daemon process: the forwarding core and the MediaDaemon gRPC service on one
-uvloop event loop (grpc.aio runs on uvloop with grpcio 1.85 / uvloop 0.23: about 1.5k
-sequential unary calls per second, the same as on the default loop, so one loop carries
-both), the lease with the controller, and an ordered shutdown on SIGTERM or SIGINT:
+uvloop event loop, the lease with the controller, and an ordered shutdown on SIGTERM or SIGINT:
 health NOT_SERVING -> draining (told to the controller at once) -> wait for the endpoints to
 be released, at most --drain-timeout -> deregister -> stop with grace -> close endpoints."""
 from __future__ import annotations
@@ -57,6 +55,10 @@ class LoadMeter:
 
 
 async def serve(config: MediadConfig) -> None:
+    # grpc.aio and uvloop get along (grpcio 1.85, uvloop 0.23): sequential unary calls to a
+    # grpc.aio server measured 1.6k-2.2k/s on uvloop against 1.7k-1.9k/s on the default loop
+    # on this 2-core machine, so gRPC costs nothing by sharing the loop the forwarding core
+    # needs uvloop for (its socket readiness callbacks).
     forwarder = _forward.Forwarder(asyncio.get_running_loop())
     media = Media(forwarder, PortAllocator(config.media_ip, config.port_first, config.port_last), config.capacity)
     server = Server(config.listen, [SERVICE_NAME])
