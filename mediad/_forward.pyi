@@ -36,7 +36,8 @@ class Forwarder:
         The socket's receive and send buffers are raised to at least `buffer_bytes`.
         """
     def stats(self) -> dict[str, Any]:
-        """Totals over all endpoints: packets and bytes in and out, drops by reason."""
+        """Totals since the forwarder started, closed endpoints included: endpoints (open now),
+        packets and bytes in and out, rtcp_in, drops by reason, batches, batch_packets."""
     def close(self) -> None:
         """Close every endpoint."""
 

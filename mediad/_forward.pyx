@@ -125,6 +125,8 @@ _TAG_LENGTHS = {
     _srtp.SrtpSuite.AEAD_AES_128_GCM: (16, 16),
 }
 
+_COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in")
+
 cdef srtp_fn _srtp_protect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_protect")
 cdef srtp_fn _srtp_unprotect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_unprotect")
 cdef srtp_fn _srtp_unprotect_rtcp = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_unprotect_rtcp")
@@ -608,6 +610,8 @@ cdef class Endpoint:
         self._sock.close()
         self.fd = -1
         self._forwarder._endpoints.remove(self)
+        # Forwarder totals keep counting what closed endpoints did.
+        self._forwarder._sum_counters(self.stats(), self._forwarder._retired)
 
     def _on_readable(self):
         self._forwarder._receive(self)
@@ -622,6 +626,7 @@ cdef class Forwarder:
     """Owns the packet buffers shared by all endpoints and the event loop they run on."""
     cdef object _loop
     cdef list _endpoints
+    cdef dict _retired             # counters of closed endpoints
     cdef int batch
     cdef mmsghdr *rx_msgs
     cdef iovec *rx_iov
@@ -669,6 +674,7 @@ cdef class Forwarder:
             loop = asyncio.get_event_loop()
         self._loop = loop
         self._endpoints = []
+        self._retired = self._sum_counters(dict.fromkeys(_COUNTERS, 0) | {"drops": {}})
 
     def __dealloc__(self):
         free(self.rx_msgs)
@@ -711,16 +717,24 @@ cdef class Forwarder:
         return ep
 
     def stats(self):
-        totals = {"endpoints": len(self._endpoints), "packets_in": 0, "bytes_in": 0,
-                  "packets_out": 0, "bytes_out": 0, "rtcp_in": 0,
-                  "drops": dict.fromkeys(DROP_REASONS, 0),
-                  "batches": self.batches, "batch_packets": self.batch_packets}
+        """Totals since the forwarder started, closed endpoints included."""
+        totals = self._sum_counters(self._retired)
+        totals["endpoints"] = len(self._endpoints)
+        totals["batches"] = self.batches
+        totals["batch_packets"] = self.batch_packets
         for ep in self._endpoints:
-            s = ep.stats()
-            for key in ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in"):
-                totals[key] += s[key]
-            for reason, count in s["drops"].items():
-                totals["drops"][reason] += count
+            self._sum_counters(ep.stats(), totals)
+        return totals
+
+    @staticmethod
+    def _sum_counters(source, totals=None):
+        if totals is None:
+            totals = dict.fromkeys(_COUNTERS, 0)
+            totals["drops"] = dict.fromkeys(DROP_REASONS, 0)
+        for key in _COUNTERS:
+            totals[key] += source[key]
+        for reason, count in source["drops"].items():
+            totals["drops"][reason] += count
         return totals
 
     def close(self):

@@ -111,3 +111,26 @@ def test_counts_after_traffic(harness: Harness) -> None:
         assert totals[key] == sum(e[key] for e in endpoints), key
     for reason in DROP_REASONS:
         assert totals["drops"][reason] == sum(e["drops"][reason] for e in endpoints), reason
+
+
+def test_forwarder_totals_keep_what_closed_endpoints_did(harness: Harness) -> None:
+    publisher = harness.participant(name="publisher")
+    a = harness.participant(name="a")
+    track = publisher.endpoint.add_track(42)
+    track.subscribe(a.endpoint, 7)
+    for seq in range(3):
+        publisher.peer.send(build_rtp(seq, 900 * seq, 42, b"x" * 20))
+    harness.deliver(publisher.peer, [b"\x00\x01"], publisher.endpoint)
+    harness.settle(publisher.endpoint, 4)
+    harness.wait(lambda: len(a.peer.received) == 3, "three packets at a")
+    before = harness.forwarder.stats()
+
+    publisher.endpoint.close()
+    a.endpoint.close()
+
+    after = harness.forwarder.stats()
+    assert after["endpoints"] == before["endpoints"] - 2
+    assert (after["packets_in"], after["packets_out"], after["drops"]["stun"]) == (3, 3, 1)
+    for key in TOTAL_KEYS:
+        assert after[key] == before[key], key
+    assert after["drops"] == before["drops"]
