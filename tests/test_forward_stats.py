@@ -120,8 +120,8 @@ def test_forwarder_totals_keep_what_closed_endpoints_did(harness: Harness) -> No
     track.subscribe(a.endpoint, 7)
     for seq in range(3):
         publisher.peer.send(build_rtp(seq, 900 * seq, 42, b"x" * 20))
+    harness.settle(publisher.endpoint, 3)
     harness.deliver(publisher.peer, [b"\x00\x01"], publisher.endpoint)
-    harness.settle(publisher.endpoint, 4)
     harness.wait(lambda: len(a.peer.received) == 3, "three packets at a")
     before = harness.forwarder.stats()
 
