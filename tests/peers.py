@@ -19,10 +19,11 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from charter.sdp import Media, MediaTrack, ParticipantSession
 
+T = TypeVar("T", bound="MediaProcess | Receiver")
 FFMPEG = shutil.which("ffmpeg")
 GST_LAUNCH = shutil.which("gst-launch-1.0")
 GST_INSPECT = shutil.which("gst-inspect-1.0")
@@ -400,9 +401,23 @@ def settle(counts: Callable[[], Sequence[int]], *, quiet: float = 2.0, timeout: 
             return
 
 
-def cleanup(processes: Sequence[MediaProcess | Receiver]) -> None:
-    for item in processes:
-        item.stop()
+class Running:
+    """Owns peer processes from the moment they start: leaving the `with` block stops every
+    one, whatever happened in between."""
+
+    def __init__(self) -> None:
+        self.items: list[MediaProcess | Receiver] = []
+
+    def add(self, item: T) -> T:
+        self.items.append(item)
+        return item
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for item in reversed(self.items):
+            item.stop()
 
 
 def random_ssrcs() -> Iterator[int]:

@@ -53,35 +53,30 @@ def test_four_participants_all_to_all_for_20_seconds(charter: peers.CharterUp, t
     sessions = {p: charter.session(conference, p) for p, *_ in PARTICIPANTS}
 
     receivers: dict[str, peers.GstReceiver] = {}
-    processes: list[peers.MediaProcess | peers.Receiver] = []
-    try:
+
+    def decoded() -> dict[tuple[str, str], int]:
+        return {
+            (name, publisher): receivers[name].frames(track.ssrc)
+            for name, session in sessions.items()
+            for publisher, *_ in PARTICIPANTS
+            for track in sdp.received_from(session, publisher)
+        }
+
+    with peers.Running() as running:
         for participant, session in sessions.items():
             streams = [peers.Stream.from_media(m) for m in sdp.parse(sdp.render(session, direction=sdp.RECV_ONLY)).media]
             assert len(streams) == len(PARTICIPANTS) - 1
-            receivers[participant] = peers.GstReceiver(f"{participant}-receiver", streams, tmp_path)
-            processes.append(receivers[participant])
+            receivers[participant] = running.add(peers.GstReceiver(f"{participant}-receiver", streams, tmp_path))
         for receiver in receivers.values():
             receiver.wait_ready()
         senders = []
         for participant, _, _, tool in PARTICIPANTS:
             (media,) = sdp.parse(sdp.render(sessions[participant], direction=sdp.SEND_ONLY)).media
-            sender = peers.SENDERS[tool](f"{participant}-sender", peers.Stream.from_media(media), FRAMES, tmp_path)
-            senders.append(sender)
-            processes.append(sender)
+            stream = peers.Stream.from_media(media)
+            senders.append(running.add(peers.SENDERS[tool](f"{participant}-sender", stream, FRAMES, tmp_path)))
         for sender in senders:
             assert sender.wait(SECONDS * 4) == 0, sender.describe()
-
-        def decoded() -> dict[tuple[str, str], int]:
-            return {
-                (name, publisher): receivers[name].frames(track.ssrc)
-                for name, session in sessions.items()
-                for publisher, *_ in PARTICIPANTS
-                for track in sdp.received_from(session, publisher)
-            }
-
         peers.settle(lambda: list(decoded().values()))
-    finally:
-        peers.cleanup(processes)
 
     counts = decoded()
     print(f"all-to-all: {FRAMES} frames sent by each; decoded (receiver, publisher) -> frames:")

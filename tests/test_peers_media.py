@@ -78,23 +78,19 @@ def test_published_stream_is_decoded_by_ffmpeg_and_gstreamer_subscribers(
 
     # ffmpeg reads the SDP file `charter sdp` writes, as it is.
     ffmpeg_sdp = charter_sdp(charter, conference, "ffmpeg-subscriber", "--direction", "recv")
-    ffmpeg_receiver = peers.FfmpegReceiver("ffmpeg-subscriber", ffmpeg_sdp, tmp_path)
     # GStreamer's pipeline is built from the SDP the API returns.
     gst_sdp = charter.api_sdp(conference, "gst-subscriber")
     assert gst_sdp == sdp.render(gst_session)
     gst_streams = [peers.Stream.from_media(m) for m in sdp.parse(gst_sdp).media]
-    gst_receiver = peers.GstReceiver("gst-subscriber", gst_streams, tmp_path)
-    processes: list[peers.MediaProcess | peers.Receiver] = [ffmpeg_receiver, gst_receiver]
-    try:
+    ssrc = gst_streams[0].ssrc
+    with peers.Running() as running:
+        ffmpeg_receiver = running.add(peers.FfmpegReceiver("ffmpeg-subscriber", ffmpeg_sdp, tmp_path))
+        gst_receiver = running.add(peers.GstReceiver("gst-subscriber", gst_streams, tmp_path))
         ffmpeg_receiver.wait_ready()
         gst_receiver.wait_ready()
-        sender = peers.SENDERS[publisher]("publisher", sender_stream(publishing), frames, tmp_path)
-        processes.append(sender)
+        sender = running.add(peers.SENDERS[publisher]("publisher", sender_stream(publishing), frames, tmp_path))
         assert sender.wait(60) == 0, sender.describe()
-        ssrc = gst_streams[0].ssrc
         peers.settle(lambda: [ffmpeg_receiver.frames(), gst_receiver.frames(ssrc)])
-    finally:
-        peers.cleanup(processes)
     decoded = {"ffmpeg": ffmpeg_receiver.frames(), "gst": gst_receiver.frames(ssrc)}
     print(f"{codec} from {publisher}: {frames} frames sent, decoded {decoded}")
 
@@ -124,27 +120,24 @@ def test_wrong_keys_decode_nothing_and_are_counted(charter: peers.CharterUp, tmp
     bob = charter.session(conference, "bob")
 
     mallory_stream = peers.Stream.from_media(sdp.parse(sdp.render(mallory, direction=sdp.RECV_ONLY)).media[0])
-    mallory_gst = peers.GstReceiver("mallory-gst", [mallory_stream.with_key(os.urandom(30))], tmp_path)
     trudy_from_alice = sdp.received_from(trudy, "alice")[0].ssrc
     wrong_key = base64.b64encode(os.urandom(30)).decode()
     trudy_sdp = sdp.render(trudy, ssrc=trudy_from_alice).replace(trudy.receive_key, wrong_key)
-    trudy_ffmpeg = peers.FfmpegReceiver("trudy-ffmpeg", trudy_sdp, tmp_path)
-    bob_gst = peers.GstReceiver("bob-gst", [peers.Stream.from_media(m) for m in sdp.parse(sdp.render(bob)).media], tmp_path)
+    bob_streams = [peers.Stream.from_media(m) for m in sdp.parse(sdp.render(bob)).media]
     from_alice = sdp.received_from(bob, "alice")[0].ssrc
     from_mallory = sdp.received_from(bob, "mallory")[0].ssrc
-    processes: list[peers.MediaProcess | peers.Receiver] = [mallory_gst, trudy_ffmpeg, bob_gst]
-    try:
+    with peers.Running() as running:
+        mallory_gst = running.add(peers.GstReceiver("mallory-gst", [mallory_stream.with_key(os.urandom(30))], tmp_path))
+        trudy_ffmpeg = running.add(peers.FfmpegReceiver("trudy-ffmpeg", trudy_sdp, tmp_path))
+        bob_gst = running.add(peers.GstReceiver("bob-gst", bob_streams, tmp_path))
         for receiver in (mallory_gst, trudy_ffmpeg, bob_gst):
             receiver.wait_ready()
-        alice_sender = peers.ffmpeg_sender("alice", sender_stream(alice), frames, tmp_path)
-        mallory_key = os.urandom(30)
-        mallory_sender = peers.gst_sender("mallory", sender_stream(mallory).with_key(mallory_key), FRAMES["audio"], tmp_path)
-        processes += [alice_sender, mallory_sender]
+        alice_sender = running.add(peers.ffmpeg_sender("alice", sender_stream(alice), frames, tmp_path))
+        mallory_send = sender_stream(mallory).with_key(os.urandom(30))
+        mallory_sender = running.add(peers.gst_sender("mallory", mallory_send, FRAMES["audio"], tmp_path))
         assert alice_sender.wait(60) == 0, alice_sender.describe()
         assert mallory_sender.wait(60) == 0, mallory_sender.describe()
         peers.settle(lambda: [bob_gst.frames(from_alice), mallory_gst.frames(mallory_stream.ssrc), trudy_ffmpeg.frames()])
-    finally:
-        peers.cleanup(processes)
 
     decoded = {
         "bob from alice": bob_gst.frames(from_alice),
