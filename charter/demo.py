@@ -17,6 +17,7 @@ import ctypes
 import dataclasses
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -319,7 +320,8 @@ class Demo:
 
     def _streams(self, participant: DemoParticipant) -> list[tuple[str, str, StreamStats | None]]:
         """(publisher, track name, stats) of every track the participant should receive."""
-        assert participant.session is not None
+        if participant.session is None:  # its Join did not complete
+            return []
         return [
             (track.publisher_id, track.name or track.kind, participant.receiver.streams.get(track.ssrc))
             for track in participant.session.received
@@ -429,32 +431,32 @@ async def demo(args: argparse.Namespace) -> int:
             controller = embedded.controller
         else:
             await wait_for_daemon(controller, 10.0)
-        session = Demo(args, controller, workdir)
-        source = "ffmpeg test sources (VP8 + Opus)" if session.use_ffmpeg else "the built-in RTP source (ffmpeg not found)"
+        conference = Demo(args, controller, workdir)
+        source = "ffmpeg test sources (VP8 + Opus)" if conference.use_ffmpeg else "the built-in RTP source (ffmpeg not found)"
         console.print(
-            f"Conference {session.conference_id}: {args.participants} participants publish {source} "
+            f"Conference {conference.conference_id}: {args.participants} participants publish {source} "
             f"for {args.duration:.0f} s; each receives the others on a local port."
         )
         try:
-            await session.run(stop)
+            await conference.run(stop)
         finally:
-            if session.participants:
-                table, problems = session.summary()
+            if conference.participants:
+                table, problems = conference.summary()
                 console.print(table)
             else:
                 problems = ["no participant joined"]
-        if session.failure:
-            problems.insert(0, session.failure)
+        if conference.failure:
+            problems.insert(0, conference.failure)
         if problems:
             console.print("[bold red]Problems:[/]")
             for problem in problems:
                 console.print(f"  {problem}")
             code = 1
         else:
-            forwarded = sum(p.daemon_out for p in session.participants)
+            forwarded = sum(p.daemon_out for p in conference.participants)
             console.print(
                 f"[bold green]OK[/]: every participant received every other participant's tracks; "
-                f"the daemon forwarded {forwarded:,} packets in {session.elapsed:.1f} s."
+                f"the daemon forwarded {forwarded:,} packets in {conference.elapsed:.1f} s."
             )
     except Exception as error:  # reported, then everything is still stopped in order
         console.print(f"[bold red]charter demo failed:[/] {error}")
@@ -467,6 +469,10 @@ async def demo(args: argparse.Namespace) -> int:
             else:
                 console.print(f"[bold red]charter up exited with code {exit_code}[/]; its log: {embedded.log_path}")
                 code = 1
+        if code == 0:
+            shutil.rmtree(workdir, ignore_errors=True)  # logs are kept only when something failed
+        else:
+            console.print(f"Logs: {workdir}")
     return code
 
 
