@@ -157,8 +157,6 @@ async def open_receiver(host: str = "127.0.0.1") -> tuple[DemoReceiver, tuple[st
 class Publisher:
     """Sends a participant's tracks to its endpoint until stopped."""
 
-    label = ""
-
     async def start(self) -> None:
         raise NotImplementedError
 
@@ -174,8 +172,6 @@ class Publisher:
 class FfmpegPublisher(Publisher):
     """One ffmpeg process: a test pattern as VP8 and a tone as Opus, two SRTP outputs to the
     daemon's port (RTCP multiplexed on it), each with its SSRC."""
-
-    label = "ffmpeg test sources (VP8 + Opus)"
 
     def __init__(self, session: ParticipantSession, index: int, log_path: str, *, duration: float, size: str = "320x240") -> None:
         self.session = session
@@ -245,8 +241,6 @@ def ffmpeg_command(session: ParticipantSession, index: int, duration: float, siz
 class BuiltinPublisher(Publisher):
     """RTP packets with placeholder payloads at the pace of a 30 fps video (two packets a
     frame) and 20 ms audio, SRTP-protected in Python: for machines without ffmpeg."""
-
-    label = "built-in RTP source (placeholder payloads)"
 
     def __init__(self, session: ParticipantSession) -> None:
         self.session = session
