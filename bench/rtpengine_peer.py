@@ -71,12 +71,17 @@ def _bdecode(data: bytes, i: int) -> tuple[Any, int]:
     return data[colon + 1:colon + 1 + length], colon + 1 + length
 
 
+def _inline(key: bytes) -> str:
+    """The inline key of an a=crypto line, base64 without padding as rtpengine writes it."""
+    return base64.b64encode(key).decode().rstrip("=")
+
+
 def _sdp(port: int, cryptos: list[tuple[int, str, bytes]]) -> str:
     lines = [
         "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=charter-bench", "c=IN IP4 127.0.0.1", "t=0 0",
         f"m=video {port} RTP/SAVP 96", "a=rtpmap:96 VP8/90000", "a=sendrecv", "a=rtcp-mux",
     ]
-    lines += [f"a=crypto:{tag} {suite} inline:{base64.b64encode(key).decode()}" for tag, suite, key in cryptos]
+    lines += [f"a=crypto:{tag} {suite} inline:{_inline(key)}" for tag, suite, key in cryptos]
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -170,7 +175,7 @@ class RtpEngine:
             "sdp": _sdp(publisher[1], [(1, suite, key1), (2, suite, key2)]),
         })
         offered = offer["sdp"].decode()
-        line2 = f"a=crypto:2 {suite} inline:{base64.b64encode(key2).decode()}"
+        line2 = f"a=crypto:2 {suite} inline:{_inline(key2)}"
         if line2 not in offered:
             raise RuntimeError(f"rtpengine did not offer the publisher's second key to the subscriber:\n{offered}")
         answer = self._checked({
