@@ -55,7 +55,7 @@ class RelayConfig:
         })
 
     @classmethod
-    def from_json(cls, text: str) -> "RelayConfig":
+    def from_json(cls, text: str) -> RelayConfig:
         raw = json.loads(text)
         return cls(
             suite=raw["suite"],
