@@ -5,6 +5,7 @@ reads them only through the methods below. Nothing here is called per packet.
 """
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Any
 
 DROP_REASONS: tuple[str, ...]
@@ -35,6 +36,10 @@ class Forwarder:
         source of the first packet that authenticates (and follows later authenticated ones).
         The socket's receive and send buffers are raised to at least `buffer_bytes`.
         """
+    def set_rtcp_handler(self, handler: Callable[[Endpoint, bytes], None] | None) -> None:
+        """Every RTCP packet that authenticates is handed, decrypted, to `handler` on the
+        event loop (the RTCP slow path); None stops it. An exception in the handler is
+        counted in the endpoint's rtcp_errors and reported to the loop's exception handler."""
     def stats(self) -> dict[str, Any]:
         """Totals since the forwarder started, closed endpoints included: endpoints (open now),
         packets and bytes in and out, rtcp_in, drops by reason, batches, batch_packets."""
@@ -66,8 +71,11 @@ class Endpoint:
         """An inbound stream of this endpoint, by SSRC. ValueError if the SSRC is taken."""
     def remove_track(self, track: Track) -> None:
         """Stop forwarding `track`; its subscriptions are removed."""
+    def send_rtcp(self, packet: bytes) -> bool:
+        """Protect a plaintext RTCP packet with the outbound session and send it to the
+        remote. False when there is no remote yet or sending failed (counted in rtcp_errors)."""
     def stats(self) -> dict[str, Any]:
-        """packets_in, bytes_in, packets_out, bytes_out, rtcp_in, last_activity (monotonic
+        """packets_in, bytes_in, packets_out, bytes_out, rtcp_in, rtcp_out, rtcp_errors, last_activity (monotonic
         seconds, 0.0 if never), drops: {reason: count} for every reason in DROP_REASONS."""
     def close(self) -> None:
         """Stop the socket, remove its tracks (and their subscriptions) and the subscriptions
@@ -111,6 +119,9 @@ class Subscription:
     def pause(self) -> None: ...
     def resume(self) -> None:
         """Resume; the outgoing sequence continues without a gap."""
+    def map_timestamp(self, timestamp: int) -> int | None:
+        """The outgoing RTP timestamp for one of the publisher's (to translate sender
+        reports), or None before the first packet was forwarded."""
     def stats(self) -> dict[str, Any]:
         """packets, bytes, dropped_paused, dropped_no_remote, send_errors, last_activity,
         last_seq, last_timestamp."""

@@ -62,6 +62,7 @@ cdef extern from "<sys/socket.h>":
     struct mmsghdr:
         msghdr msg_hdr
         unsigned int msg_len
+    ssize_t sendto(int fd, const void *buf, size_t length, int flags, const void *addr, socklen_t addrlen) nogil
     int recvmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags, timespec *tmo) nogil
     int sendmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags) nogil
     int MSG_DONTWAIT
@@ -129,6 +130,7 @@ _COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in")
 
 cdef srtp_fn _srtp_protect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_protect")
 cdef srtp_fn _srtp_unprotect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_unprotect")
+cdef srtp_fn _srtp_protect_rtcp = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_protect_rtcp")
 cdef srtp_fn _srtp_unprotect_rtcp = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_unprotect_rtcp")
 
 
@@ -310,6 +312,13 @@ cdef class Subscription:
             self.rw.paused = 0
             self.rw.resync = 1
 
+    def map_timestamp(self, uint32_t timestamp):
+        """The outgoing RTP timestamp for a publisher's one (for sender reports), or None
+        before the first packet was forwarded."""
+        if not self.rw.started:
+            return None
+        return <uint32_t>(timestamp + self.rw.ts_offset)
+
     def stats(self):
         return {
             "ssrc": self._ssrc,
@@ -462,7 +471,7 @@ cdef class Endpoint:
     cdef PyObject **track_ptrs
     cdef int n_tracks
     cdef list _subscriptions       # subscriptions that send to this endpoint (borrowed)
-    cdef uint64_t packets_in, bytes_in, packets_out, bytes_out, rtcp_in
+    cdef uint64_t packets_in, bytes_in, packets_out, bytes_out, rtcp_in, rtcp_out, rtcp_errors
     cdef uint64_t drops[N_DROP_REASONS]
     cdef double last_activity
 
@@ -587,6 +596,8 @@ cdef class Endpoint:
             "packets_out": self.packets_out,
             "bytes_out": self.bytes_out,
             "rtcp_in": self.rtcp_in,
+            "rtcp_out": self.rtcp_out,
+            "rtcp_errors": self.rtcp_errors,
             "last_activity": self.last_activity,
             "drops": self._drop_counts(),
         }
@@ -613,6 +624,25 @@ cdef class Endpoint:
         # Forwarder totals keep counting what closed endpoints did.
         self._forwarder._sum_counters(self.stats(), self._forwarder._retired)
 
+    def send_rtcp(self, bytes packet not None):
+        """Protect a plaintext RTCP packet with the outbound session and send it to the
+        remote; False when there is no remote yet or the socket refuses it."""
+        cdef uint8_t out[TX_SLOT]
+        cdef int length = len(packet)
+        if self._closed or not self.has_remote:
+            return False
+        if not RTCP_HEADER <= length <= RX_SLOT:
+            raise ValueError(f"an RTCP packet has 8 to {RX_SLOT} bytes, got {length}")
+        memcpy(out, <const char *>packet, length)
+        if _srtp_protect_rtcp(self.tx_ctx, out, &length) != SRTP_OK:
+            self.rtcp_errors += 1
+            return False
+        if sendto(self.fd, out, length, MSG_DONTWAIT, &self.remote_addr, sizeof(sockaddr_in)) != length:
+            self.rtcp_errors += 1
+            return False
+        self.rtcp_out += 1
+        return True
+
     def _on_readable(self):
         self._forwarder._receive(self)
 
@@ -627,6 +657,7 @@ cdef class Forwarder:
     cdef object _loop
     cdef list _endpoints
     cdef dict _retired             # counters of closed endpoints
+    cdef object _rtcp_handler      # called with (endpoint, plaintext RTCP bytes)
     cdef int batch
     cdef mmsghdr *rx_msgs
     cdef iovec *rx_iov
@@ -690,6 +721,11 @@ cdef class Forwarder:
     @property
     def endpoints(self):
         return list(self._endpoints)
+
+    def set_rtcp_handler(self, handler):
+        if handler is not None and not callable(handler):
+            raise TypeError("the RTCP handler must be callable or None")
+        self._rtcp_handler = handler
 
     def create_endpoint(self, sock, *, rx_suite, rx_key, tx_suite, tx_key, remote=None, name="",
                         int buffer_bytes=1 << 20):
@@ -851,6 +887,17 @@ cdef class Forwarder:
             ep.has_remote = 1
         ep.rtcp_in += 1
         ep.last_activity = now
+        if self._rtcp_handler is not None:
+            self._deliver_rtcp(ep, p, length)
+
+    cdef void _deliver_rtcp(self, Endpoint ep, uint8_t *p, int length) noexcept:
+        # The RTCP slow path: a few percent of the traffic, and only packets that
+        # authenticated get here, so one Python call per packet is affordable.
+        try:
+            self._rtcp_handler(ep, p[:length])
+        except Exception as error:
+            ep.rtcp_errors += 1
+            self._loop.call_exception_handler({"message": "RTCP handler failed", "exception": error})
 
     cdef inline void _count_srtp_error(self, Endpoint ep, int err) noexcept:
         if err == SRTP_AUTH_FAIL:
