@@ -1,0 +1,226 @@
+"""The RTCP slow path: every authenticated RTCP packet the forwarding core hands over is
+routed by SSRC to the track or subscription it concerns.
+
+- Sender reports of a publisher are translated for each subscription of the track (its SSRC,
+  its timestamp, its counts, the publisher's NTP time) so that receivers keep lip sync.
+- Report blocks a subscriber sends about a subscription become its receiver figures: loss,
+  jitter and the round-trip time (RFC 3550 6.4.1) against the SRs this router sent it.
+- Key-frame requests (PLI, FIR) go to the publisher under the track's SSRC, at most one per
+  track every KEY_FRAME_INTERVAL (one key frame serves every subscriber).
+- NACK, SDES, BYE, APP and other feedback are counted and dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+
+from mediad import _forward, rtcp
+
+log = logging.getLogger("mediad.rtcp")
+
+KEY_FRAME_INTERVAL = 0.5
+SENT_REPORTS_KEPT = 16
+"""SRs remembered per subscription: a receiver answers one of the last few (RFC 3550 6.4.1)."""
+RTP_FIXED_HEADER = 12
+OTHER_NAMES = {rtcp.SDES: "sdes", rtcp.BYE: "bye", rtcp.APP: "app", rtcp.RTPFB: "feedback", rtcp.PSFB: "feedback"}
+
+
+@dataclasses.dataclass
+class ReceiverFigures:
+    """What a subscriber reported about one subscription sending to it."""
+
+    fraction_lost: float = 0.0
+    """Lost between its last two reports, 0..1."""
+    packets_lost: int = 0
+    """Cumulative (negative with duplicates)."""
+    jitter: int = 0
+    """Interarrival jitter, RTP timestamp units."""
+    jitter_ms: float = 0.0
+    rtt_ms: float | None = None
+    """The last round-trip time measured; None until a report answers an SR sent from here."""
+    reports: int = 0
+    last_report: float = 0.0
+    """time.monotonic() of the last report; 0.0 if none."""
+
+
+@dataclasses.dataclass
+class _SubscriptionState:
+    subscription: _forward.Subscription
+    figures: ReceiverFigures = dataclasses.field(default_factory=ReceiverFigures)
+    sent: OrderedDict[int, float] = dataclasses.field(default_factory=OrderedDict)
+    """LSR of each SR sent to the subscriber -> time.monotonic() it was sent."""
+
+
+SubscriptionKey = tuple[str, int]
+"""(subscriber endpoint name, subscription SSRC)."""
+
+
+class RtcpRouter:
+    """Install with `forwarder.set_rtcp_handler(router.handle)`; owns no endpoint."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.ssrc = secrets.randbits(32) or 1
+        """Sender SSRC of the feedback this router originates."""
+        self.counts: Counter[str] = Counter()
+        self._subscriptions: dict[SubscriptionKey, _SubscriptionState] = {}
+        self._key_frame_sent: dict[_forward.Track, float] = {}  # time of the last request sent
+
+    # --- the handler ---------------------------------------------------------------------
+
+    def handle(self, endpoint: _forward.Endpoint, packet: bytes) -> None:
+        self.counts["packets"] += 1
+        try:
+            packets = rtcp.parse_compound(packet)
+        except ValueError as error:
+            self.counts["malformed"] += 1
+            log.debug("malformed RTCP dropped", extra={"endpoint_id": endpoint.name, "error": str(error)})
+            return
+        now = self.clock()
+        for item in packets:
+            if isinstance(item, rtcp.SenderReport):
+                self.counts["sr"] += 1
+                track = _track_of(endpoint, item.ssrc)
+                if track is not None:
+                    self._translate(track, item, now)
+                self._report_blocks(endpoint, item.reports, now)
+            elif isinstance(item, rtcp.ReceiverReport):
+                self.counts["rr"] += 1
+                self._report_blocks(endpoint, item.reports, now)
+            elif isinstance(item, rtcp.PictureLossIndication):
+                self.counts["pli"] += 1
+                self._key_frame_from(endpoint, item.media_ssrc, now)
+            elif isinstance(item, rtcp.FullIntraRequest):
+                self.counts["fir"] += 1
+                for ssrc, _ in item.entries:
+                    self._key_frame_from(endpoint, ssrc, now)
+            elif isinstance(item, rtcp.GenericNack):
+                self.counts["nack"] += 1
+            else:
+                self.counts[OTHER_NAMES.get(item.packet_type, "other")] += 1
+
+    # --- sender reports ------------------------------------------------------------------
+
+    def _translate(self, track: _forward.Track, report: rtcp.SenderReport, now: float) -> None:
+        lsr = rtcp.ntp_middle(report.ntp_timestamp)
+        for subscription in track.subscriptions:
+            if not subscription.active:
+                continue
+            timestamp = subscription.map_timestamp(report.rtp_timestamp)
+            if timestamp is None:
+                continue  # nothing forwarded yet: the receiver could not relate the times
+            stats = subscription.stats()
+            packets = int(stats.get("packets", 0))
+            # Octets of payload (RFC 3550 6.4.1), from the bytes sent less the fixed headers.
+            octets = max(0, int(stats.get("bytes", 0)) - RTP_FIXED_HEADER * packets)
+            translated = rtcp.SenderReport(subscription.ssrc, report.ntp_timestamp, timestamp, packets, octets)
+            if subscription.target.send_rtcp(bytes(translated)):
+                self.counts["sr_sent"] += 1
+                sent = self._state(subscription).sent
+                sent[lsr] = now
+                sent.move_to_end(lsr)
+                while len(sent) > SENT_REPORTS_KEPT:
+                    sent.popitem(last=False)
+            else:
+                self.counts["sr_not_sent"] += 1
+
+    # --- receiver reports ----------------------------------------------------------------
+
+    def _report_blocks(self, endpoint: _forward.Endpoint, blocks: tuple[rtcp.ReportBlock, ...], now: float) -> None:
+        for block in blocks:
+            subscription = _subscription_of(endpoint, block.ssrc)
+            if subscription is None:
+                self.counts["report_unknown_ssrc"] += 1
+                continue
+            self.counts["report_blocks"] += 1
+            state = self._state(subscription)
+            figures = state.figures
+            figures.fraction_lost = block.fraction_lost / 256
+            figures.packets_lost = block.packets_lost
+            figures.jitter = block.jitter
+            figures.jitter_ms = 1000.0 * block.jitter / subscription.track.clock_rate
+            figures.reports += 1
+            figures.last_report = now
+            sent_at = state.sent.get(block.lsr) if block.lsr else None
+            if sent_at is not None:
+                # RFC 3550 6.4.1: A - LSR - DLSR, with the arrival time A in NTP short format
+                # on the clock the SR's LSR stands for (the publisher's): LSR + time held here.
+                arrival = (block.lsr + round((now - sent_at) * 65536)) & 0xFFFFFFFF
+                rtt = (arrival - block.lsr - block.dlsr) & 0xFFFFFFFF
+                if rtt < 0x80000000:
+                    figures.rtt_ms = 1000.0 * rtcp.short_to_seconds(rtt)
+                    self.counts["rtt_measured"] += 1
+                else:
+                    # DLSR longer than the time since the SR: a receiver clock we cannot use.
+                    self.counts["rtt_negative"] += 1
+
+    def figures(self, subscription: _forward.Subscription) -> ReceiverFigures | None:
+        """The receiver figures of a subscription; None before its subscriber reported."""
+        state = self._subscriptions.get((subscription.target.name, subscription.ssrc))
+        if state is None or state.subscription is not subscription or not state.figures.reports:
+            return None
+        return state.figures
+
+    def figures_by_key(self) -> dict[SubscriptionKey, ReceiverFigures]:
+        """Figures of every active subscription with a report, by (endpoint name, SSRC)."""
+        self._prune()
+        return {k: s.figures for k, s in self._subscriptions.items() if s.figures.reports}
+
+    def _state(self, subscription: _forward.Subscription) -> _SubscriptionState:
+        key = (subscription.target.name, subscription.ssrc)
+        state = self._subscriptions.get(key)
+        if state is None or state.subscription is not subscription:
+            if len(self._subscriptions) % 256 == 255:
+                self._prune()
+            state = self._subscriptions[key] = _SubscriptionState(subscription)
+        return state
+
+    def _prune(self) -> None:
+        for key in [k for k, s in self._subscriptions.items() if not s.subscription.active]:
+            del self._subscriptions[key]
+
+    # --- key frames ----------------------------------------------------------------------
+
+    def _key_frame_from(self, endpoint: _forward.Endpoint, ssrc: int, now: float) -> None:
+        subscription = _subscription_of(endpoint, ssrc)
+        if subscription is None:
+            self.counts["key_frame_unknown_ssrc"] += 1
+            return
+        self.request_key_frame(subscription.track, now)
+
+    def request_key_frame(self, track: _forward.Track, now: float | None = None) -> bool:
+        """Ask the publisher of `track` for a key frame (a PLI, RFC 4585 6.3.1, also for a
+        subscriber's FIR: any decoder must support PLI), unless one was asked for less than
+        KEY_FRAME_INTERVAL ago; whether it was sent."""
+        now = self.clock() if now is None else now
+        last = self._key_frame_sent.get(track)
+        if last is not None and now - last < KEY_FRAME_INTERVAL:
+            self.counts["key_frame_suppressed"] += 1
+            return False
+        publisher = track.endpoint
+        if publisher.closed or not publisher.send_rtcp(bytes(rtcp.PictureLossIndication(self.ssrc, track.ssrc))):
+            self.counts["key_frame_not_sent"] += 1
+            return False
+        if len(self._key_frame_sent) > 4096:
+            self._key_frame_sent = {k: t for k, t in self._key_frame_sent.items() if now - t < KEY_FRAME_INTERVAL}
+        self._key_frame_sent[track] = now
+        self.counts["key_frame_forwarded"] += 1
+        return True
+
+
+def _track_of(endpoint: _forward.Endpoint, ssrc: int) -> _forward.Track | None:
+    for track in endpoint.tracks:
+        if track.ssrc == ssrc:
+            return track
+    return None
+
+
+def _subscription_of(endpoint: _forward.Endpoint, ssrc: int) -> _forward.Subscription | None:
+    for subscription in endpoint.subscriptions:
+        if subscription.ssrc == ssrc:
+            return subscription
+    return None

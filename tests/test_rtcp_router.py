@@ -1,0 +1,181 @@
+"""mediad.rtcp_router on a real Forwarder with loopback sockets: sender reports translated
+per subscription, receiver figures and round-trip times from report blocks, key-frame
+requests mapped to the publisher and rate-limited, malformed RTCP counted."""
+from __future__ import annotations
+
+import struct
+import time
+
+import pylibsrtp
+import pytest
+
+from forward_harness import Harness, Participant, Peer
+from mediad import rtcp
+from mediad._forward import Subscription
+from mediad.rtcp_router import KEY_FRAME_INTERVAL, RtcpRouter
+from rtp import build_rtp, receiver_session
+
+TRACK_SSRC = 0x1111
+SUB_SSRC = 0x2222
+NTP = 0xE8000000_40000000
+
+
+def rtcp_received(peer: Peer) -> list[rtcp.RtcpPacket]:
+    """Every RTCP packet the peer received, decrypted with its key (a fresh session, so that
+    calling this again does not look like a replay)."""
+    session = receiver_session(peer.recv_suite, peer.recv_key)
+    packets: list[rtcp.RtcpPacket] = []
+    for received in peer.received:
+        if 192 <= received.datagram[1] <= 223:
+            packets += rtcp.parse_compound(session.unprotect_rtcp(received.datagram))
+    return packets
+
+
+class Conference:
+    """A publisher with one video track, a subscriber receiving it, a bystander."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.router = RtcpRouter()
+        harness.forwarder.set_rtcp_handler(self.router.handle)
+        self.publisher = harness.participant(name="publisher")
+        self.subscriber = harness.participant(name="subscriber")
+        self.bystander = harness.participant(name="bystander")
+        self.track = self.publisher.endpoint.add_track(TRACK_SSRC, clock_rate=90000)
+        self.subscription: Subscription = self.track.subscribe(self.subscriber.endpoint, SUB_SSRC)
+
+    def forward_one(self, seq: int = 1, timestamp: int = 5000) -> int:
+        """Forward one RTP packet; its outgoing timestamp."""
+        before = len(self.subscriber.peer.received)
+        self.publisher.peer.send(build_rtp(seq, timestamp, TRACK_SSRC, b"media"))
+        self.harness.wait(lambda: len(self.subscriber.peer.received) > before, "the media packet")
+        return int(struct.unpack_from("!I", self.subscriber.peer.received[-1].plain or b"", 4)[0])
+
+    def send_rtcp(self, participant: Participant, packet: bytes) -> None:
+        before = self.router.counts["packets"]
+        participant.peer.send_raw(participant.peer.protect_rtcp(packet))
+        self.harness.wait(lambda: self.router.counts["packets"] > before, "the router to take the packet")
+
+    def sender_report(self, rtp_timestamp: int) -> rtcp.SenderReport:
+        """Send an SR from the publisher; the one the subscriber receives."""
+        before = len(rtcp_received(self.subscriber.peer))
+        self.send_rtcp(self.publisher, bytes(rtcp.SenderReport(TRACK_SSRC, NTP, rtp_timestamp, 50, 40000)))
+        self.harness.wait(lambda: len(rtcp_received(self.subscriber.peer)) > before, "the translated SR")
+        report = rtcp_received(self.subscriber.peer)[-1]
+        assert isinstance(report, rtcp.SenderReport)
+        return report
+
+
+@pytest.fixture
+def conference(harness: Harness) -> Conference:
+    return Conference(harness)
+
+
+def test_sender_report_is_translated_for_the_subscription(conference: Conference) -> None:
+    out_ts = conference.forward_one(timestamp=5000)
+    report = conference.sender_report(5000 + 900)
+
+    stats = conference.subscription.stats()
+    assert (report.ssrc, report.ntp_timestamp, report.rtp_timestamp) == (SUB_SSRC, NTP, (out_ts + 900) & 0xFFFFFFFF)
+    assert report.packet_count == stats["packets"] == 1
+    assert report.octet_count == stats["bytes"] - 12
+    # Protected with the subscriber's outbound key and no other.
+    datagram = next(r.datagram for r in conference.subscriber.peer.received if r.datagram[1] == 200)
+    for other in (conference.bystander, conference.publisher):
+        with pytest.raises(pylibsrtp.Error):
+            receiver_session(other.tx_suite, other.tx_key).unprotect_rtcp(datagram)
+    assert not rtcp_received(conference.bystander.peer)
+    assert not rtcp_received(conference.publisher.peer)
+
+
+def test_no_sender_report_before_media_was_forwarded(conference: Conference) -> None:
+    conference.send_rtcp(conference.publisher, bytes(rtcp.SenderReport(TRACK_SSRC, NTP, 1, 0, 0)))
+    conference.harness.drain()
+    assert conference.router.counts["sr"] == 1
+    assert conference.router.counts["sr_sent"] == 0
+    assert not rtcp_received(conference.subscriber.peer)
+
+
+def test_round_trip_time_from_lsr_and_dlsr(conference: Conference) -> None:
+    harness = conference.harness
+    conference.forward_one()
+    started = time.monotonic()  # before the router sent its SR
+    report = conference.sender_report(5000)
+    received = time.monotonic()  # after the subscriber got it
+    # The subscriber holds the SR a while and says it held it 0.1 s.
+    harness.wait(lambda: time.monotonic() > received + 0.25, "the hold time")
+    dlsr = round(0.1 * 65536)
+    block = rtcp.ReportBlock(SUB_SSRC, fraction_lost=64, packets_lost=3, jitter=900, lsr=rtcp.ntp_middle(report.ntp_timestamp), dlsr=dlsr)
+    answered = time.monotonic()  # before the router gets the RR
+    conference.subscriber.peer.send_raw(conference.subscriber.peer.protect_rtcp(bytes(rtcp.ReceiverReport(77, (block,)))))
+    harness.wait(lambda: conference.router.counts["rtt_measured"] == 1, "the RTT")
+    seen = time.monotonic()  # after the router measured
+
+    figures = conference.router.figures(conference.subscription)
+    assert figures is not None and figures.rtt_ms is not None
+    # The router held its SR between `received - started` and `seen - answered` less than
+    # `seen - started`: the RTT is that time less DLSR, to NTP short resolution (15 us).
+    resolution = 2 / 65536
+    low = (answered - received - dlsr / 65536 - resolution) * 1000
+    high = (seen - started - dlsr / 65536 + resolution) * 1000
+    assert low <= figures.rtt_ms <= high
+    assert (figures.fraction_lost, figures.packets_lost, figures.jitter, figures.reports) == (0.25, 3, 900, 1)
+    assert figures.jitter_ms == pytest.approx(10.0)
+    assert conference.router.figures_by_key() == {("subscriber", SUB_SSRC): figures}
+
+
+def test_report_without_a_matching_sr_has_figures_but_no_rtt(conference: Conference) -> None:
+    block = rtcp.ReportBlock(SUB_SSRC, fraction_lost=0, packets_lost=0, jitter=48, lsr=0x12345678, dlsr=10)
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.ReceiverReport(77, (block, rtcp.ReportBlock(999)))))
+
+    figures = conference.router.figures(conference.subscription)
+    assert figures is not None
+    assert (figures.reports, figures.rtt_ms) == (1, None)
+    assert conference.router.counts["report_unknown_ssrc"] == 1
+    # A report from another endpoint about the same SSRC is not this subscription's.
+    conference.send_rtcp(conference.bystander, bytes(rtcp.ReceiverReport(78, (block,))))
+    assert figures.reports == 1
+
+
+def test_pli_reaches_the_publisher_mapped_and_rate_limited(conference: Conference) -> None:
+    harness, router = conference.harness, conference.router
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.PictureLossIndication(77, SUB_SSRC)))
+    harness.wait(lambda: bool(rtcp_received(conference.publisher.peer)), "the PLI at the publisher")
+    first = time.monotonic()
+    for _ in range(3):
+        conference.send_rtcp(conference.subscriber, bytes(rtcp.PictureLossIndication(77, SUB_SSRC)))
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.FullIntraRequest(77, ((SUB_SSRC, 1),))))
+    harness.drain()
+
+    [pli] = rtcp_received(conference.publisher.peer)
+    assert pli == rtcp.PictureLossIndication(router.ssrc, TRACK_SSRC)
+    assert (router.counts["key_frame_forwarded"], router.counts["key_frame_suppressed"]) == (1, 4)
+    assert not rtcp_received(conference.bystander.peer)
+
+    # Once the interval is over, the next request goes through.
+    harness.wait(lambda: time.monotonic() > first + KEY_FRAME_INTERVAL + 0.05, "the end of the interval")
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.PictureLossIndication(77, SUB_SSRC)))
+    harness.wait(lambda: len(rtcp_received(conference.publisher.peer)) == 2, "the second PLI")
+    assert router.counts["key_frame_forwarded"] == 2
+
+
+def test_pli_about_an_unknown_ssrc_goes_nowhere(conference: Conference) -> None:
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.PictureLossIndication(77, TRACK_SSRC)))
+    conference.harness.drain()
+    assert conference.router.counts["key_frame_unknown_ssrc"] == 1
+    assert not rtcp_received(conference.publisher.peer)
+
+
+def test_malformed_and_unrouted_rtcp_is_counted_without_errors(conference: Conference) -> None:
+    router = conference.router
+    conference.send_rtcp(conference.subscriber, b"\x81\xc9\x00\x07\x00\x00\x00\x01")  # length past the end
+    conference.send_rtcp(conference.subscriber, b"\x80\xc9\x00\x01\x00\x00\x00\x01\x80")  # trailing byte
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.GenericNack(77, SUB_SSRC, (1, 2))))
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.OtherPacket(rtcp.BYE, 1, struct.pack("!I", 77))))
+    # Media and reports keep working after them.
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.ReceiverReport(77, (rtcp.ReportBlock(SUB_SSRC),))))
+
+    assert (router.counts["malformed"], router.counts["nack"], router.counts["bye"]) == (2, 1, 1)
+    assert router.figures(conference.subscription) is not None
+    assert conference.subscriber.endpoint.stats()["rtcp_errors"] == 0
+    assert not rtcp_received(conference.publisher.peer)
