@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +282,6 @@ class Bench:
     relay_cpu: int
     nice: int = 0
     ksoftirqd: int | None = None
-    log: list[str] = field(default_factory=list)
 
     def trial(self, gen: LoadGen, relay: Relay, rate: float, *, burst: int | None = None,
               duration: float | None = None) -> dict[str, Any]:
