@@ -12,6 +12,7 @@ from typing import Any
 from charter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from mediad import _forward
 from mediad.ports import PortAllocator, PortsExhausted
+from mediad.rtcp_router import RtcpRouter
 
 log = logging.getLogger("mediad.media")
 
@@ -72,6 +73,8 @@ class Media:
         self.capacity = min(capacity, ports.size) if capacity > 0 else ports.size
         self.draining = False
         self._endpoints: dict[str, EndpointRecord] = {}
+        self.rtcp = RtcpRouter()
+        forwarder.set_rtcp_handler(self.rtcp.handle)
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -239,6 +242,10 @@ class Media:
             plan.append((track, target.endpoint, spec))
         for track, target_endpoint, spec in plan:
             track.subscribe(target_endpoint, spec.ssrc, paused=spec.paused)
+            # A new video receiver can decode nothing before the next key frame: ask for one
+            # (a publisher that has not sent yet has no remote and will start with one).
+            if track.kind == "video" and track.endpoint.remote is not None:
+                self.rtcp.request_key_frame(track)
         return len(plan)
 
     def unsubscribe(self, specs: Sequence[SubscriptionSpec]) -> int:

@@ -199,6 +199,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
             track_count=tracks,
             subscription_count=subscriptions,
             draining=self.media.draining,
+            rtcp={k: v for k, v in self.media.rtcp.counts.items() if v},
         )
         now = time.monotonic()
         for record in self.media.select(endpoint_id, conference_id):
@@ -215,7 +216,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
                 entry.tracks.add(ssrc=track.ssrc, packets=t.get("packets", 0), bytes=t.get("bytes", 0))
             for subscription in record.endpoint.subscriptions:
                 s = subscription.stats()
-                entry.subscriptions.add(
+                sub = entry.subscriptions.add(
                     subscription=_spec_to_proto(subscription_spec(subscription)),
                     packets=s.get("packets", 0),
                     bytes=s.get("bytes", 0),
@@ -223,4 +224,13 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
                     dropped_no_remote=s.get("dropped_no_remote", 0),
                     send_errors=s.get("send_errors", 0),
                 )
+                figures = self.media.rtcp.figures(subscription)
+                if figures is None:
+                    sub.rtt_ms = -1.0
+                else:
+                    sub.fraction_lost = figures.fraction_lost
+                    sub.packets_lost = figures.packets_lost
+                    sub.jitter_ms = figures.jitter_ms
+                    sub.rtt_ms = -1.0 if figures.rtt_ms is None else figures.rtt_ms
+                    sub.receiver_reports = figures.reports
         return message

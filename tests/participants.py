@@ -81,6 +81,8 @@ class Peer:
                 datagram = self.sock.recv(4096)
             except BlockingIOError:
                 return count
+            if 192 <= datagram[1] <= 223:
+                continue  # RTCP from the daemon (a key-frame request for a video track)
             packet = parse_rtp(self._rx.unprotect(datagram))
             publisher, track_ssrc, _ = packet.payload.decode().split("|")
             self.received.append(Received(packet.ssrc, publisher, int(track_ssrc)))

@@ -368,9 +368,13 @@ class GstReceiver(Receiver):
             decode, frame_bytes = _gst_decoder(stream)
             output = workdir / f"{name}-{stream.ssrc}.raw"
             self.outputs[stream.ssrc] = (output, frame_bytes)
+            # The daemon's RTCP (translated sender reports) comes on the same port: srtpdec
+            # hands it to its rtcp_src pad, which must be linked or the branch stops.
+            dec = f"dec{len(branches)}"
             branches.append(
-                f"t. ! queue ! capssetter replace=true caps={caps} ! srtpdec ! {decode} "
-                f"! filesink location={output} sync=false async=false buffer-mode=unbuffered"
+                f"t. ! queue ! capssetter replace=true caps={caps} ! srtpdec name={dec} ! {decode} "
+                f"! filesink location={output} sync=false async=false buffer-mode=unbuffered "
+                f"{dec}.rtcp_src ! fakesink sync=false async=false"
             )
         pipeline = f"udpsrc address=0.0.0.0 port={self.port} caps=application/x-srtp ! tee name=t " + " ".join(branches)
         self.process = MediaProcess(name, [GST_LAUNCH or "gst-launch-1.0", "-q", "-e", *pipeline.split()], workdir)
