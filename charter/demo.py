@@ -43,7 +43,7 @@ NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
 MAX_PARTICIPANTS = len(NAMES)
 # A stream counts as received when it lost at most this fraction of its packets.
 MAX_LOSS = 0.02
-RTT_UNKNOWN = "-"  # the daemon does not measure round-trip times yet (no RTCP receiver reports)
+RTT_UNKNOWN = "-"  # no receiver report has answered one of the daemon's sender reports yet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +73,9 @@ class DemoParticipant:
     daemon_in: int = 0
     daemon_out: int = 0
     daemon_drops: int = 0
+    # Round-trip times the daemon measured to the participant's receiver, by the SSRC it
+    # receives a stream with (its answers to the sender reports the daemon forwards).
+    daemon_rtt: dict[int, float] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
@@ -281,6 +284,9 @@ class Demo:
                 participant.daemon_in = endpoint.counters.packets_in
                 participant.daemon_out = endpoint.counters.packets_out
                 participant.daemon_drops = sum(endpoint.counters.drops.values())
+                participant.daemon_rtt = {
+                    s.subscription.ssrc: s.rtt_ms for s in endpoint.subscriptions if s.rtt_ms >= 0
+                }
         self.elapsed = time.monotonic() - self.started
 
     async def _show(self, daemon: Any, stop: asyncio.Event) -> None:
@@ -318,12 +324,12 @@ class Demo:
     # ----------------------------------------------------------------------------------
     # What is shown
 
-    def _streams(self, participant: DemoParticipant) -> list[tuple[str, str, StreamStats | None]]:
-        """(publisher, track name, stats) of every track the participant should receive."""
+    def _streams(self, participant: DemoParticipant) -> list[tuple[str, str, int, StreamStats | None]]:
+        """(publisher, track name, SSRC received with, stats) of every track the participant should receive."""
         if participant.session is None:  # its Join did not complete
             return []
         return [
-            (track.publisher_id, track.name or track.kind, participant.receiver.streams.get(track.ssrc))
+            (track.publisher_id, track.name or track.kind, track.ssrc, participant.receiver.streams.get(track.ssrc))
             for track in participant.session.received
         ]
 
@@ -340,12 +346,13 @@ class Demo:
         table = Table(
             title=f"Charter demo: conference {self.conference_id}, {source}, {self.elapsed:4.1f} / {self.args.duration:.0f} s",
             caption=f"packets in: the daemon received from the participant; out: it sent to it. Jitter "
-            f"(RFC 3550) includes the senders' own pacing. RTT {RTT_UNKNOWN}: not measured yet (no RTCP receiver reports).",
+            f"(RFC 3550) includes the senders' own pacing. RTT: measured by the daemon from the receiver's RTCP "
+            f"reports (highest of its streams; {RTT_UNKNOWN}: no report yet, the senders report every few seconds).",
         )
         for column in ("participant", "packets in", "packets out", "received", "streams", "loss", "jitter", "RTT", "drops"):
             table.add_column(column, justify="left" if column == "participant" else "right")
         for participant in self.participants:
-            streams = [s for _, _, s in self._streams(participant) if s is not None]
+            streams = [s for _, _, _, s in self._streams(participant) if s is not None]
             expected = len(self._streams(participant))
             jitter = max((s.jitter_ms for s in streams), default=0.0)
             drops = participant.daemon_drops + participant.receiver.auth_failures
@@ -357,7 +364,7 @@ class Demo:
                 f"{len(streams)}/{expected}",
                 f"{100 * self._loss(streams):.2f} %",
                 f"{jitter:.1f} ms",
-                RTT_UNKNOWN,
+                _rtt(max(participant.daemon_rtt.values(), default=None)),
                 f"{drops:,}",
             )
         return table
@@ -365,10 +372,11 @@ class Demo:
     def progress_line(self) -> str:
         forwarded = sum(p.daemon_out for p in self.participants)
         received = sum(p.receiver.packets for p in self.participants)
-        streams = [s for p in self.participants for _, _, s in self._streams(p) if s is not None]
+        streams = [s for p in self.participants for _, _, _, s in self._streams(p) if s is not None]
         return (
             f"{self.elapsed:5.1f} s: {len(self.participants)} participants, daemon sent {forwarded:,} packets, "
-            f"receivers decrypted {received:,}, loss {100 * self._loss(streams):.2f} %"
+            f"receivers decrypted {received:,}, loss {100 * self._loss(streams):.2f} %, "
+            f"RTT {_rtt(max((r for p in self.participants for r in p.daemon_rtt.values()), default=None))}"
         )
 
     def summary(self) -> tuple[Any, list[str]]:
@@ -376,14 +384,14 @@ class Demo:
         from rich.table import Table
 
         table = Table(title="Summary: every stream each participant received")
-        for column in ("receiver", "from", "track", "packets", "lost", "loss", "jitter"):
+        for column in ("receiver", "from", "track", "packets", "lost", "loss", "jitter", "RTT"):
             table.add_column(column, justify="left" if column in ("receiver", "from", "track") else "right")
         problems: list[str] = []
         for participant in self.participants:
-            for publisher, name, stats in self._streams(participant):
+            for publisher, name, ssrc, stats in self._streams(participant):
                 if stats is None or stats.packets == 0:
                     problems.append(f"{participant.participant_id} received nothing of {publisher}'s {name}")
-                    table.add_row(participant.participant_id, publisher, name, "0", "-", "-", "-")
+                    table.add_row(participant.participant_id, publisher, name, "0", "-", "-", "-", "-")
                     continue
                 if stats.loss_fraction > MAX_LOSS:
                     problems.append(
@@ -391,7 +399,7 @@ class Demo:
                     )
                 table.add_row(
                     participant.participant_id, publisher, name, f"{stats.packets:,}", f"{max(stats.lost, 0):,}",
-                    f"{100 * stats.loss_fraction:.2f} %", f"{stats.jitter_ms:.1f} ms",
+                    f"{100 * stats.loss_fraction:.2f} %", f"{stats.jitter_ms:.1f} ms", _rtt(participant.daemon_rtt.get(ssrc)),
                 )
             if participant.receiver.auth_failures:
                 problems.append(f"{participant.participant_id}: {participant.receiver.auth_failures} packets failed to decrypt")
@@ -483,3 +491,7 @@ def run(args: argparse.Namespace) -> int:
         return int(uvloop.run(demo(args)))
     except ImportError:
         return asyncio.run(demo(args))
+
+
+def _rtt(rtt_ms: float | None) -> str:
+    return RTT_UNKNOWN if rtt_ms is None else f"{rtt_ms:.1f} ms"

@@ -1,6 +1,7 @@
 """The media side of `charter demo`: what each participant publishes (ffmpeg test sources,
 or a built-in RTP source where ffmpeg is missing) and a receiver that decrypts what Charter
-sends it and keeps RFC 3550 reception statistics per stream (loss, interarrival jitter)."""
+sends it, keeps RFC 3550 reception statistics per stream (loss, interarrival jitter) and
+answers each sender report with a receiver report, so that the daemon measures the RTT."""
 from __future__ import annotations
 
 import asyncio
@@ -18,11 +19,13 @@ from collections.abc import Sequence
 import pylibsrtp
 
 from charter.sdp import MediaTrack, ParticipantSession
+from mediad import rtcp
 from mediad.srtp import create_session
 
 FFMPEG = shutil.which("ffmpeg")
 VIDEO_FPS = 30
 AUDIO_FRAME_SECONDS = 0.020
+SENDER_REPORT_INTERVAL = 1.0  # the built-in source's; ffmpeg sends one every 5 s
 RTP_HEADER = struct.Struct("!BBHII")
 
 
@@ -53,6 +56,8 @@ class StreamStats:
     max_seq: int = 0  # extended: cycles * 65536 + seq
     jitter: float = 0.0  # in RTP timestamp units
     _transit: float | None = None
+    _expected_prior: int = 0
+    _received_prior: int = 0
 
     def add(self, seq: int, timestamp: int, arrival: float, size: int) -> None:
         self.packets += 1
@@ -90,6 +95,18 @@ class StreamStats:
     def jitter_ms(self) -> float:
         return 1000.0 * self.jitter / self.clock_rate
 
+    def report_block(self, ssrc: int, lsr: int = 0, dlsr: int = 0) -> rtcp.ReportBlock:
+        """The report block about this stream (RFC 3550 6.4.1, A.3); starts a new interval
+        for the fraction lost."""
+        expected_interval = self.expected - self._expected_prior
+        lost_interval = expected_interval - (self.packets - self._received_prior)
+        self._expected_prior, self._received_prior = self.expected, self.packets
+        fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0
+        lost = max(-(1 << 23), min(self.lost, (1 << 23) - 1))
+        return rtcp.ReportBlock(
+            ssrc, min(fraction, 255), lost, self.max_seq & 0xFFFFFFFF, int(self.jitter) & 0xFFFFFFFF, lsr, dlsr
+        )
+
 
 class DemoReceiver(asyncio.DatagramProtocol):
     """A participant's receive address: SRTP in, per-SSRC statistics.
@@ -98,14 +115,22 @@ class DemoReceiver(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.session: pylibsrtp.Session | None = None
+        self.tx: pylibsrtp.Session | None = None
+        self.media_address: tuple[str, int] | None = None
+        self.ssrc = secrets.randbits(32) or 1  # sender SSRC of its receiver reports
         self.clock_rates: dict[int, int] = {}
         self.streams: dict[int, StreamStats] = {}
         self.auth_failures = 0
         self.rtcp = 0
+        self.rtcp_bad = 0
+        self.reports_sent = 0
         self.transport: asyncio.DatagramTransport | None = None
 
     def key(self, session: ParticipantSession) -> None:
         self.session = create_session(session.suite, base64.b64decode(session.receive_key), inbound=True)
+        # Receiver reports go to the participant's endpoint like its media: with its send key.
+        self.tx = create_session(session.suite, base64.b64decode(session.send_key), inbound=False)
+        self.media_address = session.media_address
         self.expect(session.received)
 
     def expect(self, tracks: Sequence[MediaTrack]) -> None:
@@ -121,6 +146,7 @@ class DemoReceiver(asyncio.DatagramProtocol):
             return
         if 192 <= data[1] <= 223:  # RTCP (RFC 5761)
             self.rtcp += 1
+            self._rtcp_received(data, arrival)
             return
         try:
             plain = self.session.unprotect(data)
@@ -132,6 +158,24 @@ class DemoReceiver(asyncio.DatagramProtocol):
         if stats is None:
             stats = self.streams[ssrc] = StreamStats(self.clock_rates.get(ssrc, 90000))
         stats.add(seq, timestamp, arrival, len(plain))
+
+    def _rtcp_received(self, data: bytes, arrival: float) -> None:
+        assert self.session is not None
+        try:
+            packets = rtcp.parse_compound(self.session.unprotect_rtcp(data))
+        except (pylibsrtp.Error, ValueError):
+            self.rtcp_bad += 1
+            return
+        blocks = []
+        for packet in packets:
+            if isinstance(packet, rtcp.SenderReport) and packet.ssrc in self.streams:
+                # Answered at once; DLSR still says how long it was held (RFC 3550 6.4.1).
+                dlsr = round((time.monotonic() - arrival) * 65536)
+                blocks.append(self.streams[packet.ssrc].report_block(packet.ssrc, rtcp.ntp_middle(packet.ntp_timestamp), dlsr))
+        if blocks and self.tx is not None and self.transport is not None and self.media_address is not None:
+            report = rtcp.ReceiverReport(self.ssrc, tuple(blocks))
+            self.transport.sendto(self.tx.protect_rtcp(bytes(report)), self.media_address)
+            self.reports_sent += 1
 
     @property
     def packets(self) -> int:
@@ -265,6 +309,8 @@ class BuiltinPublisher(Publisher):
         timestamp0 = secrets.randbits(32)
         start = time.monotonic()
         frame = 0
+        packets = octets = 0
+        next_report = start + SENDER_REPORT_INTERVAL
         while True:
             timestamp = (timestamp0 + int(frame * interval * track.clock_rate)) & 0xFFFFFFFF
             for i, size in enumerate(sizes):
@@ -272,6 +318,12 @@ class BuiltinPublisher(Publisher):
                 header = RTP_HEADER.pack(0x80, marker | track.payload_type, seq, timestamp, track.ssrc)
                 self.transport.sendto(self.tx.protect(header + os.urandom(size)))
                 seq = (seq + 1) & 0xFFFF
+                packets += 1
+                octets += size
+            if time.monotonic() >= next_report:
+                next_report += SENDER_REPORT_INTERVAL
+                report = rtcp.SenderReport(track.ssrc, rtcp.ntp_now(), timestamp, packets, octets)
+                self.transport.sendto(self.tx.protect_rtcp(bytes(report)))
             frame += 1
             # Paced against the start time, so that delays do not accumulate.
             await asyncio.sleep(max(0.0, start + frame * interval - time.monotonic()))

@@ -60,6 +60,10 @@ def test_demo_with_the_built_in_source_ends_cleanly_with_a_summary() -> None:
     for receiver, sender in [("alice", "bob"), ("bob", "carol"), ("carol", "alice")]:
         assert any(receiver in line and sender in line and "camera" in line for line in output.splitlines()), output
     assert "OK: every participant received every other participant's tracks" in output
+    # Every stream's summary row has the daemon's RTT after the jitter (the built-in source
+    # sends a sender report every second, each receiver answers it).
+    rows = [line for line in output.splitlines() if "camera" in line or "microphone" in line]
+    assert len(rows) == 12 and all(line.count(" ms") == 2 for line in rows), output
     assert "Charter stopped cleanly." in output
 
 
