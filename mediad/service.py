@@ -108,6 +108,7 @@ def _counters(stats: dict[str, Any]) -> mediad_pb2.Counters:
         packets_out=stats.get("packets_out", 0),
         bytes_out=stats.get("bytes_out", 0),
         rtcp_in=stats.get("rtcp_in", 0),
+        rtcp_out=stats.get("rtcp_out", 0),
         drops={k: v for k, v in stats.get("drops", {}).items() if v},
     )
 

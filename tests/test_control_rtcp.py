@@ -98,7 +98,10 @@ def test_key_frame_request_sender_report_and_rtt(charter: Cluster) -> None:
         assert (sub.fraction_lost, sub.packets_lost, sub.jitter_ms) == (0.5, 5, pytest.approx(1.0))
         # Between the viewer's hold and the whole exchange the test saw, to NTP short resolution.
         assert (answered - received) * 1000 - 0.1 <= sub.rtt_ms <= (seen - sent) * 1000 + 0.1
-        counts = stats().rtcp
+        current = stats()
+        counts = current.rtcp
+        # The PLI to the publisher and the SR to the viewer.
+        assert sorted(e.counters.rtcp_out for e in current.endpoints) == [1, 1]
         assert counts["sr_sent"] == 1 and counts["rtt_measured"] == 1 and counts["key_frame_forwarded"] >= 1
     finally:
         api.EndConference(pb.EndConferenceRequest(conference_id=conference.conference_id), timeout=10)
