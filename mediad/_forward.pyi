@@ -42,7 +42,8 @@ class Forwarder:
         counted in the endpoint's rtcp_errors and reported to the loop's exception handler."""
     def stats(self) -> dict[str, Any]:
         """Totals since the forwarder started, closed endpoints included: endpoints (open now),
-        packets and bytes in and out, rtcp_in, drops by reason, batches, batch_packets."""
+        packets and bytes in and out, rtcp_in, rtcp_out, rtcp_errors, drops by reason,
+        batches, batch_packets."""
     def close(self) -> None:
         """Close every endpoint."""
 

@@ -126,7 +126,7 @@ _TAG_LENGTHS = {
     _srtp.SrtpSuite.AEAD_AES_128_GCM: (16, 16),
 }
 
-_COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in")
+_COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out", "rtcp_errors")
 
 cdef srtp_fn _srtp_protect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_protect")
 cdef srtp_fn _srtp_unprotect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_unprotect")

@@ -20,7 +20,7 @@ SUBSCRIPTION_KEYS = {
     "last_seq",
     "last_timestamp",
 }
-TOTAL_KEYS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in")
+TOTAL_KEYS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out", "rtcp_errors")
 
 
 def test_drop_reasons_are_the_documented_ones() -> None:
@@ -123,6 +123,7 @@ def test_forwarder_totals_keep_what_closed_endpoints_did(harness: Harness) -> No
     harness.settle(publisher.endpoint, 3)
     harness.deliver(publisher.peer, [b"\x00\x01"], publisher.endpoint)
     harness.wait(lambda: len(a.peer.received) == 3, "three packets at a")
+    assert a.endpoint.send_rtcp(build_rtcp_receiver_report(7))
     before = harness.forwarder.stats()
 
     publisher.endpoint.close()
@@ -130,7 +131,7 @@ def test_forwarder_totals_keep_what_closed_endpoints_did(harness: Harness) -> No
 
     after = harness.forwarder.stats()
     assert after["endpoints"] == before["endpoints"] - 2
-    assert (after["packets_in"], after["packets_out"], after["drops"]["stun"]) == (3, 3, 1)
+    assert (after["packets_in"], after["packets_out"], after["rtcp_out"], after["drops"]["stun"]) == (3, 3, 1, 1)
     for key in TOTAL_KEYS:
         assert after[key] == before[key], key
     assert after["drops"] == before["drops"]
