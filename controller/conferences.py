@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from charter.errors import AlreadyExists, CharterError, NotFound, ResourceExhausted, Unavailable
+from charter.tracks import Track
 from controller import events
 from controller.daemons import MediaDaemonClient, MediaDaemonClients, Route
-from controller.model import Conference, Participant, Subscription, Track
+from controller.model import Conference, Participant, Subscription
 from controller.placement import Candidate, describe, least_loaded
 from controller.registry import DaemonRecord, Registry
 from controller.store import ConferenceStore

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from charter.errors import ResourceExhausted
-from controller.model import Participant, Track
+from charter.tracks import Track
+from controller.model import Participant
 
 log = logging.getLogger("controller.events")
 

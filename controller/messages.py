@@ -12,20 +12,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from charter import sdp
 from charter.errors import InvalidArgument
+from charter.tracks import Track, parse_track, track_to_proto
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2
 from controller import events
-from controller.model import Conference, Participant, Subscription, Track
+from controller.model import Conference, Participant, Subscription
 from controller.registry import DaemonInfo, DaemonLoad
 from mediad.srtp import SrtpSuite
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-_CODEC = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
 MAX_TEXT = 256
 MAX_TRACKS = 16
 
-KINDS: dict[int, str] = {media_pb2.AUDIO: "audio", media_pb2.VIDEO: "video"}
-KIND_NUMBERS = {v: k for k, v in KINDS.items()}
 SUITES: dict[int, str] = {
     media_pb2.SRTP_SUITE_UNSPECIFIED: SrtpSuite.AES_CM_128_HMAC_SHA1_80.value,
     media_pb2.AES_CM_128_HMAC_SHA1_80: SrtpSuite.AES_CM_128_HMAC_SHA1_80.value,
@@ -54,32 +52,6 @@ def parse_text(field: str, value: str) -> str:
     if len(value) > MAX_TEXT:
         raise InvalidArgument(field, f"is {len(value)} characters long; at most {MAX_TEXT}")
     return value
-
-
-def parse_track(field: str, track: media_pb2.Track) -> Track:
-    if not 0 < track.ssrc <= 0xFFFFFFFF:
-        raise InvalidArgument(f"{field}.ssrc", "is required: the non-zero 32-bit RTP SSRC the track is sent with")
-    if track.kind not in KINDS:
-        raise InvalidArgument(f"{field}.kind", "is required: AUDIO or VIDEO")
-    if not _CODEC.match(track.codec):
-        raise InvalidArgument(f"{field}.codec", f"{track.codec[:40]!r} is not a codec name such as VP8, H264 or opus")
-    if track.payload_type > 127:
-        raise InvalidArgument(f"{field}.payload_type", f"is {track.payload_type}; RTP payload types are 0-127")
-    if not 0 < track.clock_rate <= 1_000_000:
-        raise InvalidArgument(
-            f"{field}.clock_rate", "is required: the RTP clock rate in Hz, such as 90000 (video) or 48000 (opus)"
-        )
-    if track.channels > 8:
-        raise InvalidArgument(f"{field}.channels", f"is {track.channels}; at most 8")
-    return Track(
-        ssrc=track.ssrc,
-        kind=KINDS[track.kind],
-        codec=track.codec,
-        payload_type=track.payload_type,
-        clock_rate=track.clock_rate,
-        channels=track.channels,
-        name=parse_text(f"{field}.name", track.name),
-    )
 
 
 def parse_tracks(field: str, tracks: list[media_pb2.Track]) -> list[Track]:
@@ -163,18 +135,6 @@ def duration(seconds: float) -> Duration:
     value = Duration()
     value.FromNanoseconds(int(seconds * 1e9))
     return value
-
-
-def track_to_proto(track: Track) -> media_pb2.Track:
-    return media_pb2.Track(
-        ssrc=track.ssrc,
-        kind=KIND_NUMBERS[track.kind],  # type: ignore[arg-type]
-        codec=track.codec,
-        payload_type=track.payload_type,
-        clock_rate=track.clock_rate,
-        channels=track.channels,
-        name=track.name,
-    )
 
 
 def address_to_proto(address: tuple[str, int]) -> media_pb2.Address:

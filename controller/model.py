@@ -3,19 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Track:
-    """A stream a participant publishes."""
-
-    ssrc: int
-    kind: str
-    """"audio" or "video"."""
-    codec: str
-    payload_type: int
-    clock_rate: int
-    channels: int = 0
-    name: str = ""
+from charter.tracks import Track
 
 
 @dataclass(frozen=True)

@@ -10,23 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from charter.tracks import Track
 from mediad import _forward
 from mediad.ports import PortAllocator, PortsExhausted
 from mediad.rtcp_router import RtcpRouter
 
 log = logging.getLogger("mediad.media")
-
-
-@dataclass(frozen=True)
-class TrackSpec:
-    ssrc: int
-    kind: str
-    """"audio" or "video"."""
-    clock_rate: int
-    codec: str = ""
-    payload_type: int = 0
-    channels: int = 0
-    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,7 +26,7 @@ class EndpointSpec:
     rx_key: bytes
     tx_key: bytes
     remote: tuple[str, int] | None
-    tracks: tuple[TrackSpec, ...] = ()
+    tracks: tuple[Track, ...] = ()
     subscriptions: tuple["SubscriptionSpec", ...] = ()
     """Routes to and from the endpoint, made with it or not at all."""
 
@@ -56,7 +45,7 @@ class EndpointRecord:
     spec: EndpointSpec
     endpoint: _forward.Endpoint
     port: int
-    tracks: dict[int, TrackSpec] = field(default_factory=dict)
+    tracks: dict[int, Track] = field(default_factory=dict)
     created_at: float = field(default_factory=time.monotonic)
 
     def same_parameters(self, spec: EndpointSpec) -> bool:
@@ -165,13 +154,13 @@ class Media:
 
     # --- tracks --------------------------------------------------------------------------
 
-    def add_track(self, endpoint_id: str, track: TrackSpec) -> EndpointRecord:
+    def add_track(self, endpoint_id: str, track: Track) -> EndpointRecord:
         record = self.get_endpoint(endpoint_id)
         self._check_tracks([track])
         self._add_track(record, track)
         return record
 
-    def _add_track(self, record: EndpointRecord, track: TrackSpec) -> None:
+    def _add_track(self, record: EndpointRecord, track: Track) -> None:
         existing = record.tracks.get(track.ssrc)
         if existing is not None:
             if existing != track:
@@ -194,7 +183,7 @@ class Media:
         return record
 
     @staticmethod
-    def _check_tracks(tracks: Iterable[TrackSpec]) -> None:
+    def _check_tracks(tracks: Iterable[Track]) -> None:
         seen: set[int] = set()
         for i, track in enumerate(tracks):
             if track.ssrc in seen:

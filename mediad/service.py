@@ -9,12 +9,11 @@ from typing import Any
 import grpc
 
 from charter.errors import InvalidArgument
+from charter.tracks import parse_track, track_to_proto
 from charter.v1 import media_pb2, mediad_pb2, mediad_pb2_grpc
-from mediad.media import EndpointRecord, EndpointSpec, Media, SubscriptionSpec, TrackSpec, subscription_spec
+from mediad.media import EndpointRecord, EndpointSpec, Media, SubscriptionSpec, subscription_spec
 from mediad.srtp import SrtpSuite
 
-KINDS = {media_pb2.AUDIO: "audio", media_pb2.VIDEO: "video"}
-KIND_NUMBERS = {v: k for k, v in KINDS.items()}
 SUITES = {
     media_pb2.SRTP_SUITE_UNSPECIFIED: SrtpSuite.AES_CM_128_HMAC_SHA1_80,
     media_pb2.AES_CM_128_HMAC_SHA1_80: SrtpSuite.AES_CM_128_HMAC_SHA1_80,
@@ -34,24 +33,6 @@ def _id(field: str, value: str) -> str:
     return value
 
 
-def _track(field: str, track: media_pb2.Track) -> TrackSpec:
-    if track.kind not in KINDS:
-        raise InvalidArgument(f"{field}.kind", "is required: AUDIO or VIDEO")
-    if track.ssrc == 0:
-        raise InvalidArgument(f"{field}.ssrc", "is required (non-zero)")
-    if track.clock_rate == 0:
-        raise InvalidArgument(f"{field}.clock_rate", "is required: the RTP clock rate in Hz")
-    return TrackSpec(
-        ssrc=track.ssrc,
-        kind=KINDS[track.kind],
-        clock_rate=track.clock_rate,
-        codec=track.codec,
-        payload_type=track.payload_type,
-        channels=track.channels,
-        name=track.name,
-    )
-
-
 def _subscription(field: str, spec: mediad_pb2.SubscriptionSpec) -> SubscriptionSpec:
     return SubscriptionSpec(
         track_endpoint_id=_id(f"{field}.track_endpoint_id", spec.track_endpoint_id),
@@ -59,18 +40,6 @@ def _subscription(field: str, spec: mediad_pb2.SubscriptionSpec) -> Subscription
         endpoint_id=_id(f"{field}.endpoint_id", spec.endpoint_id),
         ssrc=spec.ssrc,
         paused=spec.paused,
-    )
-
-
-def _track_to_proto(track: TrackSpec) -> media_pb2.Track:
-    return media_pb2.Track(
-        ssrc=track.ssrc,
-        kind=KIND_NUMBERS[track.kind],  # type: ignore[arg-type]
-        codec=track.codec,
-        payload_type=track.payload_type,
-        clock_rate=track.clock_rate,
-        channels=track.channels,
-        name=track.name,
     )
 
 
@@ -92,7 +61,7 @@ def endpoint_to_proto(record: EndpointRecord, media_ip: str) -> mediad_pb2.Endpo
         local_address=media_pb2.Address(ip=media_ip, port=record.port),
         latching=endpoint.latching,
         suite=SUITE_NUMBERS[record.spec.suite],  # type: ignore[arg-type]
-        tracks=[_track_to_proto(t) for t in record.tracks.values()],
+        tracks=[track_to_proto(t) for t in record.tracks.values()],
         subscriptions=[_spec_to_proto(subscription_spec(s)) for s in endpoint.subscriptions],
     )
     remote = endpoint.remote
@@ -138,7 +107,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
             rx_key=bytes(request.rx_key),
             tx_key=bytes(request.tx_key),
             remote=remote,
-            tracks=tuple(_track(f"tracks[{i}]", t) for i, t in enumerate(request.tracks)),
+            tracks=tuple(parse_track(f"tracks[{i}]", t) for i, t in enumerate(request.tracks)),
             subscriptions=tuple(_subscription(f"subscriptions[{i}]", s) for i, s in enumerate(request.subscriptions)),
         )
         return endpoint_to_proto(self.media.create_endpoint(spec), self.media_ip)
@@ -161,7 +130,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
     async def AddTrack(self, request: mediad_pb2.AddTrackRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.Endpoint:
         if not request.HasField("track"):
             raise InvalidArgument("track", "is required")
-        record = self.media.add_track(_id("endpoint_id", request.endpoint_id), _track("track", request.track))
+        record = self.media.add_track(_id("endpoint_id", request.endpoint_id), parse_track("track", request.track))
         return endpoint_to_proto(record, self.media_ip)
 
     async def RemoveTrack(self, request: mediad_pb2.RemoveTrackRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.Endpoint:

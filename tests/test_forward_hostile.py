@@ -7,10 +7,18 @@ import struct
 from collections.abc import Callable
 
 import pytest
+from forward_harness import Harness, new_key
+from rtp import (
+    SRTCP_TRAILER_LENGTHS,
+    SUITES,
+    TAG_LENGTHS,
+    build_rtcp_receiver_report,
+    build_rtp,
+    header_fields,
+    sender_session,
+)
 
-from forward_harness import Harness, Participant, new_key
 from mediad._forward import DROP_REASONS
-from rtp import SRTCP_TRAILER_LENGTHS, SUITES, TAG_LENGTHS, build_rtcp_receiver_report, build_rtp, header_fields, sender_session
 
 TRACK_SSRC = 0x600DF00D
 OUT_SSRC = 0x0000BEEF
