@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from charter.v1 import controller_pb2 as pb
-from charter.v1.controller_pb2_grpc import ConferenceServiceStub as conference_stub_on
 from charter.v1 import mediad_pb2
+from charter.v1.controller_pb2_grpc import ConferenceServiceStub as conference_stub_on
 from processes import (
     cluster,
     conference_stub,

@@ -15,7 +15,16 @@ import pytest
 
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
-from processes import Process, free_tcp_port, free_tcp_ports, free_udp_range, live_daemons, udp_port_free, wait_serving, wait_until
+from processes import (
+    Process,
+    free_tcp_port,
+    free_tcp_ports,
+    free_udp_range,
+    live_daemons,
+    udp_port_free,
+    wait_serving,
+    wait_until,
+)
 
 
 def charter_command() -> list[str]:

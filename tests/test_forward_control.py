@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from forward_harness import LOCALHOST, Harness, Participant, new_key
-from rtp import build_rtp, header_fields, receiver_session, seq_diff, sender_session
+from rtp import build_rtp, header_fields, receiver_session, sender_session, seq_diff
 
 TRACK_SSRC = 0x57AE4
 

@@ -7,7 +7,9 @@ import struct
 from collections.abc import Callable
 
 import pytest
+
 from forward_harness import Harness, new_key
+from mediad._forward import DROP_REASONS
 from rtp import (
     SRTCP_TRAILER_LENGTHS,
     SUITES,
@@ -17,8 +19,6 @@ from rtp import (
     header_fields,
     sender_session,
 )
-
-from mediad._forward import DROP_REASONS
 
 TRACK_SSRC = 0x600DF00D
 OUT_SSRC = 0x0000BEEF

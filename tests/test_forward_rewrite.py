@@ -7,11 +7,11 @@ import time
 from typing import Any, NamedTuple
 
 import pytest
+
 import reference_forwarder
 from forward_harness import Harness, Participant
-from rtp import build_rtp, header_fields, ts_diff
-
 from mediad import _forward
+from rtp import build_rtp, header_fields, ts_diff
 
 TS_TOP = 1 << 32
 
