@@ -48,15 +48,25 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._conferences: dict[str, Conference] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        """Per conference: its lock and how many tasks hold it or wait for it."""
 
     @contextlib.asynccontextmanager
     async def lock(self, conference_id: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(conference_id, asyncio.Lock())
-        async with lock:
-            yield
-        if conference_id not in self._conferences and not lock.locked():
-            self._locks.pop(conference_id, None)
+        # A lock is dropped only when no task holds it or waits for it: a waiter must get
+        # the lock later callers get, even if the conference was ended and made again
+        # meanwhile. Requests for ids that do not exist (they raise) leave nothing behind.
+        lock, users = self._locks.get(conference_id, (asyncio.Lock(), 0))
+        self._locks[conference_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[conference_id]
+            if users == 1:
+                del self._locks[conference_id]
+            else:
+                self._locks[conference_id] = (lock, users - 1)
 
     async def get(self, conference_id: str) -> Conference | None:
         return self._conferences.get(conference_id)
