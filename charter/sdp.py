@@ -28,7 +28,7 @@ import base64
 import binascii
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 SEND_ONLY = "sendonly"
@@ -437,7 +437,3 @@ def from_participant(participant: Any) -> ParticipantSession:
 def received_from(session: ParticipantSession, publisher_id: str) -> Sequence[MediaTrack]:
     """The tracks this participant receives from `publisher_id`."""
     return [t for t in session.received if t.publisher_id == publisher_id]
-
-
-def media_for(description: SessionDescription, direction: str) -> Iterable[Media]:
-    return [m for m in description.media if m.direction == direction]

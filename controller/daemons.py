@@ -95,12 +95,6 @@ class MediaDaemonClient:
         reply = await self._call("ReleaseConference", mediad_pb2.ReleaseConferenceRequest(conference_id=conference_id))
         return int(reply.endpoints_deleted)
 
-    async def subscribe(self, routes: Sequence[Route]) -> int:
-        if not routes:
-            return 0
-        reply = await self._call("Subscribe", mediad_pb2.SubscribeRequest(subscriptions=[r.to_proto() for r in routes]))
-        return int(reply.created)
-
     async def list_endpoints(self, conference_id: str = "") -> list[mediad_pb2.Endpoint]:
         reply = await self._call("ListEndpoints", mediad_pb2.ListEndpointsRequest(conference_id=conference_id))
         return list(reply.endpoints)

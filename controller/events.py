@@ -124,9 +124,6 @@ class EventHub:
         for conference_id in list(self._watchers):
             self.end(conference_id)
 
-    def watcher_count(self) -> int:
-        return sum(len(w) for w in self._watchers.values())
-
     def _end(self, watcher: Watcher) -> None:
         watcher.queue.put_nowait(_END)
         self.unwatch(watcher)

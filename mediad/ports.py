@@ -35,10 +35,6 @@ class PortAllocator:
     def size(self) -> int:
         return self.last - self.first + 1
 
-    @property
-    def in_use(self) -> int:
-        return len(self._used)
-
     def allocate(self) -> socket.socket:
         for _ in range(len(self._free)):
             port = self._free.popleft()
