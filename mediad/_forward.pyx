@@ -13,9 +13,10 @@ so the flat arrays the per-packet loop reads are rebuilt on change and never loc
 libsrtp is called through C function pointers exported by pylibsrtp's cffi module
 (its wheel links libsrtp 2.7 with OpenSSL), not through Python.
 """
+import asyncio as _asyncio
 import socket as _socket
 
-from cpython.ref cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_XINCREF, PyObject
 from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -127,6 +128,19 @@ _TAG_LENGTHS = {
 }
 
 _COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out", "rtcp_errors")
+
+
+def _zero_counters():
+    totals = dict.fromkeys(_COUNTERS, 0)
+    totals["drops"] = dict.fromkeys(DROP_REASONS, 0)
+    return totals
+
+
+def _add_counters(totals, source):
+    for key in _COUNTERS:
+        totals[key] += source[key]
+    for reason, count in source["drops"].items():
+        totals["drops"][reason] += count
 
 cdef srtp_fn _srtp_protect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_protect")
 cdef srtp_fn _srtp_unprotect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_unprotect")
@@ -622,7 +636,7 @@ cdef class Endpoint:
         self.fd = -1
         self._forwarder._endpoints.remove(self)
         # Forwarder totals keep counting what closed endpoints did.
-        self._forwarder._sum_counters(self.stats(), self._forwarder._retired)
+        _add_counters(self._forwarder._retired, self.stats())
 
     def send_rtcp(self, bytes packet not None):
         """Protect a plaintext RTCP packet with the outbound session and send it to the
@@ -700,12 +714,9 @@ cdef class Forwarder:
             self.tx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
 
     def __init__(self, loop=None, *, int batch_size=32):
-        if loop is None:
-            import asyncio
-            loop = asyncio.get_event_loop()
-        self._loop = loop
+        self._loop = loop if loop is not None else _asyncio.get_event_loop()
         self._endpoints = []
-        self._retired = self._sum_counters(dict.fromkeys(_COUNTERS, 0) | {"drops": {}})
+        self._retired = _zero_counters()
 
     def __dealloc__(self):
         free(self.rx_msgs)
@@ -754,23 +765,13 @@ cdef class Forwarder:
 
     def stats(self):
         """Totals since the forwarder started, closed endpoints included."""
-        totals = self._sum_counters(self._retired)
+        totals = _zero_counters()
+        _add_counters(totals, self._retired)
+        for ep in self._endpoints:
+            _add_counters(totals, ep.stats())
         totals["endpoints"] = len(self._endpoints)
         totals["batches"] = self.batches
         totals["batch_packets"] = self.batch_packets
-        for ep in self._endpoints:
-            self._sum_counters(ep.stats(), totals)
-        return totals
-
-    @staticmethod
-    def _sum_counters(source, totals=None):
-        if totals is None:
-            totals = dict.fromkeys(_COUNTERS, 0)
-            totals["drops"] = dict.fromkeys(DROP_REASONS, 0)
-        for key in _COUNTERS:
-            totals[key] += source[key]
-        for reason, count in source["drops"].items():
-            totals["drops"][reason] += count
         return totals
 
     def close(self):
@@ -796,6 +797,9 @@ cdef class Forwarder:
             self.batch_packets += n
             for i in range(n):
                 self.rx_track[i] = self._accept(ep, i, now)
+                # A strong reference until fan-out: the RTCP handler runs Python code
+                # between two packets of the batch and may remove a track.
+                Py_XINCREF(self.rx_track[i])
             self._fan_out(n, now)
             if n < self.batch:
                 return
@@ -925,6 +929,7 @@ cdef class Forwarder:
             for j in range(i, n):
                 if self.rx_track[j] == t:
                     self.rx_track[j] = NULL
+                    Py_DECREF(<object>t)
 
     cdef void _send_run(self, Track track, Subscription sub, int first, int n, double now) noexcept:
         cdef Endpoint target = sub._target
@@ -972,8 +977,6 @@ cdef class Forwarder:
                 sub.send_errors += count - sent
                 break
             sent += k
-        if sent > count:
-            sent = count
         for j in range(sent):
             sent_bytes += self.tx_iov[j].iov_len
         sub.packets += sent

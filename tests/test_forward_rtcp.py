@@ -76,3 +76,22 @@ def test_map_timestamp_follows_the_subscription_offset(harness: Harness) -> None
     out_ts = struct.unpack("!I", a.peer.plain[1][4:8])[0]
     assert sub.map_timestamp(123456) == out_ts
     assert sub.map_timestamp(123456 + 900) == (out_ts + 900) & 0xFFFFFFFF
+
+
+def test_a_handler_removing_the_track_mid_batch_is_safe(harness: Harness) -> None:
+    publisher, a = harness.participant(), harness.participant()
+    track = publisher.endpoint.add_track(5)
+    track.subscribe(a.endpoint, 6)
+    harness.forwarder.set_rtcp_handler(lambda endpoint, packet: endpoint.remove_track(endpoint.tracks[0]))
+    del track  # the endpoint holds the only reference the handler drops
+
+    # Queued before the loop runs, so one batch: media, the RTCP that removes its track, media.
+    publisher.peer.send(build_rtp(1, 90, 5, b"before"))
+    publisher.peer.send_raw(publisher.peer.protect_rtcp(build_rtcp_receiver_report(5)))
+    publisher.peer.send(build_rtp(2, 180, 5, b"after"))
+    harness.settle(publisher.endpoint, 3)
+
+    stats = publisher.endpoint.stats()
+    assert (stats["packets_in"], stats["rtcp_in"], stats["drops"]["unknown_ssrc"]) == (1, 1, 1)
+    assert publisher.endpoint.tracks == [] and a.endpoint.subscriptions == []
+    assert a.endpoint.stats()["packets_out"] == 0
