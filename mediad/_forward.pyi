@@ -68,8 +68,12 @@ class Endpoint:
         """Fix the remote address, or None to latch again."""
     def set_keys(self, *, rx_suite: str, rx_key: bytes, tx_suite: str, tx_key: bytes) -> None:
         """Install new SRTP sessions for both directions (rekey, or keys from DTLS later)."""
-    def add_track(self, ssrc: int, *, clock_rate: int = 90000, kind: str = "video", name: str = "") -> Track:
-        """An inbound stream of this endpoint, by SSRC. ValueError if the SSRC is taken."""
+    def add_track(
+        self, ssrc: int, *, clock_rate: int = 90000, kind: str = "video", name: str = "", cache_packets: int = 0
+    ) -> Track:
+        """An inbound stream of this endpoint, by SSRC. ValueError if the SSRC is taken.
+        With `cache_packets` (up to 4096), the plaintext of that many recent packets is kept
+        to answer NACKs (Subscription.retransmit); each takes 1500 bytes."""
     def remove_track(self, track: Track) -> None:
         """Stop forwarding `track`; its subscriptions are removed."""
     def send_rtcp(self, packet: bytes) -> bool:
@@ -95,6 +99,8 @@ class Track:
     def endpoint(self) -> Endpoint: ...
     @property
     def subscriptions(self) -> list[Subscription]: ...
+    @property
+    def cache_packets(self) -> int: ...
     def set_ssrc(self, ssrc: int) -> None:
         """The publisher restarted with a new SSRC: its subscribers' outgoing streams stay
         continuous (sequence and timestamp carry on)."""
@@ -120,12 +126,16 @@ class Subscription:
     def pause(self) -> None: ...
     def resume(self) -> None:
         """Resume; the outgoing sequence continues without a gap."""
+    def retransmit(self, sequence: int) -> bool:
+        """Send again the packet this subscription sent with outgoing sequence number
+        `sequence` (answering a NACK), from the track's plaintext cache, protected afresh.
+        False when it is not in the cache (any more): counted in retransmit_misses."""
     def map_timestamp(self, timestamp: int) -> int | None:
         """The outgoing RTP timestamp for one of the publisher's (to translate sender
         reports), or None before the first packet was forwarded."""
     def stats(self) -> dict[str, Any]:
-        """packets, bytes, dropped_paused, dropped_no_remote, send_errors, last_activity,
-        last_seq, last_timestamp."""
+        """packets, bytes, dropped_paused, dropped_no_remote, dropped_stale, send_errors,
+        retransmitted, retransmit_misses, last_activity, last_seq, last_timestamp."""
 
 class Rewriter:
     """The per-subscription sequence/timestamp rewrite, exposed for table-driven tests."""

@@ -100,6 +100,10 @@ cdef enum:
     SRTCP_INDEX = 4
     # RFC 3550 appendix A.1: a forward jump beyond this is a restart, not loss.
     MAX_DROPOUT = 3000
+    # A slot of the retransmission cache: a packet of a 1500-byte MTU; larger ones are
+    # not cached.
+    CACHE_SLOT = 1500
+    MAX_CACHE_PACKETS = 4096
 
 cdef enum:  # drop reasons, indexes of Endpoint.drops and DROP_REASONS
     DROP_TOO_SHORT = 0
@@ -293,6 +297,7 @@ cdef class Subscription:
     cdef bint _active
     cdef RewriteState rw
     cdef uint64_t packets, bytes, dropped_paused, dropped_no_remote, dropped_stale, send_errors
+    cdef uint64_t retransmitted, retransmit_misses
     cdef double last_activity
 
     def __cinit__(self):
@@ -326,6 +331,47 @@ cdef class Subscription:
             self.rw.paused = 0
             self.rw.resync = 1
 
+    def retransmit(self, int sequence):
+        """Send again the packet this subscription sent with outgoing sequence number
+        `sequence` (a NACK, RFC 4585 6.2.1), from the track's plaintext cache, protected
+        afresh with the target's key. False when it is not in the cache (any more)."""
+        cdef Track track = self._track
+        cdef Endpoint target = self._target
+        cdef uint16_t out_seq = <uint16_t>sequence
+        cdef uint16_t in_seq
+        cdef int k, length
+        cdef uint8_t out[TX_SLOT]
+        if not 0 <= sequence <= 0xFFFF:
+            raise ValueError(f"an RTP sequence number is in 0..65535, got {sequence}")
+        if (not self._active or not self.rw.started or track.cache_packets == 0
+                or not target.has_remote):
+            self.retransmit_misses += 1
+            return False
+        in_seq = <uint16_t>(out_seq - self.rw.seq_offset)
+        k = in_seq % track.cache_packets
+        # Only packets of the current mapping that were already forwarded map back.
+        if (<int16_t><uint16_t>(in_seq - self.rw.epoch_start) < 0
+                or <int16_t><uint16_t>(in_seq - self.rw.max_in) > 0
+                or track.cache_len[k] == 0 or track.cache_seq[k] != in_seq
+                or track.cache_source[k] != self.rw.source):
+            self.retransmit_misses += 1
+            return False
+        length = track.cache_len[k]
+        memcpy(out, track.cache + k * CACHE_SLOT, length)
+        _put16(out + 2, out_seq)
+        _put32(out + 4, <uint32_t>(_get32(out + 4) + self.rw.ts_offset))
+        _put32(out + 8, self._ssrc)
+        if _srtp_protect(target.tx_ctx, out, &length) != SRTP_OK:
+            self.send_errors += 1
+            return False
+        if sendto(target.fd, out, length, MSG_DONTWAIT, &target.remote_addr, sizeof(sockaddr_in)) != length:
+            self.send_errors += 1
+            return False
+        self.retransmitted += 1
+        target.packets_out += 1
+        target.bytes_out += length
+        return True
+
     def map_timestamp(self, uint32_t timestamp):
         """The outgoing RTP timestamp for a publisher's one (for sender reports), or None
         before the first packet was forwarded."""
@@ -343,6 +389,8 @@ cdef class Subscription:
             "dropped_no_remote": self.dropped_no_remote,
             "dropped_stale": self.dropped_stale,
             "send_errors": self.send_errors,
+            "retransmitted": self.retransmitted,
+            "retransmit_misses": self.retransmit_misses,
             "last_activity": self.last_activity,
             "last_seq": self.rw.last_out_seq if self.rw.started else None,
             "last_timestamp": self.rw.last_out_ts if self.rw.started else None,
@@ -364,9 +412,35 @@ cdef class Track:
     cdef int n_subs
     cdef uint64_t packets, bytes
     cdef double last_activity
+    # Retransmission cache: plaintext of the last packets by sequence number, so a NACK
+    # is answered by protecting a fresh copy (never re-encrypting a protected packet).
+    cdef int cache_packets
+    cdef uint8_t *cache
+    cdef int *cache_len            # 0: empty slot
+    cdef uint16_t *cache_seq
+    cdef uint32_t *cache_source
 
     def __dealloc__(self):
         free(self.subs)
+        free(self.cache)
+        free(self.cache_len)
+        free(self.cache_seq)
+        free(self.cache_source)
+
+    cdef void _allocate_cache(self, int packets) except *:
+        if packets == 0:
+            return
+        self.cache = <uint8_t *>malloc(<size_t>packets * CACHE_SLOT)
+        self.cache_len = <int *>calloc(packets, sizeof(int))
+        self.cache_seq = <uint16_t *>calloc(packets, sizeof(uint16_t))
+        self.cache_source = <uint32_t *>calloc(packets, sizeof(uint32_t))
+        if self.cache == NULL or self.cache_len == NULL or self.cache_seq == NULL or self.cache_source == NULL:
+            raise MemoryError()
+        self.cache_packets = packets
+
+    @property
+    def cache_packets(self):
+        return self.cache_packets
 
     @property
     def ssrc(self):
@@ -570,11 +644,13 @@ cdef class Endpoint:
         self.track_ptrs = ptrs
         self.n_tracks = n
 
-    def add_track(self, ssrc, *, clock_rate=90000, kind="video", name=""):
+    def add_track(self, ssrc, *, clock_rate=90000, kind="video", name="", int cache_packets=0):
         cdef uint32_t value = _check_ssrc(ssrc)
         cdef Track track
         if self._closed:
             raise ValueError(f"endpoint {self._name!r} is closed")
+        if not 0 <= cache_packets <= MAX_CACHE_PACKETS:
+            raise ValueError(f"cache_packets must be in 0..{MAX_CACHE_PACKETS}, got {cache_packets}")
         if not isinstance(clock_rate, int) or not 0 < clock_rate <= 1_000_000:
             raise ValueError(f"clock_rate must be a positive integer in Hz, got {clock_rate!r}")
         if self._find_track(value) is not None:
@@ -587,6 +663,7 @@ cdef class Endpoint:
         track._name = str(name)
         track._subscriptions = []
         track._rebuild()
+        track._allocate_cache(cache_packets)
         self._tracks.append(track)
         self._rebuild_tracks()
         return track
@@ -874,6 +951,12 @@ cdef class Forwarder:
         track.packets += 1
         track.bytes += length
         track.last_activity = now
+        if track.cache_packets and length <= CACHE_SLOT:
+            k = _get16(p + 2) % track.cache_packets
+            memcpy(track.cache + k * CACHE_SLOT, p, length)
+            track.cache_len[k] = length
+            track.cache_seq[k] = _get16(p + 2)
+            track.cache_source[k] = track.source
         return found
 
     cdef void _accept_rtcp(self, Endpoint ep, int i, int length, double now) noexcept:
