@@ -70,9 +70,10 @@ def parse_tracks(field: str, tracks: list[media_pb2.Track]) -> list[Track]:
 
 def parse_address(field: str, address: media_pb2.Address) -> tuple[str, int]:
     try:
-        ip = str(ipaddress.ip_address(address.ip))
+        ip = str(ipaddress.IPv4Address(address.ip))
     except ValueError:
-        raise InvalidArgument(f"{field}.ip", f"{address.ip[:60]!r} is not an IPv4 or IPv6 address") from None
+        # The media daemons' sockets are IPv4.
+        raise InvalidArgument(f"{field}.ip", f"{address.ip[:60]!r} is not an IPv4 address") from None
     if not 0 < address.port <= 65535:
         raise InvalidArgument(f"{field}.port", f"is {address.port}; use a UDP port 1-65535")
     return ip, address.port

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -97,9 +98,14 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
                 raise InvalidArgument(field, f"is {len(key)} bytes; {suite.value} needs {suite.key_length}")
         remote = None
         if request.HasField("remote"):
+            try:
+                # A literal only: the forwarding core would resolve a name, blocking the loop.
+                ip = str(ipaddress.IPv4Address(request.remote.ip))
+            except ValueError:
+                raise InvalidArgument("remote.ip", f"{request.remote.ip[:60]!r} is not an IPv4 address") from None
             if not 0 < request.remote.port <= 65535:
                 raise InvalidArgument("remote.port", f"is {request.remote.port}; use 1-65535")
-            remote = (request.remote.ip, request.remote.port)
+            remote = (ip, request.remote.port)
         spec = EndpointSpec(
             endpoint_id=_id("endpoint_id", request.endpoint_id),
             conference_id=_id("conference_id", request.conference_id),

@@ -65,6 +65,7 @@ INVALID_JOINS = [
     (dict(tracks=[video(5, clock_rate=0)]), "tracks[0].clock_rate"),
     (dict(tracks=[video(5), video(5)]), "tracks[1].ssrc"),
     (dict(receive_address=media_pb2.Address(ip="not-an-ip", port=5000)), "receive_address.ip"),
+    (dict(receive_address=media_pb2.Address(ip="::1", port=5000)), "receive_address.ip"),
     (dict(receive_address=media_pb2.Address(ip="127.0.0.1", port=0)), "receive_address.port"),
     (dict(send_key="%%%"), "send_key"),
     (dict(send_key=base64.b64encode(b"short").decode()), "send_key"),
@@ -265,6 +266,18 @@ def test_media_daemon_operations_are_idempotent(charter: Cluster) -> None:
     assert list(b.subscriptions) == []  # went with the track's endpoint
     assert daemon.ReleaseConference(mediad_pb2.ReleaseConferenceRequest(conference_id="idem"), timeout=10).endpoints_deleted == 1
     assert daemon.ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id="idem"), timeout=10).endpoints == []
+
+
+@pytest.mark.parametrize("ip", ["::1", "localhost", "256.1.1.1", ""])
+def test_media_daemon_takes_only_an_ipv4_address_as_remote(charter: Cluster, ip: str) -> None:
+    daemon = mediad_stub(charter.daemons[0])
+    request = mediad_pb2.CreateEndpointRequest(
+        endpoint_id="remote/a", conference_id="remote", rx_key=os.urandom(30), tx_key=os.urandom(30),
+        remote=media_pb2.Address(ip=ip, port=5000),
+    )
+    error = refused(lambda: daemon.CreateEndpoint(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("remote.ip:"), error.details()
+    assert daemon.ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id="remote"), timeout=10).endpoints == []
 
 
 def test_registry_refuses_bad_registrations(charter: Cluster) -> None:
