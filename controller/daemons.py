@@ -146,4 +146,6 @@ class MediaDaemonClients:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+        # Channels of replaced clients still closing: finish them before the loop stops.
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
