@@ -7,7 +7,9 @@ routed by SSRC to the track or subscription it concerns.
   jitter and the round-trip time (RFC 3550 6.4.1) against the SRs this router sent it.
 - Key-frame requests (PLI, FIR) go to the publisher under the track's SSRC, at most one per
   track every KEY_FRAME_INTERVAL (one key frame serves every subscriber).
-- NACK, SDES, BYE, APP and other feedback are counted and dropped.
+- NACKs are answered from the track's plaintext retransmission cache (the forwarding core
+  protects a fresh copy for the subscriber); what is no longer cached is counted as missed.
+- SDES, BYE, APP and other feedback are counted and dropped.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from mediad import _forward, rtcp
 log = logging.getLogger("mediad.rtcp")
 
 KEY_FRAME_INTERVAL = 0.5
+MAX_RETRANSMISSIONS_PER_NACK = 64
+"""Bounds the work one NACK can ask for (its FCI could name thousands of packets)."""
 SENT_REPORTS_KEPT = 16
 """SRs remembered per subscription: a receiver answers one of the last few (RFC 3550 6.4.1)."""
 RTP_FIXED_HEADER = 12
@@ -100,6 +104,7 @@ class RtcpRouter:
                     self._key_frame_from(endpoint, ssrc, now)
             elif isinstance(item, rtcp.GenericNack):
                 self.counts["nack"] += 1
+                self._retransmit(endpoint, item)
             else:
                 self.counts[OTHER_NAMES.get(item.packet_type, "other")] += 1
 
@@ -182,6 +187,23 @@ class RtcpRouter:
     def _prune(self) -> None:
         for key in [k for k, s in self._subscriptions.items() if not s.subscription.active]:
             del self._subscriptions[key]
+
+    # --- retransmissions -----------------------------------------------------------------
+
+    def _retransmit(self, endpoint: _forward.Endpoint, nack: rtcp.GenericNack) -> None:
+        subscription = _subscription_of(endpoint, nack.media_ssrc)
+        if subscription is None:
+            self.counts["nack_unknown_ssrc"] += 1
+            return
+        lost = list(dict.fromkeys(nack.lost))
+        if len(lost) > MAX_RETRANSMISSIONS_PER_NACK:
+            self.counts["retransmit_refused"] += len(lost) - MAX_RETRANSMISSIONS_PER_NACK
+            lost = lost[:MAX_RETRANSMISSIONS_PER_NACK]
+        for sequence in lost:
+            if subscription.retransmit(sequence):
+                self.counts["retransmitted"] += 1
+            else:
+                self.counts["retransmit_missed"] += 1
 
     # --- key frames ----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from forward_harness import Harness, Participant, Peer
 from mediad import rtcp
 from mediad._forward import Subscription
-from mediad.rtcp_router import KEY_FRAME_INTERVAL, RtcpRouter
+from mediad.rtcp_router import KEY_FRAME_INTERVAL, MAX_RETRANSMISSIONS_PER_NACK, RtcpRouter
 from rtp import build_rtp, receiver_session
 
 TRACK_SSRC = 0x1111
@@ -179,3 +179,36 @@ def test_malformed_and_unrouted_rtcp_is_counted_without_errors(conference: Confe
     assert router.figures(conference.subscription) is not None
     assert conference.subscriber.endpoint.stats()["rtcp_errors"] == 0
     assert not rtcp_received(conference.publisher.peer)
+
+
+def test_nack_is_answered_from_the_cache(conference: Conference) -> None:
+    harness, router = conference.harness, conference.router
+    track = conference.publisher.endpoint.add_track(0x3333, cache_packets=16)
+    subscription = track.subscribe(conference.subscriber.endpoint, 0x4444)
+    peer = conference.subscriber.peer
+    before = len(peer.received)
+    for seq in (40, 41, 42):
+        conference.publisher.peer.send(build_rtp(seq, seq * 3000, 0x3333, b"frame %d" % seq))
+    harness.wait(lambda: len(peer.received) == before + 3, "three packets")
+    sent = [r.plain for r in peer.received[before:]]
+    lost = struct.unpack_from("!H", sent[1] or b"", 2)[0]
+    never_sent = (lost + 10) & 0xFFFF
+
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.GenericNack(77, 0x4444, (lost, never_sent))))
+    harness.wait(lambda: len(peer.received) == before + 4, "the retransmission")
+
+    again = receiver_session(peer.recv_suite, peer.recv_key).unprotect(peer.received[-1].datagram)
+    assert again == sent[1]
+    assert (router.counts["retransmitted"], router.counts["retransmit_missed"]) == (1, 1)
+    assert subscription.stats()["retransmitted"] == 1
+    assert not rtcp_received(conference.publisher.peer)  # answered here, not sent on
+
+
+def test_one_nack_cannot_ask_for_unbounded_work(conference: Conference) -> None:
+    router = conference.router
+    conference.forward_one(seq=1)
+    lost = tuple(range(100, 100 + MAX_RETRANSMISSIONS_PER_NACK + 36))
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.GenericNack(77, SUB_SSRC, lost)))
+
+    assert router.counts["retransmit_refused"] == 36
+    assert router.counts["retransmit_missed"] == MAX_RETRANSMISSIONS_PER_NACK
