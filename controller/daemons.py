@@ -11,9 +11,10 @@ from typing import Any
 import grpc
 
 from charter.errors import AlreadyExists, CharterError, Internal, ResourceExhausted, Unavailable
+from charter.suites import SUITE_NUMBERS
 from charter.tracks import Track, track_to_proto
 from charter.v1 import mediad_pb2, mediad_pb2_grpc
-from controller.messages import SUITE_NUMBERS, address_to_proto
+from controller.messages import address_to_proto
 
 log = logging.getLogger("controller.daemons")
 

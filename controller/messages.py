@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from charter import sdp
 from charter.errors import InvalidArgument
+from charter.suites import SUITE_NUMBERS
 from charter.tracks import Track, parse_track, track_to_proto
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2
@@ -24,13 +25,6 @@ _ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 MAX_TEXT = 256
 MAX_TRACKS = 16
 
-SUITES: dict[int, str] = {
-    media_pb2.SRTP_SUITE_UNSPECIFIED: SrtpSuite.AES_CM_128_HMAC_SHA1_80.value,
-    media_pb2.AES_CM_128_HMAC_SHA1_80: SrtpSuite.AES_CM_128_HMAC_SHA1_80.value,
-    media_pb2.AES_CM_128_HMAC_SHA1_32: SrtpSuite.AES_CM_128_HMAC_SHA1_32.value,
-    media_pb2.AEAD_AES_128_GCM: SrtpSuite.AEAD_AES_128_GCM.value,
-}
-SUITE_NUMBERS = {v: k for k, v in SUITES.items() if k != media_pb2.SRTP_SUITE_UNSPECIFIED}
 
 
 # --- requests -> domain ------------------------------------------------------------------
@@ -77,13 +71,6 @@ def parse_address(field: str, address: media_pb2.Address) -> tuple[str, int]:
     if not 0 < address.port <= 65535:
         raise InvalidArgument(f"{field}.port", f"is {address.port}; use a UDP port 1-65535")
     return ip, address.port
-
-
-def parse_suite(field: str, value: int) -> str:
-    try:
-        return SUITES[value]
-    except KeyError:
-        raise InvalidArgument(field, f"unknown SRTP suite number {value}") from None
 
 
 def parse_key(field: str, text: str, suite: str) -> bytes:

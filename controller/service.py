@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from charter.errors import CharterError, InvalidArgument
+from charter.suites import parse_suite
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
 from controller import messages as m
@@ -55,7 +56,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         return pb.EndConferenceResponse(participants_removed=removed)
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
-        suite = m.parse_suite("suite", request.suite)
+        suite = parse_suite("suite", request.suite).value
         spec = JoinSpec(
             conference_id=m.parse_id("conference_id", request.conference_id),
             participant_id=m.parse_id("participant_id", request.participant_id, required=False),

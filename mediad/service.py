@@ -10,18 +10,11 @@ from typing import Any
 import grpc
 
 from charter.errors import InvalidArgument
+from charter.suites import SUITE_NUMBERS, parse_suite
 from charter.tracks import parse_track, track_to_proto
 from charter.v1 import media_pb2, mediad_pb2, mediad_pb2_grpc
 from mediad.media import EndpointRecord, EndpointSpec, Media, SubscriptionSpec, subscription_spec
-from mediad.srtp import SrtpSuite
 
-SUITES = {
-    media_pb2.SRTP_SUITE_UNSPECIFIED: SrtpSuite.AES_CM_128_HMAC_SHA1_80,
-    media_pb2.AES_CM_128_HMAC_SHA1_80: SrtpSuite.AES_CM_128_HMAC_SHA1_80,
-    media_pb2.AES_CM_128_HMAC_SHA1_32: SrtpSuite.AES_CM_128_HMAC_SHA1_32,
-    media_pb2.AEAD_AES_128_GCM: SrtpSuite.AEAD_AES_128_GCM,
-}
-SUITE_NUMBERS = {v.value: k for k, v in SUITES.items() if k != media_pb2.SRTP_SUITE_UNSPECIFIED}
 MAX_ID = 200
 MIN_INTERVAL = 0.1
 
@@ -89,10 +82,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
         self.media_ip = media_ip
 
     async def CreateEndpoint(self, request: mediad_pb2.CreateEndpointRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.Endpoint:
-        try:
-            suite = SUITES[request.suite]
-        except KeyError:
-            raise InvalidArgument("suite", f"unknown SRTP suite number {request.suite}") from None
+        suite = parse_suite("suite", request.suite)
         for field, key in (("rx_key", request.rx_key), ("tx_key", request.tx_key)):
             if len(key) != suite.key_length:
                 raise InvalidArgument(field, f"is {len(key)} bytes; {suite.value} needs {suite.key_length}")
