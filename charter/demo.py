@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import dataclasses
 import os
 import secrets
@@ -37,6 +36,7 @@ from charter.demo_media import (
     open_receiver,
 )
 from charter.sdp import ParticipantSession, from_participant
+from charter.up import die_with_parent
 
 NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
          "ivan", "judy", "mallory", "niaj", "olivia", "peggy", "rupert", "sybil")
@@ -90,14 +90,6 @@ def _free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM if the demo itself is killed (PR_SET_PDEATHSIG).
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 class EmbeddedCharter:
     """`charter up` with one media daemon, on free gRPC ports, for the demo's lifetime."""
 
@@ -117,7 +109,7 @@ class EmbeddedCharter:
             # Its own session: Ctrl-C reaches the demo only, which stops everything in order.
             self.process = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
         await wait_for_daemon(self.controller, timeout, self)
 

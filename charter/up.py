@@ -31,7 +31,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=die_with_parent)
 
     @property
     def pid(self) -> int:
@@ -54,8 +54,9 @@ class Child:
             return await asyncio.to_thread(self.process.wait)
 
 
-def _die_with_parent() -> None:
-    """Children receive SIGTERM if `charter up` itself is killed (Linux prctl PR_SET_PDEATHSIG)."""
+def die_with_parent() -> None:
+    """For Popen's preexec_fn: the child receives SIGTERM if its parent is killed (Linux
+    prctl PR_SET_PDEATHSIG), so no server outlives `charter up` or `charter demo`."""
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
     except (OSError, AttributeError):
