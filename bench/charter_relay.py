@@ -14,6 +14,7 @@ import uvloop
 
 from bench.relay_process import RelayConfig, announce, load_config, reply, udp_socket
 from mediad._forward import Forwarder
+from mediad.media import VIDEO_CACHE_PACKETS
 from mediad.srtp import generate_key
 
 IDLE_SSRC_BASE = 0x10000000
@@ -44,7 +45,10 @@ async def serve(config: RelayConfig) -> None:
         udp_socket(), rx_suite=suite, rx_key=config.publisher_key, tx_suite=suite,
         tx_key=generate_key(suite), name="publisher",
     )
-    track = publisher.add_track(config.publisher_ssrc, clock_rate=90000, kind="video")
+    # As the media daemon adds a video track: with its retransmission cache.
+    track = publisher.add_track(
+        config.publisher_ssrc, clock_rate=90000, kind="video", cache_packets=VIDEO_CACHE_PACKETS
+    )
     for i, sub in enumerate(config.subscribers):
         ep = forwarder.create_endpoint(
             udp_socket(), rx_suite=suite, rx_key=generate_key(suite), tx_suite=suite,

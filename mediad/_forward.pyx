@@ -951,7 +951,7 @@ cdef class Forwarder:
         track.packets += 1
         track.bytes += length
         track.last_activity = now
-        if track.cache_packets and length <= CACHE_SLOT:
+        if track.cache_packets and track.n_subs and length <= CACHE_SLOT:
             k = _get16(p + 2) % track.cache_packets
             memcpy(track.cache + k * CACHE_SLOT, p, length)
             track.cache_len[k] = length
