@@ -129,6 +129,27 @@ def address_to_proto(address: tuple[str, int]) -> media_pb2.Address:
     return media_pb2.Address(ip=address[0], port=address[1])
 
 
+def daemon_to_proto(info: DaemonInfo) -> pb.Daemon:
+    return pb.Daemon(
+        daemon_id=info.daemon_id,
+        grpc_address=info.grpc_address,
+        media_ip=info.media_ip,
+        port_range=media_pb2.PortRange(first=info.port_first, last=info.port_last),
+        capacity=info.capacity,
+    )
+
+
+def load_to_proto(load: DaemonLoad) -> pb.DaemonLoad:
+    return pb.DaemonLoad(
+        endpoints=load.endpoints,
+        tracks=load.tracks,
+        subscriptions=load.subscriptions,
+        packets_in_per_second=load.packets_in_per_second,
+        packets_out_per_second=load.packets_out_per_second,
+        draining=load.draining,
+    )
+
+
 def summary_to_proto(p: Participant) -> pb.ParticipantSummary:
     return pb.ParticipantSummary(
         participant_id=p.participant_id,

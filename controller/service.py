@@ -16,6 +16,7 @@ from charter.v1 import controller_pb2_grpc
 from controller import messages as m
 from controller.conferences import Conferences, JoinSpec
 from controller.registry import Registry
+from controller.store import DaemonUsage
 
 MAX_PAGE = 1000
 
@@ -139,29 +140,12 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         store_usage = await self.conferences.store.daemon_usage()
         reply = pb.ListDaemonsResponse()
         for record in self.registry.live():
-            info, load = record.info, record.load
-            daemon = reply.daemons.add()
-            daemon.daemon.CopyFrom(
-                pb.Daemon(
-                    daemon_id=info.daemon_id,
-                    grpc_address=info.grpc_address,
-                    media_ip=info.media_ip,
-                    capacity=info.capacity,
-                )
+            used = store_usage.get(record.info.daemon_id, DaemonUsage())
+            reply.daemons.add(
+                daemon=m.daemon_to_proto(record.info),
+                load=m.load_to_proto(record.load),
+                conferences=used.conferences,
+                endpoints_assigned=used.endpoints,
+                lease_expires_at=m.timestamp(time.time() + record.expires_at - self.registry.clock()),
             )
-            daemon.daemon.port_range.first, daemon.daemon.port_range.last = info.port_first, info.port_last
-            daemon.load.CopyFrom(
-                pb.DaemonLoad(
-                    endpoints=load.endpoints,
-                    tracks=load.tracks,
-                    subscriptions=load.subscriptions,
-                    packets_in_per_second=load.packets_in_per_second,
-                    packets_out_per_second=load.packets_out_per_second,
-                    draining=load.draining,
-                )
-            )
-            used = store_usage.get(info.daemon_id)
-            daemon.conferences = used.conferences if used else 0
-            daemon.endpoints_assigned = used.endpoints if used else 0
-            daemon.lease_expires_at.CopyFrom(m.timestamp(time.time() + record.expires_at - self.registry.clock()))
         return reply
