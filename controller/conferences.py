@@ -3,6 +3,7 @@ conference's media daemon. State lives in a ConferenceStore; every change of a c
 happens under its lock and publishes its events before the lock is released."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -168,6 +169,10 @@ class Conferences:
             except Unavailable:
                 # The daemon may have made it before the answer was lost: do not leave it.
                 await self._delete_quietly(client, ep_id)
+                raise
+            except asyncio.CancelledError:
+                # The caller went away mid-call; the daemon may have made the endpoint anyway.
+                await asyncio.shield(self._delete_quietly(client, ep_id))
                 raise
             participant.media_address = (record.info.media_ip, endpoint.local_address.port)
 

@@ -5,7 +5,6 @@ path); the hot path then calls libsrtp's C functions on the session's raw `srtp_
 """
 from __future__ import annotations
 
-import base64
 import enum
 import secrets
 
@@ -60,15 +59,6 @@ REPLAY_WINDOW = 1024
 def generate_key(suite: SrtpSuite | str) -> bytes:
     """A fresh master key and salt for `suite`, from `secrets`."""
     return secrets.token_bytes(SrtpSuite.parse(suite).key_length)
-
-
-def key_to_sdes(key: bytes) -> str:
-    """The base64 inline key of an SDES `a=crypto` line (RFC 4568 section 6.1)."""
-    return base64.b64encode(key).decode("ascii")
-
-
-def key_from_sdes(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
 
 
 def check_key(suite: SrtpSuite | str, key: bytes) -> None:
