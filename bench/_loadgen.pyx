@@ -17,7 +17,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-from bench._netdefs cimport (
+from mediad._net cimport (
     CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_SPACE, CLOCK_MONOTONIC, CLOCK_REALTIME,
     EAGAIN, EINTR, EWOULDBLOCK, MSG_DONTWAIT, SCM_TIMESTAMPNS, SOL_SOCKET, SO_RXQ_OVFL,
     SO_TIMESTAMPNS, clock_gettime, clock_seconds, cmsghdr, errno, iovec, load16, load32, mmsghdr, recvmmsg,

@@ -13,7 +13,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from bench._netdefs cimport (
+from mediad._net cimport (
     AF_INET, CLOCK_MONOTONIC, EAGAIN, EINTR, MSG_DONTWAIT, POLLIN, clock_seconds, errno,
     htonl, htons, iovec, load16, load32, mmsghdr, poll, pollfd, recvmmsg, sendmmsg,
     sockaddr_in, srtp_call, store16, store32,

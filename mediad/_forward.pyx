@@ -21,61 +21,13 @@ from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
+from mediad._net cimport (
+    AF_INET, CLOCK_MONOTONIC, EINTR, MSG_DONTWAIT, MSG_TRUNC, clock_seconds, errno, htons, iovec, load16, load32,
+    mmsghdr, ntohs, recvmmsg, sendmmsg, sendto, sockaddr_in, srtp_call, store16, store32,
+)
+
 from mediad import srtp as _srtp
 
-
-cdef extern from "<errno.h>":
-    int errno
-    int EINTR
-
-cdef extern from "<time.h>":
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec *tp) nogil
-    int CLOCK_MONOTONIC
-
-cdef extern from "<sys/uio.h>":
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-
-cdef extern from "<netinet/in.h>":
-    struct in_addr:
-        uint32_t s_addr
-    struct sockaddr_in:
-        uint16_t sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    int AF_INET
-
-cdef extern from "<sys/socket.h>":
-    ctypedef unsigned int socklen_t
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    ssize_t sendto(int fd, const void *buf, size_t length, int flags, const void *addr, socklen_t addrlen) nogil
-    int recvmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags, timespec *tmo) nogil
-    int sendmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags) nogil
-    int MSG_DONTWAIT
-    int MSG_TRUNC
-
-cdef extern from "<arpa/inet.h>":
-    uint32_t htonl(uint32_t) nogil
-    uint16_t ntohs(uint16_t) nogil
-    uint16_t htons(uint16_t) nogil
-
-
-ctypedef int (*srtp_fn)(void *ctx, void *hdr, int *len_ptr) noexcept nogil
 
 # libsrtp 2.x srtp_err_status_t values the hot path tells apart.
 cdef enum:
@@ -146,36 +98,10 @@ def _add_counters(totals, source):
     for reason, count in source["drops"].items():
         totals["drops"][reason] += count
 
-cdef srtp_fn _srtp_protect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_protect")
-cdef srtp_fn _srtp_unprotect = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_unprotect")
-cdef srtp_fn _srtp_protect_rtcp = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_protect_rtcp")
-cdef srtp_fn _srtp_unprotect_rtcp = <srtp_fn><uintptr_t>_srtp.function_pointer("srtp_unprotect_rtcp")
-
-
-cdef inline double _monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef inline uint16_t _get16(const uint8_t *p) noexcept nogil:
-    return (p[0] << 8) | p[1]
-
-
-cdef inline uint32_t _get32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline void _put16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xff
-
-
-cdef inline void _put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xff
-    p[2] = (v >> 8) & 0xff
-    p[3] = v & 0xff
+cdef srtp_call _srtp_protect = <srtp_call><uintptr_t>_srtp.function_pointer("srtp_protect")
+cdef srtp_call _srtp_unprotect = <srtp_call><uintptr_t>_srtp.function_pointer("srtp_unprotect")
+cdef srtp_call _srtp_protect_rtcp = <srtp_call><uintptr_t>_srtp.function_pointer("srtp_protect_rtcp")
+cdef srtp_call _srtp_unprotect_rtcp = <srtp_call><uintptr_t>_srtp.function_pointer("srtp_unprotect_rtcp")
 
 
 # --- sequence and timestamp rewrite -------------------------------------------------------
@@ -358,9 +284,9 @@ cdef class Subscription:
             return False
         length = track.cache_len[k]
         memcpy(out, track.cache + k * CACHE_SLOT, length)
-        _put16(out + 2, out_seq)
-        _put32(out + 4, <uint32_t>(_get32(out + 4) + self.rw.ts_offset))
-        _put32(out + 8, self._ssrc)
+        store16(out + 2, out_seq)
+        store32(out + 4, <uint32_t>(load32(out + 4) + self.rw.ts_offset))
+        store32(out + 8, self._ssrc)
         if _srtp_protect(target.tx_ctx, out, &length) != SRTP_OK:
             self.send_errors += 1
             return False
@@ -869,7 +795,7 @@ cdef class Forwarder:
             n = recvmmsg(ep.fd, self.rx_msgs, self.batch, MSG_DONTWAIT, NULL)
             if n <= 0:
                 return
-            now = _monotonic()
+            now = clock_seconds(CLOCK_MONOTONIC)
             self.batches += 1
             self.batch_packets += n
             for i in range(n):
@@ -918,11 +844,11 @@ cdef class Forwarder:
             if header + 4 > end:
                 ep.drops[DROP_MALFORMED] += 1
                 return NULL
-            header += 4 + 4 * _get16(p + header + 2)
+            header += 4 + 4 * load16(p + header + 2)
         if header > end:
             ep.drops[DROP_MALFORMED] += 1
             return NULL
-        ssrc = _get32(p + 8)
+        ssrc = load32(p + 8)
         for k in range(ep.n_tracks):
             if ep.track_ssrcs[k] == ssrc:
                 found = ep.track_ptrs[k]
@@ -952,10 +878,10 @@ cdef class Forwarder:
         track.bytes += length
         track.last_activity = now
         if track.cache_packets and track.n_subs and length <= CACHE_SLOT:
-            k = _get16(p + 2) % track.cache_packets
+            k = load16(p + 2) % track.cache_packets
             memcpy(track.cache + k * CACHE_SLOT, p, length)
             track.cache_len[k] = length
-            track.cache_seq[k] = _get16(p + 2)
+            track.cache_seq[k] = load16(p + 2)
             track.cache_source[k] = track.source
         return found
 
@@ -1032,16 +958,16 @@ cdef class Forwarder:
                 sub.dropped_no_remote += 1
                 continue
             src = self.rx_buf + j * RX_SLOT
-            if not _rewrite(&sub.rw, track.source, _get16(src + 2), _get32(src + 4), now,
+            if not _rewrite(&sub.rw, track.source, load16(src + 2), load32(src + 4), now,
                             track._clock_rate, &seq, &ts):
                 sub.dropped_stale += 1
                 continue
             length = self.rx_len[j]
             out = self.tx_buf + count * TX_SLOT
             memcpy(out, src, length)
-            _put16(out + 2, seq)
-            _put32(out + 4, ts)
-            _put32(out + 8, sub._ssrc)
+            store16(out + 2, seq)
+            store32(out + 4, ts)
+            store32(out + 8, sub._ssrc)
             if _srtp_protect(target.tx_ctx, out, &length) != SRTP_OK:
                 sub.send_errors += 1
                 continue

@@ -1,5 +1,6 @@
-# C declarations shared by the benchmark's compiled helpers (load generator, reference
-# relay): batched UDP I/O, clocks, poll, and libsrtp's protect/unprotect signature.
+# C declarations of the compiled packet code (the forwarding core, and the benchmark's load
+# generator and reference relay): batched UDP I/O, clocks, poll, big-endian field access and
+# libsrtp's protect/unprotect signature.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 
@@ -28,6 +29,7 @@ cdef extern from "<netinet/in.h>" nogil:
         uint16_t sin_port
         in_addr sin_addr
     uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
     uint32_t htonl(uint32_t)
 
 
@@ -54,10 +56,12 @@ cdef extern from "<sys/socket.h>" nogil:
     size_t CMSG_SPACE(size_t length)
     int recvmmsg(int fd, mmsghdr* vmessages, unsigned int vlen, int flags, timespec* tmo)
     int sendmmsg(int fd, mmsghdr* vmessages, unsigned int vlen, int flags)
+    ssize_t sendto(int fd, const void* buf, size_t length, int flags, const void* addr, socklen_t addrlen)
     int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
     enum:
         AF_INET
         MSG_DONTWAIT
+        MSG_TRUNC
         SOL_SOCKET
         SO_TIMESTAMPNS
         SCM_TIMESTAMPNS

@@ -1,0 +1,1 @@
+"""Charter's media daemon: the SRTP forwarding unit and its gRPC service."""
