@@ -37,7 +37,8 @@ async def serve(config: ControllerConfig) -> None:
 
     server = Server(config.listen, SERVICE_NAMES)
     server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, ConferenceService(conferences))
-    server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, DaemonRegistryService(registry, conferences))
+    registry_service = DaemonRegistryService(registry, conferences)
+    server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, registry_service)
     stop = stop_event()
     port = await server.start()
     sweeper = asyncio.create_task(registry.sweep())
@@ -47,6 +48,7 @@ async def serve(config: ControllerConfig) -> None:
     await server.stop_serving()
     await conferences.close_watches()
     await server.stop(config.grace)
+    await registry_service.close()
     await conferences.release_all()
     sweeper.cancel()
     await asyncio.gather(sweeper, return_exceptions=True)

@@ -116,6 +116,12 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
             task.add_done_callback(self._reconciling.discard)
         return pb.RegisterResponse(lease_id=record.lease_id, lease_ttl=m.duration(self.registry.lease_ttl))
 
+    async def close(self) -> None:
+        """Stop reconciliations still running (shutdown): a later registration redoes them."""
+        for task in list(self._reconciling):
+            task.cancel()
+        await asyncio.gather(*self._reconciling, return_exceptions=True)
+
     async def _reconcile(self, daemon_id: str) -> None:
         try:
             await self.conferences.reconcile(daemon_id)
