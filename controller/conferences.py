@@ -258,7 +258,13 @@ class Conferences:
             self.hub.publish(conference_id, batch)
             log.info("participant left", extra={"conference_id": conference_id, "participant_id": participant_id})
             if not conference.participants and not conference.persistent:
-                await self._end_locked(conference, "empty")
+                try:
+                    await self._end_locked(conference, "empty")
+                except Unavailable as error:
+                    # The participant has left either way: answer so, and keep the empty
+                    # conference until an EndConference reaches its daemon.
+                    log.warning("empty conference not ended", extra={"conference_id": conference_id, "reason": str(error)})
+                    return False
                 return True
             return False
 
