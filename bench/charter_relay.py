@@ -13,9 +13,9 @@ import sys
 import uvloop
 
 from bench.relay_process import RelayConfig, announce, load_config, reply, udp_socket
-from mediad._forward import Forwarder
+from mediad._forward import DROP_REASONS, Forwarder
 from mediad.media import VIDEO_CACHE_PACKETS
-from mediad.srtp import generate_key
+from charter.suites import generate_key
 
 IDLE_SSRC_BASE = 0x10000000
 
@@ -70,7 +70,11 @@ async def serve(config: RelayConfig) -> None:
         if not line:
             stopped.set()
         elif line.strip() == "stats":
-            reply(forwarder.stats())
+            totals = forwarder.totals()
+            reply({
+                "packets_in": totals.packets_in, "packets_out": totals.packets_out,
+                "drops": dict(zip(DROP_REASONS, totals.drops)), "endpoints": len(forwarder.endpoints),
+            })
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)
     announce(publisher.local_address, endpoints=len(forwarder.endpoints))

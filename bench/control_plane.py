@@ -165,7 +165,7 @@ def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], st
     ports_per_daemon = args.participants // args.daemons + 200
     first = free_port_block(ports_per_daemon * args.daemons, socket.SOCK_DGRAM, 16384, 32000)
     script = shutil.which("charter")
-    command = [script] if script else [sys.executable, "-m", "charter.cli"]
+    command = [script] if script else [sys.executable, "-m", "cli"]
     argv = [
         *command, "up", "--daemons", str(args.daemons), "--controller-port", str(controller_port),
         "--mediad-port", str(mediad_port), "--ports", f"{first}-{first + ports_per_daemon * args.daemons - 1}",

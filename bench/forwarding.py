@@ -43,7 +43,8 @@ if str(REPO) not in sys.path:
 from bench._loadgen import LoadGen, expected_payload
 from bench.relay_process import RelayConfig, Subscriber, die_with_parent
 from bench.rtpengine_peer import Call, RtpEngine
-from mediad.srtp import create_session, generate_key
+from charter.suites import generate_key
+from mediad.srtp import create_session
 
 SUITES = ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM")
 SHORT_SUITE = {"AES_CM_128_HMAC_SHA1_80": "AES-CM", "AEAD_AES_128_GCM": "GCM"}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.relay_process import die_with_parent
-from mediad.srtp import generate_key
+from charter.suites import generate_key
 
 RTPENGINE = "/usr/bin/rtpengine"
 

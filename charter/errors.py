@@ -5,8 +5,9 @@ canonical status codes at the edge of each server, so servicers never pick codes
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -20,12 +21,24 @@ class CharterError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
 
-class InvalidArgument(CharterError):
+class InvalidArgument(CharterError, ValueError):
+    """A ValueError too, so that pure helpers (SDP, suites) can be used outside gRPC."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
+
+    @staticmethod
+    @contextlib.contextmanager
+    def within(field: str) -> Iterator[None]:
+        """Name the fields of what fails inside as parts of `field` ("tracks[0]" + "ssrc")."""
+        try:
+            yield
+        except InvalidArgument as error:
+            raise InvalidArgument(f"{field}.{error.field}", error.problem) from None
 
 
 class NotFound(CharterError):

@@ -20,7 +20,8 @@ Charter's answer to the participant's offer (RFC 3264, SDES RFC 4568 section 5),
 m-line on the daemon's port, directions as Charter sees them, and Charter's own key, the
 one it protects with. The participant's offered key goes into Join as send_key.
 
-Pure: no I/O, no dependency on the generated protobuf code except in `from_participant`.
+Pure: no I/O; tracks, subscriptions, suites and keys are the shared ones (charter.tracks,
+charter.subscriptions, charter.suites), so a session is checked as the API checks it.
 """
 from __future__ import annotations
 
@@ -28,58 +29,30 @@ import base64
 import binascii
 import dataclasses
 import ipaddress
-from collections.abc import Sequence
-from typing import Any
+from typing import NamedTuple
+
+from charter.addresses import Address
+from charter.subscriptions import Subscription
+from charter.suites import SrtpSuite, decode_key
+from charter.tracks import Track, parse_track
+from charter.v1 import controller_pb2
 
 SEND_ONLY = "sendonly"
 RECV_ONLY = "recvonly"
 PROFILE = "RTP/SAVP"
-DEFAULT_SUITE = "AES_CM_128_HMAC_SHA1_80"
-# SDES suite name -> length of the inline master key and salt (RFC 4568, RFC 7714).
-SUITE_KEY_LENGTHS = {
-    "AES_CM_128_HMAC_SHA1_80": 30,
-    "AES_CM_128_HMAC_SHA1_32": 30,
-    "AEAD_AES_128_GCM": 28,
-}
 # Format parameters both ffmpeg and GStreamer produce by default; the proto has no fmtp.
 DEFAULT_FMTP = {"h264": "packetization-mode=1"}
 
 
-@dataclasses.dataclass(frozen=True)
-class MediaTrack:
-    """One RTP stream of the session, with the SSRC as this participant sees it."""
+def rtpmap(track: Track) -> str:
+    """The a=rtpmap value: Opus is always written with 2 channels (RFC 7587)."""
+    channels = 2 if track.codec.lower() == "opus" else track.channels
+    suffix = f"/{channels}" if track.kind == "audio" and channels > 1 else ""
+    return f"{track.payload_type} {track.codec}/{track.clock_rate}{suffix}"
 
-    kind: str  # "audio" or "video"
-    codec: str  # rtpmap encoding name: "VP8", "H264", "opus"
-    payload_type: int
-    clock_rate: int
-    ssrc: int
-    channels: int = 0  # 0: not stated (1); Opus is always written as 2 (RFC 7587)
-    name: str = ""
-    publisher_id: str = ""  # for a received track: the participant that publishes it
-    fmtp: str = ""  # empty: the codec's default (DEFAULT_FMTP)
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("audio", "video"):
-            raise ValueError(f"track kind must be 'audio' or 'video', not {self.kind!r}")
-        if not self.codec or any(c in self.codec for c in " /\r\n"):
-            raise ValueError(f"codec must be an rtpmap encoding name such as VP8, not {self.codec!r}")
-        if not 0 <= self.payload_type <= 127:
-            raise ValueError(f"payload type must be 0-127, not {self.payload_type}")
-        if self.clock_rate <= 0:
-            raise ValueError(f"clock rate must be positive, not {self.clock_rate}")
-        if not 0 < self.ssrc < 1 << 32:
-            raise ValueError(f"SSRC must be 1 to 2^32-1, not {self.ssrc}")
-
-    @property
-    def rtpmap(self) -> str:
-        channels = 2 if self.codec.lower() == "opus" else self.channels
-        suffix = f"/{channels}" if self.kind == "audio" and channels > 1 else ""
-        return f"{self.payload_type} {self.codec}/{self.clock_rate}{suffix}"
-
-    @property
-    def format_parameters(self) -> str:
-        return self.fmtp or DEFAULT_FMTP.get(self.codec.lower(), "")
+def format_parameters(track: Track) -> str:
+    return DEFAULT_FMTP.get(track.codec.lower(), "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,36 +61,55 @@ class ParticipantSession:
 
     conference_id: str
     participant_id: str
-    media_address: tuple[str, int]  # the daemon's address and port (RTP and RTCP)
-    suite: str
-    send_key: str  # base64 SDES inline key, participant -> SFU
-    receive_key: str  # base64 SDES inline key, SFU -> participant
-    published: tuple[MediaTrack, ...] = ()
-    received: tuple[MediaTrack, ...] = ()
-    receive_address: tuple[str, int] | None = None  # None while the daemon latches
+    media_address: Address
+    """The daemon's address and port (RTP and RTCP)."""
+    suite: SrtpSuite
+    send_key: str
+    """Base64 SDES inline key, participant -> SFU."""
+    receive_key: str
+    """Base64 SDES inline key, SFU -> participant."""
+    published: tuple[Track, ...] = ()
+    received: tuple[Subscription, ...] = ()
+    receive_address: Address | None = None
+    """None while the daemon latches."""
 
     def __post_init__(self) -> None:
         _check_address("media address", self.media_address)
         if self.receive_address is not None:
             _check_address("receive address", self.receive_address)
-        if self.suite not in SUITE_KEY_LENGTHS:
-            raise ValueError(f"unknown SRTP suite {self.suite!r}; use one of {', '.join(SUITE_KEY_LENGTHS)}")
-        for label, key in (("send key", self.send_key), ("receive key", self.receive_key)):
-            _check_key(label, self.suite, key)
-        ssrcs = [t.ssrc for t in (*self.published, *self.received)]
+        object.__setattr__(self, "suite", SrtpSuite.parse(self.suite))
+        decode_key("send key", self.suite, self.send_key)
+        decode_key("receive key", self.suite, self.receive_key)
+        ssrcs = [t.ssrc for t in self.published] + [s.ssrc for s in self.received]
         if len(set(ssrcs)) != len(ssrcs):
             raise ValueError("SSRCs of a participant's tracks must be distinct")
 
-    def track(self, ssrc: int) -> MediaTrack:
-        """The track with this SSRC (its own SSRC if published, the assigned one if received)."""
-        for track in (*self.published, *self.received):
-            if track.ssrc == ssrc:
-                return track
-        known = ", ".join(str(t.ssrc) for t in (*self.published, *self.received)) or "none"
-        raise KeyError(f"participant {self.participant_id!r} has no track with SSRC {ssrc} (its SSRCs: {known})")
+    def ssrcs(self) -> list[int]:
+        """The SSRCs of its streams as it sees them: its own tracks', then those it receives with."""
+        return [t.ssrc for t in self.published] + [s.ssrc for s in self.received]
+
+    def received_from(self, publisher_id: str) -> list[Subscription]:
+        """The tracks this participant receives from `publisher_id`."""
+        return [s for s in self.received if s.publisher_id == publisher_id]
 
 
-def _check_address(label: str, address: tuple[str, int]) -> None:
+class _Stream(NamedTuple):
+    """One m-line: a track with the SSRC and CNAME it flows with here, and its direction."""
+
+    track: Track
+    ssrc: int
+    cname: str
+    direction: str
+
+
+def _streams(session: ParticipantSession, published: str, received: str) -> list[_Stream]:
+    """Published tracks with `published` as direction, then received ones with `received`."""
+    streams = [_Stream(t, t.ssrc, session.participant_id, published) for t in session.published]
+    streams += [_Stream(s.track, s.ssrc, s.publisher_id or session.participant_id, received) for s in session.received]
+    return streams
+
+
+def _check_address(label: str, address: Address) -> None:
     host, port = address
     try:
         ipaddress.ip_address(host)
@@ -127,44 +119,37 @@ def _check_address(label: str, address: tuple[str, int]) -> None:
         raise ValueError(f"{label} port must be 1-65535, not {port}")
 
 
-def _check_key(label: str, suite: str, key: str) -> None:
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{label} is not base64: {key!r}") from None
-    if len(raw) != SUITE_KEY_LENGTHS[suite]:
-        raise ValueError(f"{label} of {suite} must be {SUITE_KEY_LENGTHS[suite]} bytes, got {len(raw)}")
-
-
 def _address_type(host: str) -> str:
     return "IP6" if ipaddress.ip_address(host).version == 6 else "IP4"
 
 
-def _media_lines(
-    session: ParticipantSession, track: MediaTrack, direction: str, mid: int
-) -> list[str]:
-    if direction == SEND_ONLY:
+def _codec_lines(stream: _Stream) -> list[str]:
+    lines = [f"a=rtpmap:{rtpmap(stream.track)}"]
+    fmtp = format_parameters(stream.track)
+    if fmtp:
+        lines.append(f"a=fmtp:{stream.track.payload_type} {fmtp}")
+    return lines
+
+
+def _media_lines(session: ParticipantSession, stream: _Stream, mid: int) -> list[str]:
+    if stream.direction == SEND_ONLY:
         host, port = session.media_address
-        key, cname = session.send_key, session.participant_id
+        key = session.send_key
     else:
         host, port = session.receive_address or session.media_address
-        key, cname = session.receive_key, track.publisher_id or session.participant_id
+        key = session.receive_key
     lines = [
-        f"m={track.kind} {port} {PROFILE} {track.payload_type}",
+        f"m={stream.track.kind} {port} {PROFILE} {stream.track.payload_type}",
         f"c=IN {_address_type(host)} {host}",
         f"a=mid:{mid}",
-        f"a=rtpmap:{track.rtpmap}",
-    ]
-    if track.format_parameters:
-        lines.append(f"a=fmtp:{track.payload_type} {track.format_parameters}")
-    lines += [
-        f"a={direction}",
+        *_codec_lines(stream),
+        f"a={stream.direction}",
         "a=rtcp-mux",
-        f"a=ssrc:{track.ssrc} cname:{cname}",
+        f"a=ssrc:{stream.ssrc} cname:{stream.cname}",
     ]
-    if track.name:
-        lines.append(f"a=label:{track.name}")
-    lines.append(f"a=crypto:1 {session.suite} inline:{key}")
+    if stream.track.name:
+        lines.append(f"a=label:{stream.track.name}")
+    lines.append(f"a=crypto:1 {session.suite.value} inline:{key}")
     return lines
 
 
@@ -178,13 +163,13 @@ def render(
     published (`direction="sendonly"`) or received (`"recvonly"`) ones."""
     if direction not in (None, SEND_ONLY, RECV_ONLY):
         raise ValueError(f"direction must be {SEND_ONLY!r} or {RECV_ONLY!r}, not {direction!r}")
-    if ssrc is not None:
-        session.track(ssrc)  # KeyError naming the SSRCs it has
-    entries = [(t, SEND_ONLY) for t in session.published] + [(t, RECV_ONLY) for t in session.received]
+    if ssrc is not None and ssrc not in session.ssrcs():
+        known = ", ".join(str(s) for s in session.ssrcs()) or "none"
+        raise KeyError(f"participant {session.participant_id!r} has no track with SSRC {ssrc} (its SSRCs: {known})")
     chosen = [
-        (track, way)
-        for track, way in entries
-        if (ssrc is None or track.ssrc == ssrc) and (direction is None or way == direction)
+        stream
+        for stream in _streams(session, SEND_ONLY, RECV_ONLY)
+        if (ssrc is None or stream.ssrc == ssrc) and (direction is None or stream.direction == direction)
     ]
     host = session.media_address[0]
     # The session version is fixed: the description is a pure function of the session.
@@ -196,8 +181,8 @@ def render(
         "t=0 0",
         "a=tool:charter",
     ]
-    for mid, (track, way) in enumerate(chosen):
-        lines += _media_lines(session, track, way, mid)
+    for mid, stream in enumerate(chosen):
+        lines += _media_lines(session, stream, mid)
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -206,7 +191,7 @@ def render_answer(session: ParticipantSession) -> str:
     tracks recvonly (Charter receives them), received tracks sendonly with the SSRCs Charter
     sends them with, and the key Charter protects with (the participant's receive key)."""
     host, port = session.media_address
-    entries = [(t, RECV_ONLY) for t in session.published] + [(t, SEND_ONLY) for t in session.received]
+    streams = _streams(session, RECV_ONLY, SEND_ONLY)
     lines = [
         "v=0",
         f"o=charter {_session_id(session)} 1 IN {_address_type(host)} {host}",
@@ -216,22 +201,21 @@ def render_answer(session: ParticipantSession) -> str:
         "t=0 0",
         "a=tool:charter",
     ]
-    if entries:
-        lines.append("a=group:BUNDLE " + " ".join(str(mid) for mid in range(len(entries))))
-    for mid, (track, direction) in enumerate(entries):
+    if streams:
+        lines.append("a=group:BUNDLE " + " ".join(str(mid) for mid in range(len(streams))))
+    for mid, stream in enumerate(streams):
         lines += [
-            f"m={track.kind} {port} {PROFILE} {track.payload_type}",
+            f"m={stream.track.kind} {port} {PROFILE} {stream.track.payload_type}",
             f"a=mid:{mid}",
-            f"a=rtpmap:{track.rtpmap}",
+            *_codec_lines(stream),
+            f"a={stream.direction}",
+            "a=rtcp-mux",
         ]
-        if track.format_parameters:
-            lines.append(f"a=fmtp:{track.payload_type} {track.format_parameters}")
-        lines += [f"a={direction}", "a=rtcp-mux"]
-        if direction == SEND_ONLY:
-            lines.append(f"a=ssrc:{track.ssrc} cname:{track.publisher_id or session.participant_id}")
-        if track.name:
-            lines.append(f"a=label:{track.name}")
-        lines.append(f"a=crypto:1 {session.suite} inline:{session.receive_key}")
+        if stream.direction == SEND_ONLY:
+            lines.append(f"a=ssrc:{stream.ssrc} cname:{stream.cname}")
+        if stream.track.name:
+            lines.append(f"a=label:{stream.track.name}")
+        lines.append(f"a=crypto:1 {session.suite.value} inline:{session.receive_key}")
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -399,24 +383,7 @@ def _parse_attribute(media: Media, value: str) -> None:
 # From the controller's API
 
 
-_KINDS = {1: "audio", 2: "video"}
-_SUITES = {0: DEFAULT_SUITE, 1: "AES_CM_128_HMAC_SHA1_80", 2: "AES_CM_128_HMAC_SHA1_32", 3: "AEAD_AES_128_GCM"}
-
-
-def _track(message: Any, ssrc: int, publisher_id: str = "") -> MediaTrack:
-    return MediaTrack(
-        kind=_KINDS.get(message.kind, "video"),
-        codec=message.codec,
-        payload_type=message.payload_type,
-        clock_rate=message.clock_rate,
-        ssrc=ssrc,
-        channels=message.channels,
-        name=message.name,
-        publisher_id=publisher_id,
-    )
-
-
-def from_participant(participant: Any) -> ParticipantSession:
+def from_participant(participant: controller_pb2.Participant) -> ParticipantSession:
     """The session of a `charter.v1.Participant` (from Join or GetParticipant)."""
     receive = None
     if participant.HasField("receive_address") and participant.receive_address.port:
@@ -426,14 +393,12 @@ def from_participant(participant: Any) -> ParticipantSession:
         participant_id=participant.participant_id,
         media_address=(participant.media_address.ip, participant.media_address.port),
         receive_address=receive,
-        suite=_SUITES.get(participant.suite, DEFAULT_SUITE),
+        suite=SrtpSuite.from_number("suite", participant.suite),
         send_key=participant.send_key,
         receive_key=participant.receive_key,
-        published=tuple(_track(t, t.ssrc) for t in participant.tracks),
-        received=tuple(_track(s.track, s.ssrc, s.publisher_id) for s in participant.subscriptions),
+        published=tuple(parse_track(f"tracks[{i}]", t) for i, t in enumerate(participant.tracks)),
+        received=tuple(
+            Subscription(s.publisher_id, parse_track(f"subscriptions[{i}].track", s.track), s.ssrc)
+            for i, s in enumerate(participant.subscriptions)
+        ),
     )
-
-
-def received_from(session: ParticipantSession, publisher_id: str) -> Sequence[MediaTrack]:
-    """The tracks this participant receives from `publisher_id`."""
-    return [t for t in session.received if t.publisher_id == publisher_id]

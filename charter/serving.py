@@ -2,17 +2,20 @@
 status mapping, signals and the ordered shutdown (NOT_SERVING, then stop with grace)."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from charter import logs
 from charter.errors import StatusInterceptor
 
 log = logging.getLogger("charter.serving")
@@ -94,3 +97,23 @@ async def wait_serving(address: str, timeout: float = 30.0) -> None:
                 last = error.code().name
             await asyncio.sleep(0.05)
     raise TimeoutError(f"{address} did not report SERVING within {timeout:.0f} s (last: {last})")
+
+
+def run(service: str, log_level: str, log_format: str, serve: Coroutine[Any, Any, None]) -> int:
+    """Run a server process: its logs set up, `serve` on a uvloop event loop until it returns."""
+    logs.setup(service, log_level, log_format)
+    uvloop.run(serve)
+    return 0
+
+
+def main(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run_args: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """`python -m controller` / `python -m mediad`: the same flags as `charter controller|mediad`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    return run_args(parser.parse_args(argv))

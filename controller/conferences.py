@@ -10,15 +10,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from charter.addresses import Address
+from charter.endpoints import EndpointSpec
 from charter.errors import AlreadyExists, CharterError, NotFound, ResourceExhausted, Unavailable
+from charter.subscriptions import Subscription, SubscriptionSpec
+from charter.suites import SrtpSuite, generate_key
 from charter.tracks import Track
 from controller import events
-from controller.daemons import MediaDaemonClient, MediaDaemonClients, Route
-from controller.model import Conference, Participant, Subscription
+from controller.daemons import DaemonClient, DaemonClients
+from controller.model import Conference, Participant
 from controller.placement import Candidate, describe, least_loaded
 from controller.registry import DaemonRecord, Registry
 from controller.store import ConferenceStore
-from mediad.srtp import generate_key
 
 log = logging.getLogger("controller.conferences")
 
@@ -29,9 +32,9 @@ class JoinSpec:
     participant_id: str
     """Empty: generated."""
     display_name: str
-    tracks: list[Track]
-    receive_address: tuple[str, int] | None
-    suite: str
+    tracks: tuple[Track, ...]
+    receive_address: Address | None
+    suite: SrtpSuite
     send_key: bytes | None
     """None: generated."""
 
@@ -54,7 +57,7 @@ class Conferences:
         self,
         store: ConferenceStore,
         registry: Registry,
-        daemons: MediaDaemonClients,
+        daemons: DaemonClients,
         hub: events.EventHub,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -140,7 +143,7 @@ class Conferences:
                 conference_id=conference.conference_id,
                 participant_id=participant_id,
                 display_name=spec.display_name,
-                tracks=list(spec.tracks),
+                tracks=spec.tracks,
                 suite=suite,
                 send_key=send_key,
                 receive_key=receive_key,
@@ -151,21 +154,22 @@ class Conferences:
                 joined_at=self._clock(),
             )
             routes, new_subscriptions = self._assign(conference, participant)
+            endpoint = EndpointSpec(
+                endpoint_id=ep_id,
+                conference_id=conference.conference_id,
+                suite=suite,
+                rx_key=send_key,
+                tx_key=receive_key,
+                remote=spec.receive_address,
+                tracks=participant.tracks,
+                subscriptions=tuple(routes),
+            )
 
             # One call: the daemon makes the endpoint, its tracks and every route to and from
-            # it together or not at all.
+            # it together or not at all. Replacing a leftover is safe: this runs under the
+            # conference's lock and no participant owns ep_id.
             try:
-                endpoint = await client.create_endpoint(
-                    ep_id,
-                    conference.conference_id,
-                    suite=suite,
-                    rx_key=send_key,
-                    tx_key=receive_key,
-                    remote=spec.receive_address,
-                    tracks=participant.tracks,
-                    routes=routes,
-                    replace=True,  # under the lock, and no participant owns ep_id
-                )
+                port = await client.create_endpoint(endpoint, replace=True)
             except Unavailable:
                 # The daemon may have made it before the answer was lost: do not leave it.
                 await self._delete_quietly(client, ep_id)
@@ -174,7 +178,7 @@ class Conferences:
                 # The caller went away mid-call; the daemon may have made the endpoint anyway.
                 await asyncio.shield(self._delete_quietly(client, ep_id))
                 raise
-            participant.media_address = (record.info.media_ip, endpoint.local_address.port)
+            participant.media_address = (record.info.media_ip, port)
 
             conference.participants[participant_id] = participant
             for receiver_id, subscription in new_subscriptions:
@@ -197,7 +201,7 @@ class Conferences:
                     "conference_id": conference.conference_id,
                     "participant_id": participant_id,
                     "daemon_id": record.info.daemon_id,
-                    "port": endpoint.local_address.port,
+                    "port": port,
                     "tracks": len(participant.tracks),
                 },
             )
@@ -205,11 +209,11 @@ class Conferences:
 
     def _assign(
         self, conference: Conference, participant: Participant
-    ) -> tuple[list[Route], list[tuple[str, Subscription]]]:
+    ) -> tuple[list[SubscriptionSpec], list[tuple[str, Subscription]]]:
         """Subscriptions of the newcomer to every other participant's tracks, and of every
         other participant to the newcomer's, each with an SSRC new to its receiver.
         The newcomer's own subscriptions are set on it; the others' are returned."""
-        routes: list[Route] = []
+        routes: list[SubscriptionSpec] = []
         taken = participant.own_ssrcs()
         for other in conference.participants.values():
             for track in other.tracks:
@@ -218,7 +222,7 @@ class Conferences:
                 participant.subscriptions[(other.participant_id, track.ssrc)] = Subscription(
                     other.participant_id, track, ssrc
                 )
-                routes.append(Route(other.endpoint_id, track.ssrc, participant.endpoint_id, ssrc))
+                routes.append(SubscriptionSpec(other.endpoint_id, track.ssrc, participant.endpoint_id, ssrc))
         others: list[tuple[str, Subscription]] = []
         for other in conference.participants.values():
             taken = other.own_ssrcs() | other.received_ssrcs()
@@ -226,7 +230,7 @@ class Conferences:
                 ssrc = new_ssrc(taken)
                 taken.add(ssrc)
                 others.append((other.participant_id, Subscription(participant.participant_id, track, ssrc)))
-                routes.append(Route(participant.endpoint_id, track.ssrc, other.endpoint_id, ssrc))
+                routes.append(SubscriptionSpec(participant.endpoint_id, track.ssrc, other.endpoint_id, ssrc))
         return routes, others
 
     async def get_participant(self, conference_id: str, participant_id: str) -> Participant:
@@ -305,7 +309,7 @@ class Conferences:
         if client is None:
             return 0
         deleted = 0
-        conference_ids = sorted({e.conference_id for e in await client.list_endpoints()})
+        conference_ids = sorted(set((await client.list_endpoints()).values()))
         for conference_id in conference_ids:
             async with self.store.lock(conference_id):
                 conference = await self.store.get(conference_id)
@@ -314,9 +318,9 @@ class Conferences:
                     if conference is not None and conference.daemon_id == daemon_id
                     else set()
                 )
-                for endpoint in await client.list_endpoints(conference_id):
-                    if endpoint.endpoint_id not in owned:
-                        deleted += await client.delete_endpoint(endpoint.endpoint_id)
+                for held in await client.list_endpoints(conference_id):
+                    if held not in owned:
+                        deleted += await client.delete_endpoint(held)
         if deleted:
             log.info("leftover endpoints deleted", extra={"daemon_id": daemon_id, "endpoints": deleted})
         return deleted
@@ -399,7 +403,7 @@ class Conferences:
                 f"({used} of {record.info.capacity} endpoints in use)"
             )
 
-    def _client(self, daemon_id: str) -> MediaDaemonClient | None:
+    def _client(self, daemon_id: str) -> DaemonClient | None:
         record = self.registry.get(daemon_id)
         if record is None:
             return None
@@ -411,7 +415,7 @@ class Conferences:
             raise NotFound(f"participant {participant_id!r} is not in conference {conference.conference_id!r}")
         return participant
 
-    async def _delete_quietly(self, client: MediaDaemonClient, ep_id: str) -> None:
+    async def _delete_quietly(self, client: DaemonClient, ep_id: str) -> None:
         try:
             await client.delete_endpoint(ep_id)
         except CharterError as error:

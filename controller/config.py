@@ -3,8 +3,9 @@ default, so containers configure by environment and people by flags."""
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
+
+from charter.config import add_server_arguments, env
 
 ENV_PREFIX = "CHARTER_CONTROLLER_"
 
@@ -19,35 +20,17 @@ class ControllerConfig:
     log_format: str = "json"
 
 
-def _env(name: str, default: object) -> str:
-    return os.environ.get(ENV_PREFIX + name, str(default))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ControllerConfig()
+    p = ENV_PREFIX
+    add_server_arguments(parser, p, listen=d.listen, grace=d.grace)
     parser.add_argument(
-        "--listen", default=_env("LISTEN", d.listen),
-        help=f"gRPC address to listen on, host:port [{ENV_PREFIX}LISTEN, default %(default)s]",
+        "--lease-ttl", type=float, default=float(env(p, "LEASE_TTL", d.lease_ttl)),
+        help=f"seconds a media daemon's lease lasts without renewal [{p}LEASE_TTL, default %(default)s]",
     )
     parser.add_argument(
-        "--lease-ttl", type=float, default=float(_env("LEASE_TTL", d.lease_ttl)),
-        help=f"seconds a media daemon's lease lasts without renewal [{ENV_PREFIX}LEASE_TTL, default %(default)s]",
-    )
-    parser.add_argument(
-        "--daemon-timeout", type=float, default=float(_env("DAEMON_TIMEOUT", d.daemon_timeout)),
-        help=f"seconds to wait for a media daemon's answer [{ENV_PREFIX}DAEMON_TIMEOUT, default %(default)s]",
-    )
-    parser.add_argument(
-        "--grace", type=float, default=float(_env("GRACE", d.grace)),
-        help=f"seconds calls in flight get at shutdown [{ENV_PREFIX}GRACE, default %(default)s]",
-    )
-    parser.add_argument(
-        "--log-level", default=_env("LOG_LEVEL", d.log_level), choices=["debug", "info", "warning", "error"],
-        help=f"[{ENV_PREFIX}LOG_LEVEL, default %(default)s]",
-    )
-    parser.add_argument(
-        "--log-format", default=_env("LOG_FORMAT", d.log_format), choices=["json", "text"],
-        help=f"[{ENV_PREFIX}LOG_FORMAT, default %(default)s]",
+        "--daemon-timeout", type=float, default=float(env(p, "DAEMON_TIMEOUT", d.daemon_timeout)),
+        help=f"seconds to wait for a media daemon's answer [{p}DAEMON_TIMEOUT, default %(default)s]",
     )
 
 

@@ -4,42 +4,59 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
+from charter.endpoints import EndpointSpec
 from charter.errors import AlreadyExists, CharterError, Internal, ResourceExhausted, Unavailable
-from charter.suites import SUITE_NUMBERS
-from charter.tracks import Track, track_to_proto
 from charter.v1 import mediad_pb2, mediad_pb2_grpc
-from controller.messages import address_to_proto
 
 log = logging.getLogger("controller.daemons")
 
 CALL_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True)
-class Route:
-    """A track of one endpoint sent to another endpoint with `ssrc`."""
+class DaemonClient(Protocol):
+    """What the controller asks of one media daemon. Failures are the controller's typed
+    errors (Unavailable when the daemon does not answer)."""
 
-    track_endpoint_id: str
-    track_ssrc: int
-    endpoint_id: str
-    ssrc: int
+    daemon_id: str
+    address: str
 
-    def to_proto(self) -> mediad_pb2.SubscriptionSpec:
-        return mediad_pb2.SubscriptionSpec(
-            track_endpoint_id=self.track_endpoint_id,
-            track_ssrc=self.track_ssrc,
-            endpoint_id=self.endpoint_id,
-            ssrc=self.ssrc,
-        )
+    async def create_endpoint(self, spec: EndpointSpec, *, replace: bool = False) -> int:
+        """Make the endpoint with its tracks and routes (all or nothing); its UDP port.
+
+        With `replace`, an endpoint of that id with other parameters (left over by an
+        earlier attempt whose answer was lost) is deleted and made again; the caller knows
+        that no participant owns it."""
+        ...
+
+    async def delete_endpoint(self, endpoint_id: str) -> bool:
+        """Close it; False when it did not exist."""
+        ...
+
+    async def release_conference(self, conference_id: str) -> int:
+        """Close every endpoint of the conference; how many there were."""
+        ...
+
+    async def list_endpoints(self, conference_id: str = "") -> dict[str, str]:
+        """Endpoint id -> conference id of what the daemon holds (of one conference, or all)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DaemonClients(Protocol):
+    """One client per registered daemon."""
+
+    def get(self, daemon_id: str, address: str) -> DaemonClient: ...
+    async def close(self) -> None: ...
 
 
 class MediaDaemonClient:
+    """A DaemonClient over the daemon's gRPC service (charter.v1.MediaDaemon)."""
+
     def __init__(self, daemon_id: str, address: str, timeout: float = CALL_TIMEOUT) -> None:
         self.daemon_id = daemon_id
         self.address = address
@@ -50,42 +67,16 @@ class MediaDaemonClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def create_endpoint(
-        self,
-        endpoint_id: str,
-        conference_id: str,
-        *,
-        suite: str,
-        rx_key: bytes,
-        tx_key: bytes,
-        remote: tuple[str, int] | None,
-        tracks: Sequence[Track],
-        routes: Sequence[Route] = (),
-        replace: bool = False,
-    ) -> mediad_pb2.Endpoint:
-        """The endpoint with its tracks and the routes to and from it, in one call.
-
-        With `replace`, an endpoint of that id with other parameters (left over by an
-        earlier attempt whose answer was lost) is deleted and made again; the caller knows
-        that no participant owns it."""
-        request = mediad_pb2.CreateEndpointRequest(
-            endpoint_id=endpoint_id,
-            conference_id=conference_id,
-            suite=SUITE_NUMBERS[suite],  # type: ignore[arg-type]
-            rx_key=rx_key,
-            tx_key=tx_key,
-            tracks=[track_to_proto(t) for t in tracks],
-            subscriptions=[r.to_proto() for r in routes],
-        )
-        if remote is not None:
-            request.remote.CopyFrom(address_to_proto(remote))
+    async def create_endpoint(self, spec: EndpointSpec, *, replace: bool = False) -> int:
+        request = spec.to_proto()
         try:
-            return await self._call("CreateEndpoint", request)
+            reply = await self._call("CreateEndpoint", request)
         except AlreadyExists:
             if not replace:
                 raise
-            await self.delete_endpoint(endpoint_id)
-            return await self._call("CreateEndpoint", request)
+            await self.delete_endpoint(spec.endpoint_id)
+            reply = await self._call("CreateEndpoint", request)
+        return int(reply.local_address.port)
 
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         request = mediad_pb2.DeleteEndpointRequest(endpoint_id=endpoint_id, allow_missing=True)
@@ -96,9 +87,9 @@ class MediaDaemonClient:
         reply = await self._call("ReleaseConference", mediad_pb2.ReleaseConferenceRequest(conference_id=conference_id))
         return int(reply.endpoints_deleted)
 
-    async def list_endpoints(self, conference_id: str = "") -> list[mediad_pb2.Endpoint]:
+    async def list_endpoints(self, conference_id: str = "") -> dict[str, str]:
         reply = await self._call("ListEndpoints", mediad_pb2.ListEndpointsRequest(conference_id=conference_id))
-        return list(reply.endpoints)
+        return {e.endpoint_id: e.conference_id for e in reply.endpoints}
 
     async def _call(self, method: str, request: object) -> Any:
         try:
@@ -125,7 +116,7 @@ def _translate(daemon_id: str, method: str, error: grpc.aio.AioRpcError) -> Char
 
 
 class MediaDaemonClients:
-    """One client per registered daemon, replaced when its address changes."""
+    """DaemonClients over gRPC: one client per registered daemon, replaced when its address changes."""
 
     def __init__(self, timeout: float = CALL_TIMEOUT) -> None:
         self.timeout = timeout

@@ -2,8 +2,6 @@
 that make a bad request an INVALID_ARGUMENT naming its field."""
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 
@@ -11,20 +9,17 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from charter import sdp
+from charter.addresses import address_to_proto
 from charter.errors import InvalidArgument
-from charter.suites import SUITE_NUMBERS
-from charter.tracks import Track, parse_track, track_to_proto
+from charter.suites import encode_key
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2
 from controller import events
-from controller.model import Conference, Participant, Subscription
+from controller.model import Conference, Participant
 from controller.registry import DaemonInfo, DaemonLoad
-from mediad.srtp import SrtpSuite
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 MAX_TEXT = 256
-MAX_TRACKS = 16
-
 
 
 # --- requests -> domain ------------------------------------------------------------------
@@ -46,42 +41,6 @@ def parse_text(field: str, value: str) -> str:
     if len(value) > MAX_TEXT:
         raise InvalidArgument(field, f"is {len(value)} characters long; at most {MAX_TEXT}")
     return value
-
-
-def parse_tracks(field: str, tracks: list[media_pb2.Track]) -> list[Track]:
-    if len(tracks) > MAX_TRACKS:
-        raise InvalidArgument(field, f"has {len(tracks)} tracks; at most {MAX_TRACKS}")
-    parsed: list[Track] = []
-    seen: set[int] = set()
-    for i, track in enumerate(tracks):
-        t = parse_track(f"{field}[{i}]", track)
-        if t.ssrc in seen:
-            raise InvalidArgument(f"{field}[{i}].ssrc", f"{t.ssrc} is used by another track of this participant")
-        seen.add(t.ssrc)
-        parsed.append(t)
-    return parsed
-
-
-def parse_address(field: str, address: media_pb2.Address) -> tuple[str, int]:
-    try:
-        ip = str(ipaddress.IPv4Address(address.ip))
-    except ValueError:
-        # The media daemons' sockets are IPv4.
-        raise InvalidArgument(f"{field}.ip", f"{address.ip[:60]!r} is not an IPv4 address") from None
-    if not 0 < address.port <= 65535:
-        raise InvalidArgument(f"{field}.port", f"is {address.port}; use a UDP port 1-65535")
-    return ip, address.port
-
-
-def parse_key(field: str, text: str, suite: str) -> bytes:
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument(field, "is not base64 (the inline key of an SDES a=crypto line)") from None
-    need = SrtpSuite(suite).key_length
-    if len(key) != need:
-        raise InvalidArgument(field, f"decodes to {len(key)} bytes; {suite} needs {need} (master key and salt)")
-    return key
 
 
 def parse_daemon(field: str, daemon: pb.Daemon) -> DaemonInfo:
@@ -125,10 +84,6 @@ def duration(seconds: float) -> Duration:
     return value
 
 
-def address_to_proto(address: tuple[str, int]) -> media_pb2.Address:
-    return media_pb2.Address(ip=address[0], port=address[1])
-
-
 def daemon_to_proto(info: DaemonInfo) -> pb.Daemon:
     return pb.Daemon(
         daemon_id=info.daemon_id,
@@ -154,7 +109,7 @@ def summary_to_proto(p: Participant) -> pb.ParticipantSummary:
     return pb.ParticipantSummary(
         participant_id=p.participant_id,
         display_name=p.display_name,
-        tracks=[track_to_proto(t) for t in p.tracks],
+        tracks=[t.to_proto() for t in p.tracks],
         joined_at=timestamp(p.joined_at),
     )
 
@@ -170,21 +125,17 @@ def conference_to_proto(c: Conference) -> pb.Conference:
     )
 
 
-def subscription_to_proto(s: Subscription) -> pb.Subscription:
-    return pb.Subscription(publisher_id=s.publisher_id, track=track_to_proto(s.track), ssrc=s.ssrc)
-
-
 def participant_to_proto(p: Participant) -> pb.Participant:
     message = pb.Participant(
         conference_id=p.conference_id,
         participant_id=p.participant_id,
         display_name=p.display_name,
-        tracks=[track_to_proto(t) for t in p.tracks],
+        tracks=[t.to_proto() for t in p.tracks],
         media_address=address_to_proto(p.media_address),
-        suite=SUITE_NUMBERS[p.suite],  # type: ignore[arg-type]
-        send_key=base64.b64encode(p.send_key).decode("ascii"),
-        receive_key=base64.b64encode(p.receive_key).decode("ascii"),
-        subscriptions=[subscription_to_proto(s) for s in p.subscriptions.values()],
+        suite=p.suite.number,
+        send_key=encode_key(p.send_key),
+        receive_key=encode_key(p.receive_key),
+        subscriptions=[s.to_proto() for s in p.subscriptions.values()],
         daemon_id=p.daemon_id,
         joined_at=timestamp(p.joined_at),
     )
@@ -203,7 +154,7 @@ def event_to_proto(event: events.Event, watcher_id: str) -> pb.ConferenceEvent:
         message.participant_left.participant_id = body.participant_id
     elif isinstance(body, events.TrackAdded):
         message.track_added.publisher_id = body.publisher_id
-        message.track_added.track.CopyFrom(track_to_proto(body.track))
+        message.track_added.track.CopyFrom(body.track.to_proto())
         message.track_added.ssrc = body.ssrcs.get(watcher_id, 0)
     elif isinstance(body, events.TrackRemoved):
         message.track_removed.publisher_id = body.publisher_id

@@ -3,16 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from charter.subscriptions import Subscription
+from charter.suites import SrtpSuite
 from charter.tracks import Track
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """A track of `publisher_id` as the owning participant receives it, with its own SSRC."""
-
-    publisher_id: str
-    track: Track
-    ssrc: int
 
 
 @dataclass
@@ -20,8 +13,8 @@ class Participant:
     conference_id: str
     participant_id: str
     display_name: str
-    tracks: list[Track]
-    suite: str
+    tracks: tuple[Track, ...]
+    suite: SrtpSuite
     send_key: bytes
     """Participant -> SFU: the participant protects with it, the endpoint unprotects."""
     receive_key: bytes

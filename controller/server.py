@@ -8,9 +8,7 @@ import argparse
 import asyncio
 import logging
 
-import uvloop
-
-from charter import logs
+from charter import serving
 from charter.serving import Server, stop_event
 from charter.v1 import controller_pb2, controller_pb2_grpc
 from controller import config as config_module
@@ -62,12 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_module.from_args(args)
-    logs.setup("controller", config.log_level, config.log_format)
-    uvloop.run(serve(config))
-    return 0
+    return serving.run("controller", config.log_level, config.log_format, serve(config))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="charter controller", description="Charter's controller: the gRPC API of conferences")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return serving.main("charter controller", "Charter's controller: the gRPC API of conferences", add_arguments, run, argv)

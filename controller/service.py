@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from charter.addresses import parse_address
 from charter.errors import CharterError, InvalidArgument
-from charter.suites import parse_suite
+from charter.suites import SrtpSuite, decode_key
+from charter.tracks import parse_tracks
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
 from controller import messages as m
@@ -57,19 +59,19 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         return pb.EndConferenceResponse(participants_removed=removed)
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
-        suite = parse_suite("suite", request.suite).value
+        suite = SrtpSuite.from_number("suite", request.suite)
         spec = JoinSpec(
             conference_id=m.parse_id("conference_id", request.conference_id),
             participant_id=m.parse_id("participant_id", request.participant_id, required=False),
             display_name=m.parse_text("display_name", request.display_name),
-            tracks=m.parse_tracks("tracks", list(request.tracks)),
+            tracks=parse_tracks("tracks", request.tracks),
             receive_address=(
-                m.parse_address("receive_address", request.receive_address)
+                parse_address("receive_address", request.receive_address)
                 if request.HasField("receive_address")
                 else None
             ),
             suite=suite,
-            send_key=m.parse_key("send_key", request.send_key, suite) if request.send_key else None,
+            send_key=decode_key("send_key", suite, request.send_key) if request.send_key else None,
         )
         participant = await self.conferences.join(spec)
         return pb.JoinResponse(participant=m.participant_to_proto(participant))

@@ -6,10 +6,29 @@ reads them only through the methods below. Nothing here is called per packet.
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Any
 
 DROP_REASONS: tuple[str, ...]
 """Names of the per-endpoint drop counters, in the order the hot path keeps them."""
+
+class Counters:
+    """Packet counters of an endpoint (Endpoint.counters) or of a forwarder (Forwarder.totals())."""
+
+    packets_in: int
+    """SRTP packets received that authenticated."""
+    bytes_in: int
+    packets_out: int
+    """SRTP packets sent."""
+    bytes_out: int
+    rtcp_in: int
+    """SRTCP packets received that authenticated."""
+    rtcp_out: int
+    rtcp_errors: int
+    """RTCP not sent (protect or send failed) or that the RTCP handler failed on."""
+    @property
+    def drops(self) -> tuple[int, ...]:
+        """Packets dropped, by reason: one count per name in DROP_REASONS."""
+    def dropped(self, reason: str) -> int:
+        """The count of one reason of DROP_REASONS."""
 
 class Forwarder:
     """Owns the shared packet buffers and drives every endpoint's socket on one event loop."""
@@ -28,6 +47,7 @@ class Forwarder:
         remote: tuple[str, int] | None = None,
         name: str = "",
         buffer_bytes: int = 1 << 20,
+        description: object = None,
     ) -> Endpoint:
         """Start forwarding on a bound UDP socket (the endpoint owns and closes it).
 
@@ -35,19 +55,27 @@ class Forwarder:
         the endpoint protects with (outbound). Without `remote`, the endpoint latches onto the
         source of the first packet that authenticates (and follows later authenticated ones).
         The socket's receive and send buffers are raised to at least `buffer_bytes`.
+        `description` is kept as Endpoint.description for the control side (opaque here).
         """
     def set_rtcp_handler(self, handler: Callable[[Endpoint, bytes], None] | None) -> None:
         """Every RTCP packet that authenticates is handed, decrypted, to `handler` on the
         event loop (the RTCP slow path); None stops it. An exception in the handler is
         counted in the endpoint's rtcp_errors and reported to the loop's exception handler."""
-    def stats(self) -> dict[str, Any]:
-        """Totals since the forwarder started, closed endpoints included: endpoints (open now),
-        packets and bytes in and out, rtcp_in, rtcp_out, rtcp_errors, drops by reason,
-        batches, batch_packets."""
+    def totals(self) -> Counters:
+        """Counters since the forwarder started, closed endpoints included."""
+    batches: int
+    """recvmmsg calls that returned packets."""
+    batch_packets: int
+    """Packets those calls returned."""
     def close(self) -> None:
         """Close every endpoint."""
 
 class Endpoint:
+    counters: Counters
+    last_activity: float
+    """time.monotonic() of the last packet that authenticated; 0.0 if none."""
+    description: object
+    """What the control side made it from (Forwarder.create_endpoint)."""
     @property
     def name(self) -> str: ...
     @property
@@ -69,24 +97,39 @@ class Endpoint:
     def set_keys(self, *, rx_suite: str, rx_key: bytes, tx_suite: str, tx_key: bytes) -> None:
         """Install new SRTP sessions for both directions (rekey, or keys from DTLS later)."""
     def add_track(
-        self, ssrc: int, *, clock_rate: int = 90000, kind: str = "video", name: str = "", cache_packets: int = 0
+        self,
+        ssrc: int,
+        *,
+        clock_rate: int = 90000,
+        kind: str = "video",
+        name: str = "",
+        cache_packets: int = 0,
+        description: object = None,
     ) -> Track:
         """An inbound stream of this endpoint, by SSRC. ValueError if the SSRC is taken.
         With `cache_packets` (up to 4096), the plaintext of that many recent packets is kept
-        to answer NACKs (Subscription.retransmit); each takes 1500 bytes."""
+        to answer NACKs (Subscription.retransmit); each takes 1500 bytes. `description` is
+        kept as Track.description."""
+    def find_track(self, ssrc: int) -> Track | None:
+        """Its inbound track with this SSRC."""
+    def find_subscription(self, ssrc: int) -> Subscription | None:
+        """The subscription that sends to this endpoint with this SSRC."""
     def remove_track(self, track: Track) -> None:
         """Stop forwarding `track`; its subscriptions are removed."""
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect a plaintext RTCP packet with the outbound session and send it to the
         remote. False when there is no remote yet or sending failed (counted in rtcp_errors)."""
-    def stats(self) -> dict[str, Any]:
-        """packets_in, bytes_in, packets_out, bytes_out, rtcp_in, rtcp_out, rtcp_errors, last_activity (monotonic
-        seconds, 0.0 if never), drops: {reason: count} for every reason in DROP_REASONS."""
     def close(self) -> None:
         """Stop the socket, remove its tracks (and their subscriptions) and the subscriptions
         sending to it. Idempotent."""
 
 class Track:
+    packets: int
+    """Packets of the track received and authenticated."""
+    bytes: int
+    last_activity: float
+    description: object
+    """What the control side added it from (Endpoint.add_track)."""
     @property
     def ssrc(self) -> int: ...
     @property
@@ -108,10 +151,22 @@ class Track:
         """Send this track to `target` with outgoing SSRC `ssrc`. ValueError if `target`
         already sends that SSRC or already receives this track, or is this track's endpoint."""
     def unsubscribe(self, subscription: Subscription) -> None: ...
-    def stats(self) -> dict[str, Any]:
-        """packets, bytes, last_activity, subscriptions."""
+    def find_subscription(self, target: Endpoint) -> Subscription | None:
+        """The subscription sending this track to `target`."""
 
 class Subscription:
+    packets: int
+    """Packets sent on this route."""
+    bytes: int
+    dropped_paused: int
+    dropped_no_remote: int
+    """Not sent: no remote address yet (nothing latched)."""
+    dropped_stale: int
+    """Not sent: from before a rebase of the mapping."""
+    send_errors: int
+    retransmitted: int
+    retransmit_misses: int
+    last_activity: float
     @property
     def ssrc(self) -> int: ...
     @property
@@ -133,9 +188,11 @@ class Subscription:
     def map_timestamp(self, timestamp: int) -> int | None:
         """The outgoing RTP timestamp for one of the publisher's (to translate sender
         reports), or None before the first packet was forwarded."""
-    def stats(self) -> dict[str, Any]:
-        """packets, bytes, dropped_paused, dropped_no_remote, dropped_stale, send_errors,
-        retransmitted, retransmit_misses, last_activity, last_seq, last_timestamp."""
+    @property
+    def last_seq(self) -> int | None:
+        """The last outgoing sequence number; None before the first packet."""
+    @property
+    def last_timestamp(self) -> int | None: ...
 
 class Rewriter:
     """The per-subscription sequence/timestamp rewrite, exposed for table-driven tests."""

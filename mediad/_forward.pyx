@@ -57,19 +57,6 @@ cdef enum:
     CACHE_SLOT = 1500
     MAX_CACHE_PACKETS = 4096
 
-cdef enum:  # drop reasons, indexes of Endpoint.drops and DROP_REASONS
-    DROP_TOO_SHORT = 0
-    DROP_OVERSIZE
-    DROP_BAD_VERSION
-    DROP_STUN
-    DROP_DTLS
-    DROP_MALFORMED
-    DROP_UNKNOWN_SSRC
-    DROP_AUTH_FAILED
-    DROP_REPLAYED
-    DROP_SRTP_ERROR
-    N_DROP_REASONS
-
 DROP_REASONS = (
     "too_short", "oversize", "bad_version", "stun", "dtls", "malformed",
     "unknown_ssrc", "auth_failed", "replayed", "srtp_error",
@@ -83,21 +70,6 @@ _TAG_LENGTHS = {
     _srtp.SrtpSuite.AEAD_AES_128_GCM: (16, 16),
 }
 
-_COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out", "rtcp_errors")
-
-
-def _zero_counters():
-    totals = dict.fromkeys(_COUNTERS, 0)
-    totals["drops"] = dict.fromkeys(DROP_REASONS, 0)
-    return totals
-
-
-def _add_counters(totals, source):
-    for key in _COUNTERS:
-        totals[key] += source[key]
-    for reason, count in source["drops"].items():
-        totals["drops"][reason] += count
-
 cdef srtp_call _srtp_protect = <srtp_call><uintptr_t>_srtp.function_pointer("srtp_protect")
 cdef srtp_call _srtp_unprotect = <srtp_call><uintptr_t>_srtp.function_pointer("srtp_unprotect")
 cdef srtp_call _srtp_protect_rtcp = <srtp_call><uintptr_t>_srtp.function_pointer("srtp_protect_rtcp")
@@ -105,20 +77,6 @@ cdef srtp_call _srtp_unprotect_rtcp = <srtp_call><uintptr_t>_srtp.function_point
 
 
 # --- sequence and timestamp rewrite -------------------------------------------------------
-
-cdef struct RewriteState:
-    bint started
-    bint paused
-    bint resync          # the next packet rebases (after resume)
-    uint32_t source      # generation of the track's SSRC the mapping belongs to
-    uint16_t max_in      # highest incoming sequence number of this mapping
-    uint16_t epoch_start # incoming sequence number the mapping started at
-    uint16_t seq_offset
-    uint16_t last_out_seq
-    uint32_t ts_offset
-    uint32_t last_out_ts
-    double last_time
-
 
 cdef inline bint _rewrite(RewriteState *s, uint32_t source, uint16_t seq, uint32_t ts,
                           double now, uint32_t clock_rate,
@@ -172,8 +130,6 @@ cdef inline bint _rewrite(RewriteState *s, uint32_t source, uint16_t seq, uint32
 
 cdef class Rewriter:
     """The per-subscription sequence/timestamp rewrite, exposed for table-driven tests."""
-    cdef RewriteState state
-    cdef readonly uint32_t ssrc
 
     def __init__(self, uint32_t ssrc=0):
         memset(&self.state, 0, sizeof(RewriteState))
@@ -194,6 +150,40 @@ cdef class Rewriter:
         if self.state.paused:
             self.state.paused = 0
             self.state.resync = 1
+
+
+# --- counters -------------------------------------------------------------------------------
+
+cdef class Counters:
+    """Packet counters, read as typed attributes; `drops` lines up with DROP_REASONS."""
+
+    def __cinit__(self):
+        memset(self.drop_counts, 0, sizeof(self.drop_counts))
+
+    @property
+    def drops(self):
+        cdef int i
+        return tuple([self.drop_counts[i] for i in range(<int>N_DROP_REASONS)])
+
+    def dropped(self, str reason):
+        """The count of one drop reason (a name in DROP_REASONS)."""
+        return self.drop_counts[DROP_REASONS.index(reason)]
+
+    cdef void add(self, Counters other) noexcept:
+        cdef int i
+        self.packets_in += other.packets_in
+        self.bytes_in += other.bytes_in
+        self.packets_out += other.packets_out
+        self.bytes_out += other.bytes_out
+        self.rtcp_in += other.rtcp_in
+        self.rtcp_out += other.rtcp_out
+        self.rtcp_errors += other.rtcp_errors
+        for i in range(<int>N_DROP_REASONS):
+            self.drop_counts[i] += other.drop_counts[i]
+
+    def __repr__(self):
+        return (f"<Counters in={self.packets_in} out={self.packets_out} rtcp_in={self.rtcp_in} "
+                f"rtcp_out={self.rtcp_out} dropped={sum(self.drops)}>")
 
 
 # --- media objects -------------------------------------------------------------------------
@@ -217,14 +207,6 @@ cdef void _parse_address(object address, sockaddr_in *out) except *:
 
 cdef class Subscription:
     """A track routed to another endpoint with its own SSRC: the consumer side."""
-    cdef Track _track           # borrowed: the track owns its subscriptions
-    cdef Endpoint _target       # borrowed: the target lists it in its subscriptions
-    cdef uint32_t _ssrc
-    cdef bint _active
-    cdef RewriteState rw
-    cdef uint64_t packets, bytes, dropped_paused, dropped_no_remote, dropped_stale, send_errors
-    cdef uint64_t retransmitted, retransmit_misses
-    cdef double last_activity
 
     def __cinit__(self):
         memset(&self.rw, 0, sizeof(RewriteState))
@@ -294,8 +276,8 @@ cdef class Subscription:
             self.send_errors += 1
             return False
         self.retransmitted += 1
-        target.packets_out += 1
-        target.bytes_out += length
+        target.counters.packets_out += 1
+        target.counters.bytes_out += length
         return True
 
     def map_timestamp(self, uint32_t timestamp):
@@ -305,22 +287,14 @@ cdef class Subscription:
             return None
         return <uint32_t>(timestamp + self.rw.ts_offset)
 
-    def stats(self):
-        return {
-            "ssrc": self._ssrc,
-            "paused": bool(self.rw.paused),
-            "packets": self.packets,
-            "bytes": self.bytes,
-            "dropped_paused": self.dropped_paused,
-            "dropped_no_remote": self.dropped_no_remote,
-            "dropped_stale": self.dropped_stale,
-            "send_errors": self.send_errors,
-            "retransmitted": self.retransmitted,
-            "retransmit_misses": self.retransmit_misses,
-            "last_activity": self.last_activity,
-            "last_seq": self.rw.last_out_seq if self.rw.started else None,
-            "last_timestamp": self.rw.last_out_ts if self.rw.started else None,
-        }
+    @property
+    def last_seq(self):
+        """The last outgoing sequence number, None before the first packet."""
+        return self.rw.last_out_seq if self.rw.started else None
+
+    @property
+    def last_timestamp(self):
+        return self.rw.last_out_ts if self.rw.started else None
 
     def __repr__(self):
         return f"<Subscription ssrc={self._ssrc:#010x} active={bool(self._active)}>"
@@ -328,23 +302,6 @@ cdef class Subscription:
 
 cdef class Track:
     """An inbound stream of an endpoint, by SSRC: the producer side."""
-    cdef Endpoint _endpoint        # borrowed: the endpoint owns its tracks
-    cdef uint32_t _ssrc
-    cdef uint32_t source           # bumped when the publisher's SSRC changes
-    cdef uint32_t _clock_rate
-    cdef str _kind, _name
-    cdef list _subscriptions       # owned; what the control side adds to and removes from
-    cdef PyObject **subs           # flat copy of _subscriptions for the per-packet loop
-    cdef int n_subs
-    cdef uint64_t packets, bytes
-    cdef double last_activity
-    # Retransmission cache: plaintext of the last packets by sequence number, so a NACK
-    # is answered by protecting a fresh copy (never re-encrypting a protected packet).
-    cdef int cache_packets
-    cdef uint8_t *cache
-    cdef int *cache_len            # 0: empty slot
-    cdef uint16_t *cache_seq
-    cdef uint32_t *cache_source
 
     def __dealloc__(self):
         free(self.subs)
@@ -446,15 +403,12 @@ cdef class Track:
         subscription._target._subscriptions.remove(subscription)
         subscription._active = 0
 
-    def stats(self):
-        return {
-            "ssrc": self._ssrc,
-            "kind": self._kind,
-            "packets": self.packets,
-            "bytes": self.bytes,
-            "last_activity": self.last_activity,
-            "subscriptions": len(self._subscriptions),
-        }
+    def find_subscription(self, Endpoint target not None):
+        """The subscription sending this track to `target`, or None."""
+        for sub in self._subscriptions:
+            if (<Subscription>sub)._target is target:
+                return sub
+        return None
 
     def __repr__(self):
         return f"<Track {self._name!r} ssrc={self._ssrc:#010x} subscriptions={len(self._subscriptions)}>"
@@ -469,28 +423,9 @@ cdef uint32_t _check_ssrc(object ssrc) except? 0:
 cdef class Endpoint:
     """One UDP socket of a participant: its inbound tracks and the SRTP sessions of both
     directions. RTP and RTCP share the port (RFC 5761)."""
-    cdef Forwarder _forwarder
-    cdef object _sock              # owned: closed with the endpoint
-    cdef object _on_readable_cb
-    cdef int fd
-    cdef str _name
-    cdef object _rx_session, _tx_session   # owned pylibsrtp sessions behind rx_ctx / tx_ctx
-    cdef void *rx_ctx
-    cdef void *tx_ctx
-    cdef int rx_tag_len, rx_rtcp_tag_len
-    cdef sockaddr_in remote_addr
-    cdef bint has_remote, _latching, _closed
-    cdef list _tracks              # owned
-    cdef uint32_t *track_ssrcs     # flat copies of _tracks for the per-packet lookup
-    cdef PyObject **track_ptrs
-    cdef int n_tracks
-    cdef list _subscriptions       # subscriptions that send to this endpoint (borrowed)
-    cdef uint64_t packets_in, bytes_in, packets_out, bytes_out, rtcp_in, rtcp_out, rtcp_errors
-    cdef uint64_t drops[N_DROP_REASONS]
-    cdef double last_activity
 
     def __cinit__(self):
-        memset(self.drops, 0, sizeof(self.drops))
+        self.counters = Counters()
 
     def __dealloc__(self):
         free(self.track_ssrcs)
@@ -570,7 +505,7 @@ cdef class Endpoint:
         self.track_ptrs = ptrs
         self.n_tracks = n
 
-    def add_track(self, ssrc, *, clock_rate=90000, kind="video", name="", int cache_packets=0):
+    def add_track(self, ssrc, *, clock_rate=90000, kind="video", name="", int cache_packets=0, description=None):
         cdef uint32_t value = _check_ssrc(ssrc)
         cdef Track track
         if self._closed:
@@ -587,6 +522,7 @@ cdef class Endpoint:
         track._clock_rate = clock_rate
         track._kind = str(kind)
         track._name = str(name)
+        track.description = description
         track._subscriptions = []
         track._rebuild()
         track._allocate_cache(cache_packets)
@@ -603,25 +539,17 @@ cdef class Endpoint:
         self._rebuild_tracks()
         track._endpoint = None
 
-    def stats(self):
-        return {
-            "name": self._name,
-            "local_address": self.local_address,
-            "remote": self.remote,
-            "packets_in": self.packets_in,
-            "bytes_in": self.bytes_in,
-            "packets_out": self.packets_out,
-            "bytes_out": self.bytes_out,
-            "rtcp_in": self.rtcp_in,
-            "rtcp_out": self.rtcp_out,
-            "rtcp_errors": self.rtcp_errors,
-            "last_activity": self.last_activity,
-            "drops": self._drop_counts(),
-        }
+    def find_track(self, ssrc):
+        """Its inbound track with this SSRC, or None."""
+        return self._find_track(_check_ssrc(ssrc))
 
-    cdef dict _drop_counts(self):
-        cdef int i
-        return {DROP_REASONS[i]: self.drops[i] for i in range(<int>N_DROP_REASONS)}
+    def find_subscription(self, ssrc):
+        """The subscription that sends to this endpoint with this SSRC, or None."""
+        cdef uint32_t value = _check_ssrc(ssrc)
+        for sub in self._subscriptions:
+            if (<Subscription>sub)._ssrc == value:
+                return sub
+        return None
 
     def close(self):
         if self._closed:
@@ -639,7 +567,7 @@ cdef class Endpoint:
         self.fd = -1
         self._forwarder._endpoints.remove(self)
         # Forwarder totals keep counting what closed endpoints did.
-        _add_counters(self._forwarder._retired, self.stats())
+        self._forwarder._retired.add(self.counters)
 
     def send_rtcp(self, bytes packet not None):
         """Protect a plaintext RTCP packet with the outbound session and send it to the
@@ -652,12 +580,12 @@ cdef class Endpoint:
             raise ValueError(f"an RTCP packet has 8 to {RX_SLOT} bytes, got {length}")
         memcpy(out, <const char *>packet, length)
         if _srtp_protect_rtcp(self.tx_ctx, out, &length) != SRTP_OK:
-            self.rtcp_errors += 1
+            self.counters.rtcp_errors += 1
             return False
         if sendto(self.fd, out, length, MSG_DONTWAIT, &self.remote_addr, sizeof(sockaddr_in)) != length:
-            self.rtcp_errors += 1
+            self.counters.rtcp_errors += 1
             return False
-        self.rtcp_out += 1
+        self.counters.rtcp_out += 1
         return True
 
     def _on_readable(self):
@@ -667,25 +595,21 @@ cdef class Endpoint:
         return f"<Endpoint {self._name!r} tracks={len(self._tracks)} closed={bool(self._closed)}>"
 
 
+cdef inline void _count_srtp_error(Endpoint ep, int err) noexcept:
+    if err == SRTP_AUTH_FAIL:
+        ep.counters.drop_counts[DROP_AUTH_FAILED] += 1
+    elif err == SRTP_REPLAY_FAIL or err == SRTP_REPLAY_OLD:
+        ep.counters.drop_counts[DROP_REPLAYED] += 1
+    elif err == SRTP_BAD_PARAM or err == SRTP_PARSE_ERR:
+        ep.counters.drop_counts[DROP_MALFORMED] += 1
+    else:
+        ep.counters.drop_counts[DROP_SRTP_ERROR] += 1
+
+
 # --- the forwarder ---------------------------------------------------------------------------
 
 cdef class Forwarder:
     """Owns the packet buffers shared by all endpoints and the event loop they run on."""
-    cdef object _loop
-    cdef list _endpoints
-    cdef dict _retired             # counters of closed endpoints
-    cdef object _rtcp_handler      # called with (endpoint, plaintext RTCP bytes)
-    cdef int batch
-    cdef mmsghdr *rx_msgs
-    cdef iovec *rx_iov
-    cdef sockaddr_in *rx_from
-    cdef uint8_t *rx_buf
-    cdef int *rx_len
-    cdef PyObject **rx_track       # track of each packet of the batch; NULL once handled
-    cdef mmsghdr *tx_msgs
-    cdef iovec *tx_iov
-    cdef uint8_t *tx_buf
-    cdef uint64_t batches, batch_packets
 
     def __cinit__(self, loop=None, *, int batch_size=32):
         cdef int i
@@ -719,7 +643,7 @@ cdef class Forwarder:
     def __init__(self, loop=None, *, int batch_size=32):
         self._loop = loop if loop is not None else _asyncio.get_event_loop()
         self._endpoints = []
-        self._retired = _zero_counters()
+        self._retired = Counters()
 
     def __dealloc__(self):
         free(self.rx_msgs)
@@ -742,7 +666,7 @@ cdef class Forwarder:
         self._rtcp_handler = handler
 
     def create_endpoint(self, sock, *, rx_suite, rx_key, tx_suite, tx_key, remote=None, name="",
-                        int buffer_bytes=1 << 20):
+                        int buffer_bytes=1 << 20, description=None):
         cdef Endpoint ep
         if sock.family != _socket.AF_INET or sock.type != _socket.SOCK_DGRAM:
             raise ValueError("an endpoint needs an IPv4 UDP socket")
@@ -753,6 +677,7 @@ cdef class Forwarder:
         ep = Endpoint.__new__(Endpoint)
         ep._forwarder = self
         ep._name = str(name)
+        ep.description = description
         ep._tracks = []
         ep._subscriptions = []
         ep._rebuild_tracks()
@@ -766,15 +691,12 @@ cdef class Forwarder:
         self._endpoints.append(ep)
         return ep
 
-    def stats(self):
-        """Totals since the forwarder started, closed endpoints included."""
-        totals = _zero_counters()
-        _add_counters(totals, self._retired)
+    def totals(self):
+        """Counters since the forwarder started, closed endpoints included."""
+        cdef Counters totals = Counters()
+        totals.add(self._retired)
         for ep in self._endpoints:
-            _add_counters(totals, ep.stats())
-        totals["endpoints"] = len(self._endpoints)
-        totals["batches"] = self.batches
-        totals["batch_packets"] = self.batch_packets
+            totals.add((<Endpoint>ep).counters)
         return totals
 
     def close(self):
@@ -817,36 +739,36 @@ cdef class Forwarder:
         cdef Track track
         cdef PyObject *found = NULL
         if self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
-            ep.drops[DROP_OVERSIZE] += 1
+            ep.counters.drop_counts[DROP_OVERSIZE] += 1
             return NULL
         if length < 1:
-            ep.drops[DROP_TOO_SHORT] += 1
+            ep.counters.drop_counts[DROP_TOO_SHORT] += 1
             return NULL
         first = p[0]
         if first < 128 or first > 191:
             # RFC 7983: 0-3 STUN, 20-63 DTLS; 128-191 RTP/RTCP (version 2).
             if first <= 3:
-                ep.drops[DROP_STUN] += 1
+                ep.counters.drop_counts[DROP_STUN] += 1
             elif 20 <= first <= 63:
-                ep.drops[DROP_DTLS] += 1
+                ep.counters.drop_counts[DROP_DTLS] += 1
             else:
-                ep.drops[DROP_BAD_VERSION] += 1
+                ep.counters.drop_counts[DROP_BAD_VERSION] += 1
             return NULL
         if length >= 2 and 192 <= p[1] <= 223:
             self._accept_rtcp(ep, i, length, now)
             return NULL
         end = length - ep.rx_tag_len
         if end < RTP_HEADER:
-            ep.drops[DROP_TOO_SHORT] += 1
+            ep.counters.drop_counts[DROP_TOO_SHORT] += 1
             return NULL
         header = RTP_HEADER + 4 * (first & 0x0f)
         if first & 0x10:
             if header + 4 > end:
-                ep.drops[DROP_MALFORMED] += 1
+                ep.counters.drop_counts[DROP_MALFORMED] += 1
                 return NULL
             header += 4 + 4 * load16(p + header + 2)
         if header > end:
-            ep.drops[DROP_MALFORMED] += 1
+            ep.counters.drop_counts[DROP_MALFORMED] += 1
             return NULL
         ssrc = load32(p + 8)
         for k in range(ep.n_tracks):
@@ -854,24 +776,24 @@ cdef class Forwarder:
                 found = ep.track_ptrs[k]
                 break
         if found == NULL:
-            ep.drops[DROP_UNKNOWN_SSRC] += 1
+            ep.counters.drop_counts[DROP_UNKNOWN_SSRC] += 1
             return NULL
         err = _srtp_unprotect(ep.rx_ctx, p, &length)
         if err != SRTP_OK:
-            self._count_srtp_error(ep, err)
+            _count_srtp_error(ep, err)
             return NULL
         if first & 0x20:
             # RFC 3550 5.1: the last octet counts the padding, itself included.
             padding = p[length - 1]
             if padding == 0 or header + padding > length:
-                ep.drops[DROP_MALFORMED] += 1
+                ep.counters.drop_counts[DROP_MALFORMED] += 1
                 return NULL
         if ep._latching:
             ep.remote_addr = self.rx_from[i]
             ep.has_remote = 1
         self.rx_len[i] = length
-        ep.packets_in += 1
-        ep.bytes_in += length
+        ep.counters.packets_in += 1
+        ep.counters.bytes_in += length
         ep.last_activity = now
         track = <Track>found
         track.packets += 1
@@ -889,16 +811,16 @@ cdef class Forwarder:
         cdef uint8_t *p = self.rx_buf + i * RX_SLOT
         cdef int err
         if length < RTCP_HEADER + SRTCP_INDEX + ep.rx_rtcp_tag_len:
-            ep.drops[DROP_TOO_SHORT] += 1
+            ep.counters.drop_counts[DROP_TOO_SHORT] += 1
             return
         err = _srtp_unprotect_rtcp(ep.rx_ctx, p, &length)
         if err != SRTP_OK:
-            self._count_srtp_error(ep, err)
+            _count_srtp_error(ep, err)
             return
         if ep._latching:
             ep.remote_addr = self.rx_from[i]
             ep.has_remote = 1
-        ep.rtcp_in += 1
+        ep.counters.rtcp_in += 1
         ep.last_activity = now
         if self._rtcp_handler is not None:
             self._deliver_rtcp(ep, p, length)
@@ -909,18 +831,8 @@ cdef class Forwarder:
         try:
             self._rtcp_handler(ep, p[:length])
         except Exception as error:
-            ep.rtcp_errors += 1
+            ep.counters.rtcp_errors += 1
             self._loop.call_exception_handler({"message": "RTCP handler failed", "exception": error})
-
-    cdef inline void _count_srtp_error(self, Endpoint ep, int err) noexcept:
-        if err == SRTP_AUTH_FAIL:
-            ep.drops[DROP_AUTH_FAILED] += 1
-        elif err == SRTP_REPLAY_FAIL or err == SRTP_REPLAY_OLD:
-            ep.drops[DROP_REPLAYED] += 1
-        elif err == SRTP_BAD_PARAM or err == SRTP_PARSE_ERR:
-            ep.drops[DROP_MALFORMED] += 1
-        else:
-            ep.drops[DROP_SRTP_ERROR] += 1
 
     cdef void _fan_out(self, int n, double now) noexcept:
         """Send every accepted packet of the batch to its track's subscriptions, one
@@ -991,5 +903,5 @@ cdef class Forwarder:
         sub.packets += sent
         sub.bytes += sent_bytes
         sub.last_activity = now
-        target.packets_out += sent
-        target.bytes_out += sent_bytes
+        target.counters.packets_out += sent
+        target.counters.bytes_out += sent_bytes

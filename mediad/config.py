@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
+
+from charter.config import add_server_arguments, env
 
 ENV_PREFIX = "CHARTER_MEDIAD_"
 
@@ -30,10 +31,6 @@ class MediadConfig:
     log_format: str = "json"
 
 
-def _env(name: str, default: object) -> str:
-    return os.environ.get(ENV_PREFIX + name, str(default))
-
-
 def parse_ports(text: str) -> tuple[int, int]:
     try:
         first_text, last_text = text.split("-")
@@ -48,28 +45,21 @@ def parse_ports(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = MediadConfig()
     p = ENV_PREFIX
-    parser.add_argument("--listen", default=_env("LISTEN", d.listen),
-                        help=f"gRPC address to listen on [{p}LISTEN, default %(default)s]")
-    parser.add_argument("--daemon-id", default=_env("DAEMON_ID", d.daemon_id),
+    add_server_arguments(parser, p, listen=d.listen, grace=d.grace)
+    parser.add_argument("--daemon-id", default=env(p, "DAEMON_ID", d.daemon_id),
                         help=f"stable id of this daemon [{p}DAEMON_ID, default mediad-<hostname>-<grpc port>]")
-    parser.add_argument("--advertise", default=_env("ADVERTISE", d.advertise),
+    parser.add_argument("--advertise", default=env(p, "ADVERTISE", d.advertise),
                         help=f"gRPC host:port the controller calls [{p}ADVERTISE, default the listen address]")
-    parser.add_argument("--controller", default=_env("CONTROLLER", d.controller),
+    parser.add_argument("--controller", default=env(p, "CONTROLLER", d.controller),
                         help=f"controller to register with, host:port; empty: none [{p}CONTROLLER, default %(default)s]")
-    parser.add_argument("--media-ip", default=_env("MEDIA_IP", d.media_ip),
+    parser.add_argument("--media-ip", default=env(p, "MEDIA_IP", d.media_ip),
                         help=f"IPv4 address media ports bind to and are reached at [{p}MEDIA_IP, default %(default)s]")
-    parser.add_argument("--ports", type=parse_ports, default=_env("PORTS", f"{d.port_first}-{d.port_last}"),
+    parser.add_argument("--ports", type=parse_ports, default=env(p, "PORTS", f"{d.port_first}-{d.port_last}"),
                         help=f"UDP port range of endpoints, first-last [{p}PORTS, default %(default)s]")
-    parser.add_argument("--capacity", type=int, default=int(_env("CAPACITY", d.capacity)),
+    parser.add_argument("--capacity", type=int, default=int(env(p, "CAPACITY", d.capacity)),
                         help=f"endpoints taken at most; 0: one per port [{p}CAPACITY, default %(default)s]")
-    parser.add_argument("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", d.drain_timeout)),
+    parser.add_argument("--drain-timeout", type=float, default=float(env(p, "DRAIN_TIMEOUT", d.drain_timeout)),
                         help=f"seconds a shutdown waits for endpoints to be released [{p}DRAIN_TIMEOUT, default %(default)s]")
-    parser.add_argument("--grace", type=float, default=float(_env("GRACE", d.grace)),
-                        help=f"seconds calls in flight get at shutdown [{p}GRACE, default %(default)s]")
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level), choices=["debug", "info", "warning", "error"],
-                        help=f"[{p}LOG_LEVEL, default %(default)s]")
-    parser.add_argument("--log-format", default=_env("LOG_FORMAT", d.log_format), choices=["json", "text"],
-                        help=f"[{p}LOG_FORMAT, default %(default)s]")
 
 
 def from_args(args: argparse.Namespace) -> MediadConfig:

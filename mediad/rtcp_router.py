@@ -88,7 +88,7 @@ class RtcpRouter:
         for item in packets:
             if isinstance(item, rtcp.SenderReport):
                 self.counts["sr"] += 1
-                track = _track_of(endpoint, item.ssrc)
+                track = endpoint.find_track(item.ssrc)
                 if track is not None:
                     self._translate(track, item, now)
                 self._report_blocks(endpoint, item.reports, now)
@@ -118,10 +118,9 @@ class RtcpRouter:
             timestamp = subscription.map_timestamp(report.rtp_timestamp)
             if timestamp is None:
                 continue  # nothing forwarded yet: the receiver could not relate the times
-            stats = subscription.stats()
-            packets = int(stats.get("packets", 0))
+            packets = subscription.packets
             # Octets of payload (RFC 3550 6.4.1), from the bytes sent less the fixed headers.
-            octets = max(0, int(stats.get("bytes", 0)) - RTP_FIXED_HEADER * packets)
+            octets = max(0, subscription.bytes - RTP_FIXED_HEADER * packets)
             translated = rtcp.SenderReport(subscription.ssrc, report.ntp_timestamp, timestamp, packets, octets)
             if subscription.target.send_rtcp(bytes(translated)):
                 self.counts["sr_sent"] += 1
@@ -137,7 +136,7 @@ class RtcpRouter:
 
     def _report_blocks(self, endpoint: _forward.Endpoint, blocks: tuple[rtcp.ReportBlock, ...], now: float) -> None:
         for block in blocks:
-            subscription = _subscription_of(endpoint, block.ssrc)
+            subscription = endpoint.find_subscription(block.ssrc)
             if subscription is None:
                 self.counts["report_unknown_ssrc"] += 1
                 continue
@@ -191,7 +190,7 @@ class RtcpRouter:
     # --- retransmissions -----------------------------------------------------------------
 
     def _retransmit(self, endpoint: _forward.Endpoint, nack: rtcp.GenericNack) -> None:
-        subscription = _subscription_of(endpoint, nack.media_ssrc)
+        subscription = endpoint.find_subscription(nack.media_ssrc)
         if subscription is None:
             self.counts["nack_unknown_ssrc"] += 1
             return
@@ -208,7 +207,7 @@ class RtcpRouter:
     # --- key frames ----------------------------------------------------------------------
 
     def _key_frame_from(self, endpoint: _forward.Endpoint, ssrc: int, now: float) -> None:
-        subscription = _subscription_of(endpoint, ssrc)
+        subscription = endpoint.find_subscription(ssrc)
         if subscription is None:
             self.counts["key_frame_unknown_ssrc"] += 1
             return
@@ -233,16 +232,3 @@ class RtcpRouter:
         self.counts["key_frame_forwarded"] += 1
         return True
 
-
-def _track_of(endpoint: _forward.Endpoint, ssrc: int) -> _forward.Track | None:
-    for track in endpoint.tracks:
-        if track.ssrc == ssrc:
-            return track
-    return None
-
-
-def _subscription_of(endpoint: _forward.Endpoint, ssrc: int) -> _forward.Subscription | None:
-    for subscription in endpoint.subscriptions:
-        if subscription.ssrc == ssrc:
-            return subscription
-    return None

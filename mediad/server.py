@@ -9,9 +9,7 @@ import asyncio
 import logging
 import time
 
-import uvloop
-
-from charter import logs
+from charter import serving
 from charter.serving import Server, stop_event
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2, mediad_pb2, mediad_pb2_grpc
@@ -37,13 +35,13 @@ class LoadMeter:
 
     def __call__(self) -> pb.DaemonLoad:
         endpoints, tracks, subscriptions = self.media.counts()
-        totals = self.media.totals()
+        totals = self.media.forwarder.totals()
         now = time.monotonic()
         then, packets_in, packets_out = self._last
         elapsed = max(now - then, 1e-3)
-        rate_in = max(0, totals["packets_in"] - packets_in) / elapsed
-        rate_out = max(0, totals["packets_out"] - packets_out) / elapsed
-        self._last = (now, totals["packets_in"], totals["packets_out"])
+        rate_in = max(0, totals.packets_in - packets_in) / elapsed
+        rate_out = max(0, totals.packets_out - packets_out) / elapsed
+        self._last = (now, totals.packets_in, totals.packets_out)
         return pb.DaemonLoad(
             endpoints=endpoints,
             tracks=tracks,
@@ -118,12 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_module.from_args(args)
-    logs.setup("mediad", config.log_level, config.log_format)
-    uvloop.run(serve(config))
-    return 0
+    return serving.run("mediad", config.log_level, config.log_format, serve(config))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="charter mediad", description="Charter's media daemon: the SRTP forwarding unit")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return serving.main("charter mediad", "Charter's media daemon: the SRTP forwarding unit", add_arguments, run, argv)

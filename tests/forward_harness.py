@@ -16,7 +16,7 @@ from typing import Any
 
 import pylibsrtp
 
-from mediad._forward import Endpoint, Forwarder
+from mediad._forward import DROP_REASONS, Endpoint, Forwarder, Subscription, Track
 from rtp import receiver_session, sender_session
 
 LOCALHOST = "127.0.0.1"
@@ -125,8 +125,33 @@ class Participant:
 
 def processed(endpoint: Endpoint) -> int:
     """Datagrams the endpoint has accounted for: forwarded, consumed as RTCP or dropped."""
-    stats = endpoint.stats()
-    return int(stats["packets_in"] + stats["rtcp_in"] + sum(stats["drops"].values()))
+    counters = endpoint.counters
+    return counters.packets_in + counters.rtcp_in + sum(counters.drops)
+
+
+COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out", "rtcp_errors")
+SUBSCRIPTION_COUNTERS = (
+    "packets", "bytes", "dropped_paused", "dropped_no_remote", "dropped_stale", "send_errors",
+    "retransmitted", "retransmit_misses", "last_activity", "last_seq", "last_timestamp",
+)
+
+
+def counts(thing: Endpoint | Track | Subscription | Forwarder) -> dict[str, Any]:
+    """The typed counters of a core object as one dict, for tests that compare many at once
+    (with the reference forwarder's, or before and after)."""
+    if isinstance(thing, Subscription):
+        return {name: getattr(thing, name) for name in SUBSCRIPTION_COUNTERS}
+    if isinstance(thing, Track):
+        return {"packets": thing.packets, "bytes": thing.bytes, "last_activity": thing.last_activity,
+                "subscriptions": len(thing.subscriptions)}
+    counters = thing.totals() if isinstance(thing, Forwarder) else thing.counters
+    values: dict[str, Any] = {name: getattr(counters, name) for name in COUNTERS}
+    values["drops"] = dict(zip(DROP_REASONS, counters.drops))
+    if isinstance(thing, Endpoint):
+        values["last_activity"] = thing.last_activity
+    else:
+        values.update(endpoints=len(thing.endpoints), batches=thing.batches, batch_packets=thing.batch_packets)
+    return values
 
 
 class Harness:

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from charter.sdp import Media, MediaTrack, ParticipantSession
+from charter.sdp import Media, ParticipantSession
+from charter.tracks import Track
 
 T = TypeVar("T", bound="MediaProcess | Receiver")
 FFMPEG = shutil.which("ffmpeg")
@@ -473,7 +474,7 @@ class CharterUp:
             first = random.randrange(16384, 32767 - 400, 100)
             media_ports = f"{first}-{first + 399}"
         argv = [
-            sys.executable, "-m", "charter.cli", "up", "--daemons", "1",
+            sys.executable, "-m", "cli", "up", "--daemons", "1",
             "--controller-port", self.controller_address.rsplit(":", 1)[1],
             "--mediad-port", self.mediad_address.rsplit(":", 1)[1],
             "--ports", media_ports, "--log-format", "text", "--log-level", "warning",
@@ -509,23 +510,17 @@ class CharterUp:
         self,
         conference_id: str,
         participant_id: str,
-        tracks: Sequence[MediaTrack] = (),
+        tracks: Sequence[Track] = (),
         *,
         receive_address: tuple[str, int] | None = None,
     ) -> ParticipantSession:
         from charter.sdp import from_participant
-        from charter.v1 import controller_pb2, media_pb2
+        from charter.v1 import controller_pb2
 
         request = controller_pb2.JoinRequest(
             conference_id=conference_id,
             participant_id=participant_id,
-            tracks=[
-                media_pb2.Track(
-                    ssrc=t.ssrc, kind=media_pb2.AUDIO if t.kind == "audio" else media_pb2.VIDEO, codec=t.codec,
-                    payload_type=t.payload_type, clock_rate=t.clock_rate, channels=t.channels, name=t.name,
-                )
-                for t in tracks
-            ],
+            tracks=[t.to_proto() for t in tracks],
         )
         if receive_address is not None:
             request.receive_address.ip, request.receive_address.port = receive_address

@@ -29,7 +29,7 @@ from processes import (
 
 def charter_command() -> list[str]:
     script = shutil.which("charter")
-    return [script] if script else [sys.executable, "-m", "charter.cli"]
+    return [script] if script else [sys.executable, "-m", "cli"]
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

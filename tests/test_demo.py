@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import peers
-from charter.demo_media import StreamStats
+from cli.demo_media import StreamStats
 
 
 def test_loss_counts_gaps_across_the_sequence_wrap() -> None:
@@ -46,7 +46,7 @@ def test_timestamp_wrap_is_not_jitter() -> None:
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "charter.cli", "demo", *args],
+        [sys.executable, "-m", "cli", "demo", *args],
         capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "120"},
     )
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from forward_harness import LOCALHOST, Harness, Participant, new_key
+from forward_harness import Harness, LOCALHOST, Participant, counts, new_key
 from rtp import build_rtp, header_fields, receiver_session, sender_session, seq_diff
 
 TRACK_SSRC = 0x57AE4
@@ -85,36 +85,36 @@ def test_subscribe_pause_resume_unsubscribe_while_streaming(harness: Harness) ->
     assert sub_d not in track.subscriptions and sub_d not in d.endpoint.subscriptions
     harness.drain()
     at_unsubscribe = len(d.peer.received)
-    frozen = sub_d.stats()["packets"]
+    frozen = sub_d.packets
     grow(harness, a, 30)
 
     streamer.stop()
     harness.wait(
-        lambda: publisher.endpoint.stats()["packets_in"] == streamer.sent, "every streamed packet accepted"
+        lambda: publisher.endpoint.counters.packets_in == streamer.sent, "every streamed packet accepted"
     )
     harness.drain()
     sent = streamer.sent
     assert len(d.peer.received) == at_unsubscribe == frozen
-    assert publisher.endpoint.stats()["drops"] == dict.fromkeys(publisher.endpoint.stats()["drops"], 0)
-    assert track.stats()["packets"] == sent
+    assert counts(publisher.endpoint)["drops"] == dict.fromkeys(counts(publisher.endpoint)["drops"], 0)
+    assert track.packets == sent
 
     # a saw everything, numbered as sent.
     assert [header_fields(p)[0] for p in a.peer.plain] == [i & 0xFFFF for i in range(sent)]
-    assert sub_a.stats()["packets"] == sent
+    assert sub_a.packets == sent
     # b joined mid-stream: a contiguous tail ending with the last packet.
     b_seqs = [header_fields(p)[0] for p in b.peer.plain]
     assert contiguous(b_seqs) and b_seqs[-1] == (sent - 1) & 0xFFFF
-    assert sub_b.stats()["packets"] == len(b_seqs) < sent
+    assert sub_b.packets == len(b_seqs) < sent
     # c paused and resumed: no gap in its numbering; every packet either sent or dropped paused.
     c_plain = c.peer.plain
     assert contiguous([header_fields(p)[0] for p in c_plain])
-    assert sub_c.stats()["packets"] == len(c_plain)
-    assert sub_c.stats()["packets"] + sub_c.stats()["dropped_paused"] == sent
-    assert sub_c.stats()["dropped_paused"] > 0
+    assert sub_c.packets == len(c_plain)
+    assert sub_c.packets + sub_c.dropped_paused == sent
+    assert sub_c.dropped_paused > 0
     # d: what it got before unsubscribing, contiguous from the first packet.
     assert [header_fields(p)[0] for p in d.peer.plain] == list(range(at_unsubscribe))
     for who, sub in ((a, sub_a), (b, sub_b), (c, sub_c), (d, sub_d)):
-        assert who.endpoint.stats()["packets_out"] == len(who.peer.received) == sub.stats()["packets"]
+        assert who.endpoint.counters.packets_out == len(who.peer.received) == sub.packets
 
 
 def test_remove_track_while_streaming(harness: Harness) -> None:
@@ -131,7 +131,7 @@ def test_remove_track_while_streaming(harness: Harness) -> None:
     assert track.subscriptions == [] and a.endpoint.subscriptions == []
     harness.drain()
     at_removal = len(a.peer.received)
-    harness.wait(lambda: publisher.endpoint.stats()["drops"]["unknown_ssrc"] >= 30, "packets of the removed SSRC")
+    harness.wait(lambda: publisher.endpoint.counters.dropped("unknown_ssrc") >= 30, "packets of the removed SSRC")
     harness.drain()
     assert len(a.peer.received) == at_removal
 
@@ -141,14 +141,14 @@ def test_remove_track_while_streaming(harness: Harness) -> None:
     grow(harness, a, 20)
     streamer.stop()
     harness.wait(
-        lambda: publisher.endpoint.stats()["packets_in"] + publisher.endpoint.stats()["drops"]["unknown_ssrc"]
+        lambda: publisher.endpoint.counters.packets_in + publisher.endpoint.counters.dropped("unknown_ssrc")
         == streamer.sent,
         "every streamed packet accounted for",
     )
     harness.drain()
-    stats = publisher.endpoint.stats()
-    assert stats["packets_in"] == track.stats()["packets"] + again.stats()["packets"]
-    assert len(a.peer.plain) == a.endpoint.stats()["packets_out"] == stats["packets_in"]
+    stats = counts(publisher.endpoint)
+    assert stats["packets_in"] == track.packets + again.packets
+    assert len(a.peer.plain) == a.endpoint.counters.packets_out == stats["packets_in"]
 
 
 def test_close_endpoints_while_streaming(harness: Harness) -> None:
@@ -191,7 +191,7 @@ def test_close_endpoints_while_streaming(harness: Harness) -> None:
     other_streamer.stop()
     harness.drain()
     assert sum(1 for p in a.peer.plain if header_fields(p)[2] == 0xA) == from_publisher
-    assert other_sub_a.stats()["packets"] == sum(1 for p in a.peer.plain if header_fields(p)[2] == 0xA2)
+    assert other_sub_a.packets == sum(1 for p in a.peer.plain if header_fields(p)[2] == 0xA2)
 
     harness.forwarder.close()
     assert harness.forwarder.endpoints == []
@@ -232,7 +232,7 @@ def test_rekey(harness: Harness) -> None:
     stale = publisher.peer.protect(build_rtp(2, 0, TRACK_SSRC, b"old key"))
     fresh = sender_session(suite, publisher_rx).protect(build_rtp(3, 3000, TRACK_SSRC, b"new keys"))
     harness.deliver(publisher.peer, [stale, fresh], publisher.endpoint)
-    assert publisher.endpoint.stats()["drops"]["auth_failed"] == 1
+    assert publisher.endpoint.counters.dropped("auth_failed") == 1
     harness.wait(lambda: len(a.peer.received) == 2, "the packet under the new keys")
     out = receiver_session(suite, a_tx).unprotect(a.peer.received[1].datagram)
     assert out[12:] == b"new keys" and header_fields(out) == (3, 3000, 0xA)

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import reference_forwarder as ref
-from forward_harness import Harness, Participant, new_key
+from forward_harness import Harness, Participant, counts, new_key
 from rtp import (
     build_rtcp_receiver_report,
     build_rtp,
@@ -192,15 +192,15 @@ def test_compiled_forwarder_matches_the_reference(harness: Harness) -> None:
     rebases = {name: sum(sent.rebased for _, sent in decrypt_reference(s, name)) for name in s.subscribers}
     assert rebases == {"A": 3, "B": 3, "C": 2, "D": 1}
 
-    compare_stats(s.publisher.participant.endpoint.stats(), s.publisher.ref.stats())
+    compare_stats(counts(s.publisher.participant.endpoint), s.publisher.ref.stats())
     for name, twin in s.subscribers.items():
-        compare_stats(twin.participant.endpoint.stats(), twin.ref.stats())
-        sub, ref_sub = s.subscriptions[name].stats(), s.ref_subscriptions[name].counters
+        compare_stats(counts(twin.participant.endpoint), twin.ref.stats())
+        sub, ref_sub = counts(s.subscriptions[name]), s.ref_subscriptions[name].counters
         for key in ("packets", "bytes", "dropped_paused", "dropped_no_remote", "dropped_stale", "send_errors"):
             assert sub[key] == ref_sub[key], (name, key)
-    assert s.subscriptions["B"].stats()["dropped_stale"] == 1
-    assert s.subscriptions["C"].stats()["dropped_no_remote"] > 0
-    assert s.publisher.participant.endpoint.stats()["drops"]["unknown_ssrc"] == 2
+    assert s.subscriptions["B"].dropped_stale == 1
+    assert s.subscriptions["C"].dropped_no_remote > 0
+    assert s.publisher.participant.endpoint.counters.dropped("unknown_ssrc") == 2
 
 
 def compare_stats(core: dict[str, Any], reference: dict[str, Any]) -> None:

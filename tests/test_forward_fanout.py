@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from forward_harness import Harness, Participant
+from forward_harness import Harness, Participant, counts
 from rtp import SUITES, authenticates, build_rtp, header_fields, one_byte_extension, parse_rtp
 
 PUBLISHER_SSRC = 0x1234ABCD
@@ -85,13 +85,13 @@ def test_publisher_reaches_every_subscriber(harness: Harness, suite: str, count:
     datagrams = [p.datagram for s in subscribers for p in s.peer.received]
     assert len(set(datagrams)) == len(datagrams)
 
-    stats = publisher.endpoint.stats()
+    stats = counts(publisher.endpoint)
     assert stats["packets_in"] == len(sent)
     assert stats["bytes_in"] == sum(map(len, sent))
     assert sum(stats["drops"].values()) == 0
     for subscriber in subscribers:
-        assert subscriber.endpoint.stats()["packets_out"] == len(sent)
-        assert subscriber.endpoint.stats()["bytes_out"] == sum(len(p.datagram) for p in subscriber.peer.received)
+        assert subscriber.endpoint.counters.packets_out == len(sent)
+        assert subscriber.endpoint.counters.bytes_out == sum(len(p.datagram) for p in subscriber.peer.received)
 
 
 @pytest.mark.parametrize("publisher_suite", SUITES)
@@ -133,7 +133,7 @@ def test_two_tracks_of_one_publisher_keep_their_streams_apart(harness: Harness) 
     assert [p[12:] for p in by_ssrc[222]] == [p[12:] for p in video_packets]
     assert [header_fields(p)[:2] for p in by_ssrc[111]] == [header_fields(p)[:2] for p in audio_packets]
     assert [header_fields(p)[:2] for p in by_ssrc[222]] == [header_fields(p)[:2] for p in video_packets]
-    assert audio.stats()["packets"] == 6 and video.stats()["packets"] == 6
+    assert audio.packets == 6 and video.packets == 6
 
 
 def test_subscribers_of_several_publishers(harness: Harness) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from forward_harness import Harness, new_key
+from forward_harness import Harness, counts, new_key
 from mediad._forward import DROP_REASONS
 from rtp import (
     SRTCP_TRAILER_LENGTHS,
@@ -155,7 +155,7 @@ def test_bad_datagram_is_dropped_and_counted(harness: Harness, suite: str, case:
     harness.deliver(peer, [build(scene)], scene.publisher.endpoint)
     harness.deliver(peer, [scene.good()], scene.publisher.endpoint)
 
-    stats = scene.publisher.endpoint.stats()
+    stats = counts(scene.publisher.endpoint)
     assert stats["drops"] == expected_drops(reason, 3)
     assert stats["packets_in"] == 4
     assert stats["rtcp_in"] == 0
@@ -163,10 +163,10 @@ def test_bad_datagram_is_dropped_and_counted(harness: Harness, suite: str, case:
     plain = scene.subscriber.peer.plain
     assert [p[12:] for p in plain] == scene.good_payloads
     assert [header_fields(p)[2] for p in plain] == [OUT_SSRC] * 4
-    assert scene.track.stats()["packets"] == 4
-    assert scene.subscription.stats()["packets"] == 4
+    assert scene.track.packets == 4
+    assert scene.subscription.packets == 4
     # Nothing was forwarded to or counted at the subscriber's endpoint as input.
-    assert scene.subscriber.endpoint.stats()["packets_in"] == 0
+    assert scene.subscriber.endpoint.counters.packets_in == 0
 
 
 def test_largest_accepted_datagram_is_forwarded(harness: Harness) -> None:
@@ -176,7 +176,7 @@ def test_largest_accepted_datagram_is_forwarded(harness: Harness) -> None:
     harness.deliver(scene.publisher.peer, [datagram], scene.publisher.endpoint)
     harness.wait(lambda: len(scene.subscriber.peer.received) == 1, "the 2048-byte packet forwarded")
     assert scene.subscriber.peer.plain[0][12:] == b"m" * (2048 - 12 - scene.tag)
-    assert scene.publisher.endpoint.stats()["drops"] == expected_drops("oversize", 0)
+    assert counts(scene.publisher.endpoint)["drops"] == expected_drops("oversize", 0)
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -185,7 +185,7 @@ def test_authenticated_rtcp_is_counted_not_forwarded(harness: Harness, suite: st
     peer = scene.publisher.peer
     report = peer.protect_rtcp(build_rtcp_receiver_report(TRACK_SSRC))
     harness.deliver(peer, [scene.good(), report, scene.good(), report], scene.publisher.endpoint)
-    stats = scene.publisher.endpoint.stats()
+    stats = counts(scene.publisher.endpoint)
     assert stats["rtcp_in"] == 1
     assert stats["drops"] == expected_drops("replayed", 1)
     harness.wait(lambda: len(scene.subscriber.peer.received) == 2, "the RTP packets forwarded")
@@ -206,8 +206,8 @@ def test_flood_of_garbage_does_not_stall_other_endpoints(harness: Harness) -> No
         "every good packet at both subscribers",
     )
     harness.settle(victim.publisher.endpoint, 510)
-    assert victim.publisher.endpoint.stats()["packets_in"] == 10
-    assert sum(bystander.publisher.endpoint.stats()["drops"].values()) == 0
+    assert victim.publisher.endpoint.counters.packets_in == 10
+    assert sum(counts(bystander.publisher.endpoint)["drops"].values()) == 0
 
 
 # --- latching --------------------------------------------------------------------------------
@@ -224,19 +224,19 @@ def test_latching_follows_authenticated_packets_only(harness: Harness) -> None:
     seq = iter(range(100, 10000))
 
     def forward(count: int) -> None:
-        publisher_before = publisher.endpoint.stats()["packets_in"]
+        publisher_before = publisher.endpoint.counters.packets_in
         for _ in range(count):
             publisher.peer.send(build_rtp(next(seq), 0, TRACK_SSRC, b"media"))
         harness.wait(
-            lambda: publisher.endpoint.stats()["packets_in"] == publisher_before + count,
+            lambda: publisher.endpoint.counters.packets_in == publisher_before + count,
             f"{count} packets accepted from the publisher",
         )
         harness.drain()
 
     # Before any authenticated packet: nowhere to send.
     forward(3)
-    assert subscription.stats()["dropped_no_remote"] == 3
-    assert subscription.stats()["packets"] == 0
+    assert subscription.dropped_no_remote == 3
+    assert subscription.packets == 0
 
     attacker = harness.extra_peer(latcher, send_key=new_key(latcher.rx_suite))
     genuine = harness.extra_peer(latcher)
@@ -255,7 +255,7 @@ def test_latching_follows_authenticated_packets_only(harness: Harness) -> None:
     harness.deliver(attacker, bad, latcher.endpoint)
     assert latcher.endpoint.remote is None
     forward(1)
-    assert subscription.stats()["dropped_no_remote"] == 4
+    assert subscription.dropped_no_remote == 4
 
     # The first authenticated packet latches.
     accepted = genuine.protect(own(next(own_seq)))
@@ -269,7 +269,7 @@ def test_latching_follows_authenticated_packets_only(harness: Harness) -> None:
 
     # Neither a forgery nor a replay of the accepted packet from elsewhere moves it.
     harness.deliver(attacker, [attacker.protect(own(next(own_seq))), accepted], latcher.endpoint)
-    assert latcher.endpoint.stats()["drops"]["replayed"] == 1
+    assert latcher.endpoint.counters.dropped("replayed") == 1
     assert latcher.endpoint.remote == genuine.address
     forward(1)
     assert len(genuine.received) == 3 and len(attacker.received) == 0
@@ -285,7 +285,7 @@ def test_latching_follows_authenticated_packets_only(harness: Harness) -> None:
     forward(1)
     assert len(genuine.received) == 4 and len(rebound.received) == 1
     assert [len(p) for p in genuine.plain] == [len(p) for p in rebound.plain] * 4
-    stats = latcher.endpoint.stats()
+    stats = counts(latcher.endpoint)
     assert stats["packets_in"] == 2 and stats["rtcp_in"] == 1
     assert stats["drops"]["auth_failed"] == 4 and stats["drops"]["unknown_ssrc"] == 1
 
@@ -305,7 +305,7 @@ def test_fixed_remote_never_changes(harness: Harness) -> None:
         [other.protect(build_rtp(1, 0, 0xF1, b"x")), other.protect_rtcp(build_rtcp_receiver_report(0xF1))],
         fixed.endpoint,
     )
-    assert fixed.endpoint.stats()["packets_in"] == 1 and fixed.endpoint.stats()["rtcp_in"] == 1
+    assert fixed.endpoint.counters.packets_in == 1 and fixed.endpoint.counters.rtcp_in == 1
     assert fixed.endpoint.remote == fixed.peer.address
     publisher.peer.send(build_rtp(50, 0, TRACK_SSRC, b"y"))
     harness.wait(lambda: len(fixed.peer.received) == 1, "the packet at the fixed remote")
@@ -331,7 +331,7 @@ def test_authenticated_packet_with_bad_padding_is_accounted_once(harness: Harnes
     plain[-1] = padding_byte  # padding count 0, or past the payload
     bad = scene.publisher.peer.protect(bytes(plain))
     harness.deliver(scene.publisher.peer, [scene.good(), bad, scene.good()], scene.publisher.endpoint)
-    stats = scene.publisher.endpoint.stats()
+    stats = counts(scene.publisher.endpoint)
     assert stats["packets_in"] + stats["drops"]["malformed"] == 3
     assert sum(stats["drops"].values()) == stats["drops"]["malformed"]
     harness.wait(lambda: len(scene.subscriber.peer.received) == stats["packets_in"], "the forwarded packets")

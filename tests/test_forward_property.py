@@ -8,7 +8,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forward_harness import Harness, processed
+from forward_harness import Harness, counts, processed
 from rtp import SUITES, build_rtcp_receiver_report, build_rtp, header_fields, one_byte_extension
 
 TRACK_SSRC = 0x5EED
@@ -84,7 +84,7 @@ def run_property(harness: Harness) -> None:
         publisher = publishers[suite]
         endpoint, peer = publisher.endpoint, publisher.peer
         before = processed(endpoint)
-        packets_in_before = endpoint.stats()["packets_in"]
+        packets_in_before = endpoint.counters.packets_in
         valid = 0
         for source in sources:
             kind = source[0]
@@ -108,7 +108,7 @@ def run_property(harness: Harness) -> None:
         harness.settle(endpoint, before + len(sources))
         # Each valid packet got through, whatever hostile datagrams came before it (a mutation
         # that undoes itself yields one more).
-        assert endpoint.stats()["packets_in"] - packets_in_before >= valid
+        assert endpoint.counters.packets_in - packets_in_before >= valid
         # Valid packets still flow afterwards.
         final = next_packet({"payload": b"still flowing"})
         peer.send(final)
@@ -124,7 +124,7 @@ def run_property(harness: Harness) -> None:
         harness.check_errors()
 
     check()
-    total = harness.forwarder.stats()
+    total = counts(harness.forwarder)
     assert total["packets_in"] + total["rtcp_in"] + sum(total["drops"].values()) == state["sent"]
     # Everything the subscriber got decrypts with its key: nothing forged got through.
-    assert len(subscriber.peer.plain) == subscriber.endpoint.stats()["packets_out"]
+    assert len(subscriber.peer.plain) == subscriber.endpoint.counters.packets_out

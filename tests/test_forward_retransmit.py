@@ -8,7 +8,7 @@ from __future__ import annotations
 import pylibsrtp
 import pytest
 
-from forward_harness import Harness, Participant
+from forward_harness import Harness, Participant, counts
 from mediad._forward import Subscription, Track
 from rtp import build_rtp, header_fields, receiver_session
 
@@ -46,10 +46,10 @@ def test_a_nacked_packet_comes_again_identical_and_protected_afresh(harness: Har
     assert decrypt_as_if_lost(viewer, again.datagram) == first  # same seq, timestamp, SSRC, payload
     with pytest.raises(pylibsrtp.Error):
         decrypt_as_if_lost(other, again.datagram)  # protected with the viewer's key only
-    stats = sub.stats()
+    stats = counts(sub)
     assert (stats["retransmitted"], stats["retransmit_misses"]) == (1, 0)
-    assert other_sub.stats()["retransmitted"] == 0
-    assert viewer.endpoint.stats()["packets_out"] == 4
+    assert other_sub.retransmitted == 0
+    assert viewer.endpoint.counters.packets_out == 4
 
 
 def test_packets_not_in_the_cache_are_misses(harness: Harness) -> None:
@@ -60,7 +60,7 @@ def test_packets_not_in_the_cache_are_misses(harness: Harness) -> None:
     assert not sub.retransmit(out[0])  # evicted: 4 slots, 10 packets
     assert not sub.retransmit((out[-1] + 1) & 0xFFFF)  # not sent yet
     assert sub.retransmit(out[-1])
-    assert sub.stats()["retransmit_misses"] == 2
+    assert sub.retransmit_misses == 2
     with pytest.raises(ValueError):
         sub.retransmit(70000)
 
@@ -70,7 +70,7 @@ def test_a_track_without_a_cache_answers_nothing(harness: Harness) -> None:
     send(harness, publisher, viewer, [1, 2])
     assert track.cache_packets == 0
     assert not sub.retransmit(header_fields(viewer.peer.plain[0])[0])
-    assert sub.stats()["retransmit_misses"] == 1
+    assert sub.retransmit_misses == 1
 
 
 def test_after_a_restart_only_the_new_mapping_is_answered(harness: Harness) -> None:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import pytest
 
 import reference_forwarder
-from forward_harness import Harness, Participant
+from forward_harness import Harness, Participant, counts
 from mediad import _forward
 from rtp import build_rtp, header_fields, ts_diff
 
@@ -200,11 +200,11 @@ def setup_pair(harness: Harness, ssrc: int = 0x0A0A0A0A) -> tuple[Participant, P
 
 
 def send_all(harness: Harness, publisher: Participant, packets: list[bytes]) -> None:
-    before = publisher.endpoint.stats()["packets_in"]
+    before = publisher.endpoint.counters.packets_in
     for packet in packets:
         publisher.peer.send(packet)
     harness.wait(
-        lambda: publisher.endpoint.stats()["packets_in"] == before + len(packets),
+        lambda: publisher.endpoint.counters.packets_in == before + len(packets),
         f"{len(packets)} packets accepted",
     )
     harness.drain()
@@ -226,7 +226,7 @@ def test_wrap_around_end_to_end(harness: Harness) -> None:
     send_all(harness, publisher, packets)
     assert out_headers(subscriber) == [(s, t, 0x5B5B5B5B) for s, t in zip(seqs, stamps)]
     assert [p[12:] for p in subscriber.peer.plain] == [p[12:] for p in packets]
-    stats = subscription.stats()
+    stats = counts(subscription)
     assert (stats["last_seq"], stats["last_timestamp"]) == (seqs[-1], stamps[-1])
 
 
@@ -235,7 +235,7 @@ def test_gap_and_reordering_end_to_end(harness: Harness) -> None:
     order = [10, 11, 12, 20, 21, 30, 32, 31, 33]
     send_all(harness, publisher, [build_rtp(s, 160 * s, 0x0A0A0A0A, b"%d" % s) for s in order])
     assert out_headers(subscriber) == [(s, 160 * s, 0x5B5B5B5B) for s in order]
-    assert subscription.stats()["last_seq"] == 33
+    assert subscription.last_seq == 33
 
 
 def test_restart_beyond_max_dropout_end_to_end(harness: Harness) -> None:
@@ -269,7 +269,7 @@ def test_publisher_ssrc_change_end_to_end(harness: Harness) -> None:
     # The old SSRC is no longer a track of the endpoint.
     late = publisher.peer.send(build_rtp(205, 0, 0x0A0A0A0A, b"old"))
     harness.settle(publisher.endpoint, 6)
-    assert publisher.endpoint.stats()["drops"]["unknown_ssrc"] == 1
+    assert publisher.endpoint.counters.dropped("unknown_ssrc") == 1
     assert len(late) > 0
     pause_for(harness, 0.02)
     new = [build_rtp(s, 55555 + 3000 * (s - 9), 0x0B0B0B0B, b"new %d" % s) for s in (9, 10, 11, 13, 12)]
@@ -281,7 +281,7 @@ def test_publisher_ssrc_change_end_to_end(harness: Harness) -> None:
     check_rebase_advance(headers[4][1], headers[5][1], before, after, 90000)
     assert [ts_diff(h[1], headers[5][1]) for h in headers[5:]] == [0, 3000, 6000, 12000, 9000]
     assert [p[12:] for p in subscriber.peer.plain[5:]] == [p[12:] for p in new]
-    assert subscription.stats()["dropped_stale"] == 0
+    assert subscription.dropped_stale == 0
 
 
 def test_pause_resume_end_to_end(harness: Harness) -> None:
@@ -295,7 +295,7 @@ def test_pause_resume_end_to_end(harness: Harness) -> None:
     # 9 is held back, to arrive late after the resume.
     send_all(harness, publisher, [build_rtp(s, 3000 * s, 0x0A0A0A0A, b"paused") for s in (6, 7, 8, 10)])
     assert len(subscriber.peer.received) == 5
-    assert subscription.stats()["dropped_paused"] == 4
+    assert subscription.dropped_paused == 4
     pause_for(harness, 0.02)
     subscription.resume()
     assert not subscription.paused
@@ -311,5 +311,5 @@ def test_pause_resume_end_to_end(harness: Harness) -> None:
     # A packet from before the resume (never sent yet, so not a replay) predates the new mapping.
     send_all(harness, publisher, [build_rtp(9, 3000 * 9, 0x0A0A0A0A, b"late")])
     assert len(subscriber.peer.received) == 9
-    assert subscription.stats()["dropped_stale"] == 1
+    assert subscription.dropped_stale == 1
     assert out_headers(witness)[-1][0] == 9

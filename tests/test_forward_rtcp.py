@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from forward_harness import Harness
+from forward_harness import Harness, counts
 from mediad._forward import Endpoint
 from rtp import build_rtcp_receiver_report, build_rtp
 
@@ -22,7 +22,7 @@ def test_authenticated_rtcp_reaches_the_handler_decrypted(harness: Harness) -> N
     harness.deliver(a.peer, [bytes(forged), good], a.endpoint)
 
     assert seen == [(a.endpoint, report)]
-    stats = a.endpoint.stats()
+    stats = counts(a.endpoint)
     assert (stats["rtcp_in"], stats["drops"]["auth_failed"], stats["rtcp_errors"]) == (1, 1, 0)
 
 
@@ -39,7 +39,7 @@ def test_a_failing_handler_is_counted_and_media_keeps_flowing(harness: Harness) 
     publisher.peer.send(build_rtp(1, 90, 5, b"after"))
     harness.wait(lambda: len(a.peer.received) == 1, "media after the failed handler")
 
-    assert publisher.endpoint.stats()["rtcp_errors"] == 1
+    assert publisher.endpoint.counters.rtcp_errors == 1
     assert [str(e.get("exception")) for e in reported] == ["handler bug"]
 
 
@@ -50,7 +50,7 @@ def test_send_rtcp_protects_with_the_outbound_key(harness: Harness) -> None:
     harness.wait(lambda: a.peer.drain() > 0 or bool(a.peer.received), "the RTCP packet")
 
     assert a.peer.rx.unprotect_rtcp(a.peer.received[0].datagram) == pli
-    assert a.endpoint.stats()["rtcp_out"] == 1
+    assert a.endpoint.counters.rtcp_out == 1
     with pytest.raises(ValueError):
         a.endpoint.send_rtcp(b"\x81")
 
@@ -58,7 +58,7 @@ def test_send_rtcp_protects_with_the_outbound_key(harness: Harness) -> None:
 def test_send_rtcp_without_a_remote_sends_nothing(harness: Harness) -> None:
     a = harness.participant(latching=True)
     assert not a.endpoint.send_rtcp(build_rtcp_receiver_report(1))
-    assert a.endpoint.stats()["rtcp_out"] == 0
+    assert a.endpoint.counters.rtcp_out == 0
 
 
 def test_map_timestamp_follows_the_subscription_offset(harness: Harness) -> None:
@@ -91,7 +91,7 @@ def test_a_handler_removing_the_track_mid_batch_is_safe(harness: Harness) -> Non
     publisher.peer.send(build_rtp(2, 180, 5, b"after"))
     harness.settle(publisher.endpoint, 3)
 
-    stats = publisher.endpoint.stats()
+    stats = counts(publisher.endpoint)
     assert (stats["packets_in"], stats["rtcp_in"], stats["drops"]["unknown_ssrc"]) == (1, 1, 1)
     assert publisher.endpoint.tracks == [] and a.endpoint.subscriptions == []
-    assert a.endpoint.stats()["packets_out"] == 0
+    assert a.endpoint.counters.packets_out == 0

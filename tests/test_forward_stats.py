@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from forward_harness import Harness
+from forward_harness import Harness, counts
 from mediad._forward import DROP_REASONS
 from rtp import build_rtcp_receiver_report, build_rtp, header_fields
 
@@ -41,19 +41,19 @@ def test_stats_have_the_documented_keys_and_start_at_zero(harness: Harness) -> N
     assert publisher.endpoint.tracks == [track] and a.endpoint.subscriptions == [sub]
 
     for endpoint in (publisher.endpoint, a.endpoint):
-        stats = endpoint.stats()
+        stats = counts(endpoint)
         assert ENDPOINT_KEYS <= stats.keys()
         assert set(stats["drops"]) == set(DROP_REASONS)
         assert all(stats[key] == 0 for key in TOTAL_KEYS)
         assert sum(stats["drops"].values()) == 0
         assert stats["last_activity"] == 0.0
-    stats = track.stats()
+    stats = counts(track)
     assert TRACK_KEYS <= stats.keys()
     assert (stats["packets"], stats["bytes"], stats["last_activity"], stats["subscriptions"]) == (0, 0, 0.0, 1)
-    stats = sub.stats()
+    stats = counts(sub)
     assert SUBSCRIPTION_KEYS <= stats.keys()
     assert all(stats[k] == 0 for k in SUBSCRIPTION_KEYS - {"last_seq", "last_timestamp"})
-    totals = harness.forwarder.stats()
+    totals = counts(harness.forwarder)
     assert all(totals[key] == 0 for key in TOTAL_KEYS)
     assert totals["drops"] == dict.fromkeys(DROP_REASONS, 0)
 
@@ -80,7 +80,7 @@ def test_counts_after_traffic(harness: Harness) -> None:
     harness.wait(lambda: len(a.peer.received) == 1, "the last packet at a")
     after = time.monotonic()
 
-    stats = publisher.endpoint.stats()
+    stats = counts(publisher.endpoint)
     assert stats["packets_in"] == 7
     assert stats["bytes_in"] == sum(map(len, packets)) + len(last)
     assert stats["rtcp_in"] == 1
@@ -88,24 +88,24 @@ def test_counts_after_traffic(harness: Harness) -> None:
     assert stats["packets_out"] == 0 and stats["bytes_out"] == 0
     assert before <= stats["last_activity"] <= after
 
-    stats = track.stats()
+    stats = counts(track)
     assert (stats["packets"], stats["bytes"], stats["subscriptions"]) == (7, sum(map(len, packets)) + len(last), 2)
     assert before <= stats["last_activity"] <= after
 
     # a was paused for the first six, then got the last one.
-    stats = sub_a.stats()
+    stats = counts(sub_a)
     assert (stats["packets"], stats["dropped_paused"], stats["dropped_no_remote"]) == (1, 6, 0)
-    assert stats["bytes"] == len(a.peer.received[0].datagram) == a.endpoint.stats()["bytes_out"]
+    assert stats["bytes"] == len(a.peer.received[0].datagram) == a.endpoint.counters.bytes_out
     assert (stats["last_seq"], stats["last_timestamp"]) == header_fields(a.peer.plain[0])[:2]
     assert before <= stats["last_activity"] <= after
-    assert a.endpoint.stats()["packets_out"] == 1
+    assert a.endpoint.counters.packets_out == 1
     # b has no remote: nothing sent, everything counted.
-    stats = sub_b.stats()
+    stats = counts(sub_b)
     assert (stats["packets"], stats["bytes"], stats["dropped_no_remote"], stats["send_errors"]) == (0, 0, 7, 0)
-    assert b.endpoint.stats()["packets_out"] == 0 and len(b.peer.received) == 0
+    assert b.endpoint.counters.packets_out == 0 and len(b.peer.received) == 0
 
-    totals = harness.forwarder.stats()
-    endpoints = [e.stats() for e in harness.forwarder.endpoints]
+    totals = counts(harness.forwarder)
+    endpoints = [counts(e) for e in harness.forwarder.endpoints]
     assert len(endpoints) == 3
     for key in TOTAL_KEYS:
         assert totals[key] == sum(e[key] for e in endpoints), key
@@ -124,12 +124,12 @@ def test_forwarder_totals_keep_what_closed_endpoints_did(harness: Harness) -> No
     harness.deliver(publisher.peer, [b"\x00\x01"], publisher.endpoint)
     harness.wait(lambda: len(a.peer.received) == 3, "three packets at a")
     assert a.endpoint.send_rtcp(build_rtcp_receiver_report(7))
-    before = harness.forwarder.stats()
+    before = counts(harness.forwarder)
 
     publisher.endpoint.close()
     a.endpoint.close()
 
-    after = harness.forwarder.stats()
+    after = counts(harness.forwarder)
     assert after["endpoints"] == before["endpoints"] - 2
     assert (after["packets_in"], after["packets_out"], after["rtcp_out"], after["drops"]["stun"]) == (3, 3, 1, 1)
     for key in TOTAL_KEYS:

@@ -10,7 +10,7 @@ import pytest
 
 import peers
 from charter import sdp
-from charter.sdp import MediaTrack
+from charter.tracks import Track
 
 pytestmark = [
     pytest.mark.peers,
@@ -47,7 +47,7 @@ def test_four_participants_all_to_all_for_20_seconds(charter: peers.CharterUp, t
     charter.create_conference(conference)
     ssrcs = peers.random_ssrcs()
     for participant, codec, payload_type, _ in PARTICIPANTS:
-        track = MediaTrack("video", codec, payload_type, 90000, next(ssrcs), name="camera")
+        track = Track(next(ssrcs), "video", codec, payload_type, 90000, name="camera")
         charter.join(conference, participant, [track], receive_address=("127.0.0.1", peers.free_udp_port()))
     # Everyone's subscriptions as they are once all have joined.
     sessions = {p: charter.session(conference, p) for p, *_ in PARTICIPANTS}
@@ -59,7 +59,7 @@ def test_four_participants_all_to_all_for_20_seconds(charter: peers.CharterUp, t
             (name, publisher): receivers[name].frames(track.ssrc)
             for name, session in sessions.items()
             for publisher, *_ in PARTICIPANTS
-            for track in sdp.received_from(session, publisher)
+            for track in session.received_from(publisher)
         }
 
     with peers.Running() as running:

@@ -16,7 +16,7 @@ import pytest
 
 import peers
 from charter import sdp
-from charter.sdp import MediaTrack
+from charter.tracks import Track
 
 pytestmark = [
     pytest.mark.peers,
@@ -28,9 +28,9 @@ LOCALHOST = "127.0.0.1"
 FRAMES = {"video": 90, "audio": 150}
 ENOUGH = 0.90
 TRACKS = {
-    "VP8": MediaTrack("video", "VP8", 96, 90000, 0x1234_5678, name="camera"),
-    "H264": MediaTrack("video", "H264", 97, 90000, 0x9ABC_DEF0, name="camera"),
-    "opus": MediaTrack("audio", "opus", 111, 48000, 0x0F0F_0F0F, channels=2, name="microphone"),
+    "VP8": Track(0x1234_5678, "video", "VP8", 96, 90000, name="camera"),
+    "H264": Track(0x9ABC_DEF0, "video", "H264", 97, 90000, name="camera"),
+    "opus": Track(0x0F0F_0F0F, "audio", "opus", 111, 48000, channels=2, name="microphone"),
 }
 
 
@@ -47,7 +47,7 @@ def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[peers.CharterU
 def charter_sdp(charter: peers.CharterUp, conference: str, participant: str, *extra: str) -> str:
     """The SDP as `charter sdp` prints it (the command line a user runs)."""
     result = subprocess.run(
-        [sys.executable, "-m", "charter.cli", "sdp", conference, participant, "--controller", charter.controller_address, *extra],
+        [sys.executable, "-m", "cli", "sdp", conference, participant, "--controller", charter.controller_address, *extra],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -120,12 +120,12 @@ def test_wrong_keys_decode_nothing_and_are_counted(charter: peers.CharterUp, tmp
     bob = charter.session(conference, "bob")
 
     mallory_stream = peers.Stream.from_media(sdp.parse(sdp.render(mallory, direction=sdp.RECV_ONLY)).media[0])
-    trudy_from_alice = sdp.received_from(trudy, "alice")[0].ssrc
+    trudy_from_alice = trudy.received_from("alice")[0].ssrc
     wrong_key = base64.b64encode(os.urandom(30)).decode()
     trudy_sdp = sdp.render(trudy, ssrc=trudy_from_alice).replace(trudy.receive_key, wrong_key)
     bob_streams = [peers.Stream.from_media(m) for m in sdp.parse(sdp.render(bob)).media]
-    from_alice = sdp.received_from(bob, "alice")[0].ssrc
-    from_mallory = sdp.received_from(bob, "mallory")[0].ssrc
+    from_alice = bob.received_from("alice")[0].ssrc
+    from_mallory = bob.received_from("mallory")[0].ssrc
     with peers.Running() as running:
         mallory_gst = running.add(peers.GstReceiver("mallory-gst", [mallory_stream.with_key(os.urandom(30))], tmp_path))
         trudy_ffmpeg = running.add(peers.FfmpegReceiver("trudy-ffmpeg", trudy_sdp, tmp_path))

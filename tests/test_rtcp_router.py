@@ -9,7 +9,7 @@ import time
 import pylibsrtp
 import pytest
 
-from forward_harness import Harness, Participant, Peer
+from forward_harness import Harness, Participant, Peer, counts
 from mediad import rtcp
 from mediad._forward import Subscription
 from mediad.rtcp_router import KEY_FRAME_INTERVAL, MAX_RETRANSMISSIONS_PER_NACK, RtcpRouter
@@ -75,7 +75,7 @@ def test_sender_report_is_translated_for_the_subscription(conference: Conference
     out_ts = conference.forward_one(timestamp=5000)
     report = conference.sender_report(5000 + 900)
 
-    stats = conference.subscription.stats()
+    stats = counts(conference.subscription)
     assert (report.ssrc, report.ntp_timestamp, report.rtp_timestamp) == (SUB_SSRC, NTP, (out_ts + 900) & 0xFFFFFFFF)
     assert report.packet_count == stats["packets"] == 1
     assert report.octet_count == stats["bytes"] - 12
@@ -177,7 +177,7 @@ def test_malformed_and_unrouted_rtcp_is_counted_without_errors(conference: Confe
 
     assert (router.counts["malformed"], router.counts["nack"], router.counts["bye"]) == (2, 1, 1)
     assert router.figures(conference.subscription) is not None
-    assert conference.subscriber.endpoint.stats()["rtcp_errors"] == 0
+    assert conference.subscriber.endpoint.counters.rtcp_errors == 0
     assert not rtcp_received(conference.publisher.peer)
 
 
@@ -200,7 +200,7 @@ def test_nack_is_answered_from_the_cache(conference: Conference) -> None:
     again = receiver_session(peer.recv_suite, peer.recv_key).unprotect(peer.received[-1].datagram)
     assert again == sent[1]
     assert (router.counts["retransmitted"], router.counts["retransmit_missed"]) == (1, 1)
-    assert subscription.stats()["retransmitted"] == 1
+    assert subscription.retransmitted == 1
     assert not rtcp_received(conference.publisher.peer)  # answered here, not sent on
 
 

@@ -8,12 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from charter import sdp
-from charter.sdp import MediaTrack, ParticipantSession
+from charter.sdp import ParticipantSession
+from charter.subscriptions import Subscription
+from charter.tracks import Track
 
 SEND_KEY = base64.b64encode(bytes(range(30))).decode()
 RECEIVE_KEY = base64.b64encode(bytes(range(100, 130))).decode()
-VP8 = MediaTrack("video", "VP8", 96, 90000, 1111, name="camera")
-OPUS = MediaTrack("audio", "opus", 111, 48000, 2222, channels=2, name="microphone")
+VP8 = Track(1111, "video", "VP8", 96, 90000, name="camera")
+OPUS = Track(2222, "audio", "opus", 111, 48000, channels=2, name="microphone")
 
 
 def session(**changes: object) -> ParticipantSession:
@@ -26,8 +28,8 @@ def session(**changes: object) -> ParticipantSession:
         receive_key=RECEIVE_KEY,
         published=(VP8, OPUS),
         received=(
-            MediaTrack("video", "H264", 97, 90000, 3333, publisher_id="bob"),
-            MediaTrack("audio", "opus", 111, 48000, 4444, channels=2, publisher_id="bob"),
+            Subscription("bob", Track(33, "video", "H264", 97, 90000), 3333),
+            Subscription("bob", Track(44, "audio", "opus", 111, 48000, channels=2), 4444),
         ),
         receive_address=("127.0.0.1", 40000),
     )
@@ -77,9 +79,9 @@ def test_received_tracks_name_their_publisher_as_cname() -> None:
 
 
 def test_opus_is_always_two_channels_as_rfc_7587_says() -> None:
-    mono = MediaTrack("audio", "opus", 111, 48000, 5, channels=1)
-    assert mono.rtpmap == "111 opus/48000/2"
-    assert MediaTrack("audio", "PCMU", 0, 8000, 6).rtpmap == "0 PCMU/8000"
+    mono = Track(5, "audio", "opus", 111, 48000, channels=1)
+    assert sdp.rtpmap(mono) == "111 opus/48000/2"
+    assert sdp.rtpmap(Track(6, "audio", "PCMU", 0, 8000)) == "0 PCMU/8000"
 
 
 def test_latching_participant_receives_where_it_sends() -> None:
@@ -122,9 +124,9 @@ def test_rendering_is_deterministic() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"send_key": "not base64!"}, "send key is not base64"),
-        ({"receive_key": base64.b64encode(b"short").decode()}, "must be 30 bytes, got 5"),
-        ({"suite": "AEAD_AES_128_GCM"}, "must be 28 bytes, got 30"),
+        ({"send_key": "not base64!"}, "send key: is not base64"),
+        ({"receive_key": base64.b64encode(b"short").decode()}, "receive key: is 5 bytes; AES_CM_128_HMAC_SHA1_80 needs 30"),
+        ({"suite": "AEAD_AES_128_GCM"}, "send key: is 30 bytes; AEAD_AES_128_GCM needs 28"),
         ({"suite": "NULL"}, "unknown SRTP suite 'NULL'"),
         ({"media_address": ("daemon.example", 20000)}, "media address must be an IP address"),
         ({"receive_address": ("127.0.0.1", 0)}, "receive address port must be 1-65535"),
@@ -139,19 +141,19 @@ def test_bad_sessions_are_refused_with_what_to_fix(changes: dict[str, object], m
 @pytest.mark.parametrize(
     ("track", "message"),
     [
-        (dict(kind="text"), "kind must be 'audio' or 'video'"),
-        (dict(codec="VP8/90000"), "rtpmap encoding name"),
-        (dict(payload_type=128), "payload type must be 0-127"),
-        (dict(clock_rate=0), "clock rate must be positive"),
-        (dict(ssrc=0), "SSRC must be 1 to 2"),
-        (dict(ssrc=1 << 32), "SSRC must be 1 to 2"),
+        (dict(kind="text"), "kind: is required: AUDIO or VIDEO"),
+        (dict(codec="VP8/90000"), "codec: 'VP8/90000' is not a codec name"),
+        (dict(payload_type=128), "payload_type: is 128; RTP payload types are 0-127"),
+        (dict(clock_rate=0), "clock_rate: is required"),
+        (dict(ssrc=0), "ssrc: is required: the non-zero 32-bit RTP SSRC"),
+        (dict(ssrc=1 << 32), "ssrc: is required: the non-zero 32-bit RTP SSRC"),
     ],
 )
 def test_bad_tracks_are_refused(track: dict[str, object], message: str) -> None:
     fields: dict[str, object] = dict(kind="video", codec="VP8", payload_type=96, clock_rate=90000, ssrc=1)
     fields.update(track)
     with pytest.raises(ValueError, match=message):
-        MediaTrack(**fields)  # type: ignore[arg-type]
+        Track(**fields)  # type: ignore[arg-type]
 
 
 # What ffmpeg 5.1 writes for an SRTP stream it sends (`-f rtp ... srtp://`).
@@ -222,15 +224,15 @@ def test_from_the_controllers_participant_message() -> None:
     )
     converted = sdp.from_participant(participant)
     assert converted.published == (VP8,)
-    assert converted.received == (MediaTrack("audio", "opus", 111, 48000, 4444, channels=2, publisher_id="bob"),)
+    assert converted.received == (Subscription("bob", Track(77, "audio", "opus", 111, 48000, channels=2), 4444),)
     assert converted.receive_address == ("127.0.0.1", 40000)
-    assert sdp.received_from(converted, "bob")[0].ssrc == 4444
+    assert converted.received_from("bob")[0].ssrc == 4444
     participant.ClearField("receive_address")
     assert sdp.from_participant(participant).receive_address is None
 
 
 tracks = st.builds(
-    MediaTrack,
+    Track,
     kind=st.sampled_from(["audio", "video"]),
     codec=st.sampled_from(["VP8", "H264", "opus", "PCMU"]),
     payload_type=st.integers(0, 127),
@@ -241,10 +243,10 @@ tracks = st.builds(
 
 
 @given(st.lists(tracks, max_size=6, unique_by=lambda t: t.ssrc), st.integers(0, 6), st.integers(1, 65535))
-def test_every_track_reads_back(all_tracks: list[MediaTrack], split: int, port: int) -> None:
+def test_every_track_reads_back(all_tracks: list[Track], split: int, port: int) -> None:
     described = session(
         published=tuple(all_tracks[:split]),
-        received=tuple(all_tracks[split:]),
+        received=tuple(Subscription("bob", t, t.ssrc) for t in all_tracks[split:]),
         media_address=("10.0.0.1", port),
     )
     media = sdp.parse(sdp.render(described)).media

@@ -17,11 +17,11 @@ class Command:
 
 
 COMMANDS = [
-    Command("up", "run the controller and N media daemons on this machine until Ctrl-C", "charter.up"),
+    Command("up", "run the controller and N media daemons on this machine until Ctrl-C", "cli.up"),
     Command("controller", "run the controller (the gRPC API of conferences)", "controller.server"),
     Command("mediad", "run a media daemon (the SRTP forwarding unit)", "mediad.server"),
-    Command("demo", "start Charter, run a conference of N participants with live statistics, stop", "charter.demo"),
-    Command("sdp", "print a participant's media session as SDP (for ffmpeg, GStreamer, SIP)", "charter.sdp_command"),
+    Command("demo", "start Charter, run a conference of N participants with live statistics, stop", "cli.demo"),
+    Command("sdp", "print a participant's media session as SDP (for ffmpeg, GStreamer, SIP)", "cli.sdp_command"),
 ]
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from charter.demo_media import (
+from cli.demo_media import (
     FFMPEG,
     BuiltinPublisher,
     DemoReceiver,
@@ -35,8 +35,8 @@ from charter.demo_media import (
     demo_tracks,
     open_receiver,
 )
+from charter import processes
 from charter.sdp import ParticipantSession, from_participant
-from charter.up import die_with_parent
 
 NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
          "ivan", "judy", "mallory", "niaj", "olivia", "peggy", "rupert", "sybil")
@@ -82,23 +82,15 @@ class DemoParticipant:
 # The embedded default
 
 
-def _free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class EmbeddedCharter:
     """`charter up` with one media daemon, on free gRPC ports, for the demo's lifetime."""
 
     def __init__(self, workdir: str) -> None:
-        self.controller = f"127.0.0.1:{_free_tcp_port()}"
-        mediad_port = _free_tcp_port()
+        self.controller = f"127.0.0.1:{processes.free_port()}"
+        mediad_port = processes.free_port()
         self.log_path = os.path.join(workdir, "charter-up.log")
         self.argv = [
-            sys.executable, "-m", "charter.cli", "up", "--daemons", "1",
+            sys.executable, "-m", "cli", "up", "--daemons", "1",
             "--controller-port", self.controller.rsplit(":", 1)[1], "--mediad-port", str(mediad_port),
             "--log-format", "text", "--log-level", "warning",
         ]
@@ -107,10 +99,7 @@ class EmbeddedCharter:
     async def start(self, timeout: float = 60.0) -> None:
         with open(self.log_path, "wb") as log:
             # Its own session: Ctrl-C reaches the demo only, which stops everything in order.
-            self.process = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=die_with_parent,
-            )
+            self.process = processes.start(self.argv, output=log)
         await wait_for_daemon(self.controller, timeout, self)
 
     def exited(self) -> int | None:
@@ -118,15 +107,7 @@ class EmbeddedCharter:
 
     async def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (the ordered shutdown of `charter up`); its exit code."""
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout)
-        except TimeoutError:
-            self.process.kill()
-            return await asyncio.to_thread(self.process.wait)
+        return 0 if self.process is None else await processes.stop_async(self.process, timeout)
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -227,13 +208,7 @@ class Demo:
                 participant_id=participant_id,
                 display_name=participant_id.capitalize(),
                 receive_address=media_pb2.Address(ip=address[0], port=address[1]),
-                tracks=[
-                    media_pb2.Track(
-                        ssrc=t.ssrc, kind=media_pb2.VIDEO if t.kind == "video" else media_pb2.AUDIO, codec=t.codec,
-                        payload_type=t.payload_type, clock_rate=t.clock_rate, channels=t.channels, name=t.name,
-                    )
-                    for t in demo_tracks()
-                ],
+                tracks=[t.to_proto() for t in demo_tracks()],
             )
             reply = await conferences.Join(request, timeout=10)
             participant.session = from_participant(reply.participant)
@@ -321,8 +296,8 @@ class Demo:
         if participant.session is None:  # its Join did not complete
             return []
         return [
-            (track.publisher_id, track.name or track.kind, track.ssrc, participant.receiver.streams.get(track.ssrc))
-            for track in participant.session.received
+            (s.publisher_id, s.track.name or s.track.kind, s.ssrc, participant.receiver.streams.get(s.ssrc))
+            for s in participant.session.received
         ]
 
     @staticmethod

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -14,10 +13,11 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from charter import logs
+from charter import logs, processes
+from charter.config import env
 from charter.serving import stop_event, wait_serving
 
-log = logging.getLogger("charter.up")
+log = logging.getLogger("cli.up")
 
 STOP_TIMEOUT = 30.0
 
@@ -31,7 +31,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=die_with_parent)
+        self.process = processes.start(self.argv)
 
     @property
     def pid(self) -> int:
@@ -44,27 +44,14 @@ class Child:
         """SIGTERM, wait; SIGKILL if it does not exit in time. Returns the exit code."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(self.process.wait), timeout)
-        except TimeoutError:
-            log.error(f"{self.name} did not stop within {timeout:.0f} s: killing it")
-            self.process.kill()
-            return await asyncio.to_thread(self.process.wait)
-
-
-def die_with_parent() -> None:
-    """For Popen's preexec_fn: the child receives SIGTERM if its parent is killed (Linux
-    prctl PR_SET_PDEATHSIG), so no server outlives `charter up` or `charter demo`."""
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+        code = await processes.stop_async(self.process, timeout)
+        if code == -signal.SIGKILL:
+            log.error(f"{self.name} did not stop within {timeout:.0f} s: killed it")
+        return code
 
 
 def _env(name: str, default: object) -> str:
-    return os.environ.get("CHARTER_UP_" + name, str(default))
+    return env("CHARTER_UP_", name, default)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

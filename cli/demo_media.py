@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 import pylibsrtp
 
-from charter.sdp import MediaTrack, ParticipantSession
+from charter.sdp import ParticipantSession
+from charter.subscriptions import Subscription
+from charter.tracks import Track
 from mediad import rtcp
 from mediad.srtp import create_session
 
@@ -29,15 +31,15 @@ SENDER_REPORT_INTERVAL = 1.0  # the built-in source's; ffmpeg sends one every 5 
 RTP_HEADER = struct.Struct("!BBHII")
 
 
-def demo_tracks() -> tuple[MediaTrack, MediaTrack]:
+def demo_tracks() -> tuple[Track, Track]:
     """A participant's camera (VP8) and microphone (Opus), with random SSRCs."""
     video_ssrc = secrets.randbits(32) or 1
     audio_ssrc = secrets.randbits(32) or 2
     if audio_ssrc == video_ssrc:
         audio_ssrc ^= 1
     return (
-        MediaTrack("video", "VP8", 96, 90000, video_ssrc, name="camera"),
-        MediaTrack("audio", "opus", 111, 48000, audio_ssrc, channels=2, name="microphone"),
+        Track(video_ssrc, "video", "VP8", 96, 90000, name="camera"),
+        Track(audio_ssrc, "audio", "opus", 111, 48000, channels=2, name="microphone"),
     )
 
 
@@ -133,9 +135,9 @@ class DemoReceiver(asyncio.DatagramProtocol):
         self.media_address = session.media_address
         self.expect(session.received)
 
-    def expect(self, tracks: Sequence[MediaTrack]) -> None:
-        for track in tracks:
-            self.clock_rates[track.ssrc] = track.clock_rate
+    def expect(self, subscriptions: Sequence[Subscription]) -> None:
+        for subscription in subscriptions:
+            self.clock_rates[subscription.ssrc] = subscription.track.clock_rate
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -303,7 +305,7 @@ class BuiltinPublisher(Publisher):
             else:
                 self.tasks.append(asyncio.create_task(self._send(track, AUDIO_FRAME_SECONDS, (120,))))
 
-    async def _send(self, track: MediaTrack, interval: float, sizes: Sequence[int]) -> None:
+    async def _send(self, track: Track, interval: float, sizes: Sequence[int]) -> None:
         assert self.transport is not None
         seq = secrets.randbits(16)
         timestamp0 = secrets.randbits(32)

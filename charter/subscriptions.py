@@ -1,0 +1,78 @@
+"""A subscription: a participant's track sent to another participant with an SSRC of its own.
+
+Two views of the one concept, each with its one proto conversion:
+- `Subscription` is what the receiving participant knows (charter.v1.Subscription): whose
+  track, the track as published, and the SSRC it arrives with;
+- `SubscriptionSpec` is the route a media daemon applies (charter.v1.SubscriptionSpec): from
+  the publisher's endpoint and SSRC to the receiver's endpoint with that SSRC.
+The live subscription on the daemon is the forwarding core's `_forward.Subscription`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from charter.errors import InvalidArgument
+from charter.tracks import Track
+from charter.v1 import controller_pb2, mediad_pb2
+
+MAX_ID = 200
+"""Endpoint ids are the controller's "conference/participant": at most 64 + 1 + 64."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A track of `publisher_id` as one participant receives it."""
+
+    publisher_id: str
+    track: Track
+    """As published: track.ssrc is the publisher's SSRC."""
+    ssrc: int
+    """The SSRC the receiver gets it with."""
+
+    def to_proto(self) -> controller_pb2.Subscription:
+        return controller_pb2.Subscription(publisher_id=self.publisher_id, track=self.track.to_proto(), ssrc=self.ssrc)
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """The route of one track to one endpoint, as a media daemon applies it."""
+
+    track_endpoint_id: str
+    """The endpoint that receives the track from its publisher."""
+    track_ssrc: int
+    """The publisher's SSRC of the track."""
+    endpoint_id: str
+    """The endpoint the track is sent to."""
+    ssrc: int
+    """The SSRC it is sent with (unique among what endpoint_id receives)."""
+    paused: bool = False
+
+    def to_proto(self) -> mediad_pb2.SubscriptionSpec:
+        return mediad_pb2.SubscriptionSpec(
+            track_endpoint_id=self.track_endpoint_id,
+            track_ssrc=self.track_ssrc,
+            endpoint_id=self.endpoint_id,
+            ssrc=self.ssrc,
+            paused=self.paused,
+        )
+
+
+def check_id(field: str, value: str) -> str:
+    """An endpoint or conference id of the daemon API: required, at most MAX_ID characters."""
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > MAX_ID:
+        raise InvalidArgument(field, f"is {len(value)} characters long; at most {MAX_ID}")
+    return value
+
+
+def parse_subscription_spec(field: str, spec: mediad_pb2.SubscriptionSpec) -> SubscriptionSpec:
+    if not 0 < spec.ssrc <= 0xFFFFFFFF:
+        raise InvalidArgument(f"{field}.ssrc", "must be a non-zero 32-bit SSRC")
+    return SubscriptionSpec(
+        track_endpoint_id=check_id(f"{field}.track_endpoint_id", spec.track_endpoint_id),
+        track_ssrc=spec.track_ssrc,
+        endpoint_id=check_id(f"{field}.endpoint_id", spec.endpoint_id),
+        ssrc=spec.ssrc,
+        paused=spec.paused,
+    )

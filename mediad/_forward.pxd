@@ -1,0 +1,131 @@
+# The forwarding core's C-level interface (mediad/_forward.pyx): the typed state of its media
+# objects, for Cython code of the daemon that cimports them. Python code uses the typed API
+# in _forward.pyi instead. Ownership is noted on every object member: owned (this object
+# keeps it alive) or borrowed (another object owns it).
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from mediad._net cimport iovec, mmsghdr, sockaddr_in
+
+
+cdef enum:  # drop reasons, indexes of Counters.drop_counts and DROP_REASONS
+    DROP_TOO_SHORT = 0
+    DROP_OVERSIZE
+    DROP_BAD_VERSION
+    DROP_STUN
+    DROP_DTLS
+    DROP_MALFORMED
+    DROP_UNKNOWN_SSRC
+    DROP_AUTH_FAILED
+    DROP_REPLAYED
+    DROP_SRTP_ERROR
+    N_DROP_REASONS
+
+
+cdef struct RewriteState:
+    bint started
+    bint paused
+    bint resync          # the next packet rebases (after resume)
+    uint32_t source      # generation of the track's SSRC the mapping belongs to
+    uint16_t max_in      # highest incoming sequence number of this mapping
+    uint16_t epoch_start # incoming sequence number the mapping started at
+    uint16_t seq_offset
+    uint16_t last_out_seq
+    uint32_t ts_offset
+    uint32_t last_out_ts
+    double last_time
+
+
+cdef class Counters:
+    """Packet counters of an endpoint, or the totals of a forwarder."""
+    cdef readonly uint64_t packets_in, bytes_in, packets_out, bytes_out
+    cdef readonly uint64_t rtcp_in, rtcp_out, rtcp_errors
+    cdef uint64_t drop_counts[N_DROP_REASONS]
+    cdef void add(self, Counters other) noexcept
+
+
+cdef class Rewriter:
+    cdef RewriteState state
+    cdef readonly uint32_t ssrc
+
+
+cdef class Subscription:
+    cdef Track _track               # borrowed: the track owns its subscriptions
+    cdef Endpoint _target           # borrowed: the target lists it in its subscriptions
+    cdef uint32_t _ssrc
+    cdef bint _active
+    cdef RewriteState rw
+    cdef readonly uint64_t packets, bytes, dropped_paused, dropped_no_remote, dropped_stale, send_errors
+    cdef readonly uint64_t retransmitted, retransmit_misses
+    cdef readonly double last_activity
+
+
+cdef class Track:
+    cdef Endpoint _endpoint         # borrowed: the endpoint owns its tracks
+    cdef uint32_t _ssrc
+    cdef uint32_t source            # bumped when the publisher's SSRC changes
+    cdef uint32_t _clock_rate
+    cdef str _kind, _name
+    cdef readonly object description  # owned: what the control side made it from (opaque here)
+    cdef list _subscriptions        # owned; what the control side adds to and removes from
+    cdef PyObject **subs            # owned flat copy of _subscriptions for the per-packet loop
+    cdef int n_subs
+    cdef readonly uint64_t packets, bytes
+    cdef readonly double last_activity
+    # Retransmission cache: plaintext of the last packets by sequence number, so a NACK
+    # is answered by protecting a fresh copy (never re-encrypting a protected packet).
+    cdef int cache_packets
+    cdef uint8_t *cache
+    cdef int *cache_len             # 0: empty slot
+    cdef uint16_t *cache_seq
+    cdef uint32_t *cache_source
+    cdef void _allocate_cache(self, int packets) except *
+    cdef void _rebuild(self) except *
+
+
+cdef class Endpoint:
+    cdef Forwarder _forwarder       # borrowed: the forwarder lists its endpoints
+    cdef object _sock               # owned: closed with the endpoint
+    cdef object _on_readable_cb
+    cdef int fd
+    cdef str _name
+    cdef readonly object description  # owned: what the control side made it from (opaque here)
+    cdef object _rx_session, _tx_session   # owned pylibsrtp sessions behind rx_ctx / tx_ctx
+    cdef void *rx_ctx
+    cdef void *tx_ctx
+    cdef int rx_tag_len, rx_rtcp_tag_len
+    cdef sockaddr_in remote_addr
+    cdef bint has_remote, _latching, _closed
+    cdef list _tracks               # owned
+    cdef uint32_t *track_ssrcs      # owned flat copies of _tracks for the per-packet lookup
+    cdef PyObject **track_ptrs
+    cdef int n_tracks
+    cdef list _subscriptions        # subscriptions that send to this endpoint (borrowed)
+    cdef readonly Counters counters  # owned
+    cdef readonly double last_activity
+    cdef object _find_track(self, uint32_t ssrc)
+    cdef void _rebuild_tracks(self) except *
+
+
+cdef class Forwarder:
+    cdef object _loop
+    cdef list _endpoints            # owned
+    cdef Counters _retired          # owned: what closed endpoints counted
+    cdef object _rtcp_handler       # called with (endpoint, plaintext RTCP bytes)
+    cdef int batch
+    cdef mmsghdr *rx_msgs           # owned packet buffers, shared by every endpoint
+    cdef iovec *rx_iov
+    cdef sockaddr_in *rx_from
+    cdef uint8_t *rx_buf
+    cdef int *rx_len
+    cdef PyObject **rx_track        # track of each packet of the batch; NULL once handled
+    cdef mmsghdr *tx_msgs
+    cdef iovec *tx_iov
+    cdef uint8_t *tx_buf
+    cdef readonly uint64_t batches, batch_packets
+    cdef void _receive(self, Endpoint ep) noexcept
+    cdef PyObject *_accept(self, Endpoint ep, int i, double now) noexcept
+    cdef void _accept_rtcp(self, Endpoint ep, int i, int length, double now) noexcept
+    cdef void _deliver_rtcp(self, Endpoint ep, uint8_t *p, int length) noexcept
+    cdef void _fan_out(self, int n, double now) noexcept
+    cdef void _send_run(self, Track track, Subscription sub, int first, int n, double now) noexcept
