@@ -1,4 +1,5 @@
 """Types of the compiled load generator and receivers (bench/_loadgen.pyx)."""
+
 from typing import Any
 
 def expected_payload(rtp_size: int) -> bytes: ...
@@ -7,7 +8,9 @@ class LoadGen:
     rtp_size: int
     ssrc: int
     next_index: int
-    def __init__(self, receivers: int, *, rtp_size: int = 1200, ssrc: int = 0x5EED0001, max_samples: int = 4) -> None: ...
+    def __init__(
+        self, receivers: int, *, rtp_size: int = 1200, ssrc: int = 0x5EED0001, max_samples: int = 4
+    ) -> None: ...
     @property
     def receiver_addresses(self) -> list[tuple[str, int]]: ...
     @property

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import signal
-import sys
+from typing import Any
 
 import uvloop
 
-from bench.relay_process import RelayConfig, announce, load_config, reply, udp_socket
+from bench.relay_process import RelayConfig, load_config, serve_stdin, udp_socket
+from charter.suites import generate_key
 from mediad._forward import DROP_REASONS, Forwarder
 from mediad.media import VIDEO_CACHE_PACKETS
-from charter.suites import generate_key
 
 IDLE_SSRC_BASE = 0x10000000
 
@@ -62,24 +61,15 @@ async def serve(config: RelayConfig) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
         add_idle_endpoints(forwarder, suite, config.idle_endpoints)
 
-    stopped = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    def stats() -> dict[str, Any]:
+        totals = forwarder.totals()
+        return {
+            "packets_in": totals.packets_in, "packets_out": totals.packets_out,
+            "drops": dict(zip(DROP_REASONS, totals.drops, strict=False)), "endpoints": len(forwarder.endpoints),
+        }
 
-    def on_stdin() -> None:
-        line = sys.stdin.readline()
-        if not line:
-            stopped.set()
-        elif line.strip() == "stats":
-            totals = forwarder.totals()
-            reply({
-                "packets_in": totals.packets_in, "packets_out": totals.packets_out,
-                "drops": dict(zip(DROP_REASONS, totals.drops)), "endpoints": len(forwarder.endpoints),
-            })
-
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
-    announce(publisher.local_address, endpoints=len(forwarder.endpoints))
     try:
-        await stopped.wait()
+        await serve_stdin(stats, publisher.local_address, endpoints=len(forwarder.endpoints))
     finally:
         forwarder.close()
 

@@ -8,16 +8,17 @@ Prints rate and latency percentiles and writes bench/results/control_plane.json.
 
     python bench/control_plane.py [--participants 1000] [--conferences 100] [--concurrency 1,2,4,8]
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 import grpc
 import uvloop
 
+from charter.processes import free_port, stop
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc, media_pb2
 
@@ -38,6 +40,9 @@ TARGET_JOINS_PER_SECOND = 300.0
 
 
 def free_port_block(count: int, kind: int, low: int, high: int) -> int:
+    """The first of `count` consecutive ports in [low, high) that are free now: what `charter
+    up` needs for its media daemons' gRPC ports and their UDP media range (one port:
+    charter.processes.free_port)."""
     for _ in range(500):
         first = random.randrange(low, high - count)
         sockets = []
@@ -106,7 +111,11 @@ async def bench_once(address: str, args: argparse.Namespace, concurrency: int) -
         api = controller_pb2_grpc.ConferenceServiceStub(channel)
         registry = controller_pb2_grpc.DaemonRegistryStub(channel)
         conferences = [
-            (await api.CreateConference(pb.CreateConferenceRequest(conference_id=f"bench-{concurrency}-{i:03d}"), timeout=10))
+            (
+                await api.CreateConference(
+                    pb.CreateConferenceRequest(conference_id=f"bench-{concurrency}-{i:03d}"), timeout=10
+                )
+            )
             for i in range(args.conferences)
         ]
         placed: dict[str, int] = {}
@@ -124,8 +133,17 @@ async def bench_once(address: str, args: argparse.Namespace, concurrency: int) -
                     conference_id=c.conference_id,
                     participant_id=f"p{n:03d}",
                     tracks=[
-                        media_pb2.Track(ssrc=ssrc, kind=media_pb2.AUDIO, codec="opus", payload_type=111, clock_rate=48000, channels=2),
-                        media_pb2.Track(ssrc=ssrc + 1, kind=media_pb2.VIDEO, codec="VP8", payload_type=96, clock_rate=90000),
+                        media_pb2.Track(
+                            ssrc=ssrc,
+                            kind=media_pb2.AUDIO,
+                            codec="opus",
+                            payload_type=111,
+                            clock_rate=48000,
+                            channels=2,
+                        ),
+                        media_pb2.Track(
+                            ssrc=ssrc + 1, kind=media_pb2.VIDEO, codec="VP8", payload_type=96, clock_rate=90000
+                        ),
                     ],
                 )
                 joins.append(lambda r=request: api.Join(r, timeout=10))
@@ -140,7 +158,9 @@ async def bench_once(address: str, args: argparse.Namespace, concurrency: int) -
         endpoints = {d.daemon.daemon_id: d.endpoints_assigned for d in daemons.daemons}
 
         leaves = [
-            (lambda r=pb.LeaveRequest(conference_id=c.conference_id, participant_id=f"p{n:03d}"): api.Leave(r, timeout=10))
+            functools.partial(
+                api.Leave, pb.LeaveRequest(conference_id=c.conference_id, participant_id=f"p{n:03d}"), timeout=10
+            )
             for n in range(per_conference)
             for c in conferences
         ]
@@ -160,16 +180,25 @@ async def bench_once(address: str, args: argparse.Namespace, concurrency: int) -
 
 
 def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
-    controller_port = free_port_block(1, socket.SOCK_STREAM, 40000, 60000)
+    controller_port = free_port()
     mediad_port = free_port_block(args.daemons, socket.SOCK_STREAM, 40000, 60000)
     ports_per_daemon = args.participants // args.daemons + 200
     first = free_port_block(ports_per_daemon * args.daemons, socket.SOCK_DGRAM, 16384, 32000)
     script = shutil.which("charter")
     command = [script] if script else [sys.executable, "-m", "cli"]
     argv = [
-        *command, "up", "--daemons", str(args.daemons), "--controller-port", str(controller_port),
-        "--mediad-port", str(mediad_port), "--ports", f"{first}-{first + ports_per_daemon * args.daemons - 1}",
-        "--log-level", "warning",
+        *command,
+        "up",
+        "--daemons",
+        str(args.daemons),
+        "--controller-port",
+        str(controller_port),
+        "--mediad-port",
+        str(mediad_port),
+        "--ports",
+        f"{first}-{first + ports_per_daemon * args.daemons - 1}",
+        "--log-level",
+        "warning",
     ]
     up = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert up.stdout is not None
@@ -188,8 +217,12 @@ def main() -> int:
     parser.add_argument("--participants", type=int, default=1000)
     parser.add_argument("--conferences", type=int, default=100)
     parser.add_argument("--daemons", type=int, default=2)
-    parser.add_argument("--concurrency", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 4, 8],
-                        help="calls in flight; a comma-separated list runs each level in turn (default 1,2,4,8)")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=[1, 2, 4, 8],
+        help="calls in flight; a comma-separated list runs each level in turn (default 1,2,4,8)",
+    )
     parser.add_argument("--controller", default="", help="use this running controller instead of starting charter up")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -201,12 +234,7 @@ def main() -> int:
         try:
             figures = uvloop.run(bench(address, args))
         finally:
-            up.send_signal(signal.SIGTERM)
-            try:
-                code = up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                code = up.wait()
+            code = stop(up, 60)
     result = {
         "benchmark": "control_plane",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -224,17 +252,25 @@ def main() -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"control plane: {args.participants} participants (2 tracks each) in {args.conferences} conferences "
-          f"on {args.daemons} daemons; target join p99 <= {TARGET_JOIN_P99_MS:g} ms and >= {TARGET_JOINS_PER_SECOND:g} joins/s")
+    print(
+        f"control plane: {args.participants} participants (2 tracks each) in {args.conferences} conferences "
+        f"on {args.daemons} daemons; target join p99 <= {TARGET_JOIN_P99_MS:g} ms "
+        f"and >= {TARGET_JOINS_PER_SECOND:g} joins/s"
+    )
     for run in figures:
         for name in ("join", "leave"):
             s = run[name]
             assert isinstance(s, dict)
             met = ("target met" if run["target_met"] else "target NOT met") if name == "join" else ""
-            print(f"  {run['concurrency']:>2} in flight  {name:<5} {s['per_second']:>7.1f}/s  p50 {s['p50_ms']:>6.2f} ms  "
-                  f"p90 {s['p90_ms']:>6.2f} ms  p99 {s['p99_ms']:>6.2f} ms  max {s['max_ms']:>6.2f} ms  {met}")
-    print(f"  conferences per daemon {figures[-1]['conferences_per_daemon']}, "
-          f"endpoints at peak {figures[-1]['endpoints_per_daemon_at_peak']}; charter up exited {code}")
+            print(
+                f"  {run['concurrency']:>2} in flight  {name:<5} {s['per_second']:>7.1f}/s  "
+                f"p50 {s['p50_ms']:>6.2f} ms  "
+                f"p90 {s['p90_ms']:>6.2f} ms  p99 {s['p99_ms']:>6.2f} ms  max {s['max_ms']:>6.2f} ms  {met}"
+            )
+    print(
+        f"  conferences per daemon {figures[-1]['conferences_per_daemon']}, "
+        f"endpoints at peak {figures[-1]['endpoints_per_daemon_at_peak']}; charter up exited {code}"
+    )
     print(f"  wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
     return 0 if code == 0 else 1
 

@@ -3,17 +3,16 @@ compiled hot path. Per packet: pylibsrtp Session.unprotect, then per subscriber 
 header (SSRC, sequence number, timestamp), Session.protect, transport.sendto from the
 subscriber's own socket. Runs in its own process for the benchmark.
 """
+
 from __future__ import annotations
 
 import asyncio
-import signal
 import struct
-import sys
 
 import pylibsrtp
 import uvloop
 
-from bench.relay_process import RelayConfig, announce, load_config, reply, udp_socket
+from bench.relay_process import RelayConfig, load_config, serve_stdin, udp_socket
 from mediad.srtp import create_session
 
 _SEQ_TS_SSRC = struct.Struct("!HII")
@@ -65,20 +64,14 @@ async def serve(config: RelayConfig) -> None:
     publisher_sock = udp_socket()
     publisher = PublisherProtocol(create_session(config.suite, config.publisher_key, inbound=True), legs)
     await loop.create_datagram_endpoint(lambda: publisher, sock=publisher_sock)
-    stopped = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopped.set)
-
-    def on_stdin() -> None:
-        line = sys.stdin.readline()
-        if not line:
-            stopped.set()
-        elif line.strip() == "stats":
-            reply({"packets_in": publisher.packets_in, "packets_out": publisher.packets_out,
-                   "dropped": publisher.dropped})
-
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
-    announce(publisher_sock.getsockname())
-    await stopped.wait()
+    await serve_stdin(
+        lambda: {
+            "packets_in": publisher.packets_in,
+            "packets_out": publisher.packets_out,
+            "dropped": publisher.dropped,
+        },
+        publisher_sock.getsockname(),
+    )
 
 
 def main() -> None:

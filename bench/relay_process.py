@@ -11,12 +11,13 @@ Config: {"suite": str, "publisher": {"key": hex, "ssrc": int},
 """
 from __future__ import annotations
 
-import ctypes
+import asyncio
 import json
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,14 +73,6 @@ class RelayConfig:
         )
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this process when the process that started it exits
-    (prctl PR_SET_PDEATHSIG), so that no load or relay process outlives the benchmark."""
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def load_config() -> RelayConfig:
     """The config from argv[1]; pins the process to its core first."""
     if len(sys.argv) != 2:
@@ -107,3 +100,22 @@ def announce(publisher: tuple[str, int], **extra: Any) -> None:
 def reply(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
+
+
+async def serve_stdin(stats: Callable[[], dict[str, Any]], publisher: tuple[str, int], **extra: Any) -> None:
+    """For a relay on an asyncio loop: announce it, then answer each "stats" line on stdin
+    with `stats()` until stdin closes or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+
+    def on_stdin() -> None:
+        line = sys.stdin.readline()
+        if not line:
+            stopped.set()
+        elif line.strip() == "stats":
+            reply(stats())
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    announce(publisher, **extra)
+    await stopped.wait()

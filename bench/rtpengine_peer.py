@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.relay_process import die_with_parent
+from charter.processes import die_with_parent, free_port, stop
 from charter.suites import generate_key
 
 RTPENGINE = "/usr/bin/rtpengine"
@@ -85,12 +85,6 @@ def _sdp(port: int, cryptos: list[tuple[int, str, bytes]]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Call:
     """One publisher -> subscriber call through rtpengine."""
@@ -110,7 +104,7 @@ class RtpEngine:
         media range, so that a daemon or test running beside the benchmark is not disturbed."""
         if not os.path.exists(RTPENGINE):
             raise FileNotFoundError(f"{RTPENGINE} is missing: apt-get install rtpengine-daemon")
-        self.ng_address = ("127.0.0.1", ng_port or _free_udp_port())
+        self.ng_address = ("127.0.0.1", ng_port or free_port(socket.SOCK_DGRAM))
         self._workdir = tempfile.mkdtemp(prefix="charter-rtpengine-")
         self._log = open(os.path.join(self._workdir, "rtpengine.log"), "wb")
         args = [
@@ -194,13 +188,7 @@ class RtpEngine:
     def close(self) -> None:
         try:
             self._sock.close()
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(5)
+            stop(self.process, 5)
         finally:
             self._log.close()
             shutil.rmtree(self._workdir, ignore_errors=True)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 
 log = logging.getLogger("charter.errors")
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 class CharterError(Exception):
@@ -74,11 +77,11 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Request, _Response] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         if handler is None or not method.startswith(self._prefix):
             return handler
         if handler.unary_unary is not None:
@@ -88,15 +91,18 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            # Under grpc.aio a server-streaming behaviour is an async generator function;
+            # grpc's stubs type RpcMethodHandler for the synchronous server only.
+            stream = cast("Callable[..., AsyncIterator[Any]]", handler.unary_stream)
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
+                _wrap_stream(method, stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-async def _abort(method: str, context: grpc.aio.ServicerContext, error: Exception) -> None:
+async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
     if isinstance(error, CharterError):
         log.info("request refused", extra={"method": method, "code": error.code.name, "reason": str(error)})
         await context.abort(error.code, str(error))
@@ -105,7 +111,7 @@ async def _abort(method: str, context: grpc.aio.ServicerContext, error: Exceptio
 
 
 def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behaviour(request, context)
         except grpc.aio.AbortError:
@@ -117,7 +123,7 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any
 
 
 def _wrap_stream(method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
-    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async for message in behaviour(request, context):
                 yield message

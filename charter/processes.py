@@ -26,7 +26,10 @@ def start(
     argv: Sequence[str], *, output: IO[bytes] | int | None = None, new_session: bool = True
 ) -> subprocess.Popen[bytes]:
     """A child that dies with this process; in its own session by default, so a Ctrl-C on the
-    terminal reaches the parent only, which then stops its children in order."""
+    terminal reaches the parent only, which then stops its children in order.
+
+    The preexec_fn makes Python fork (not posix_spawn): start children before this process
+    opens gRPC channels, whose fork handlers misbehave in a forked child."""
     return subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,

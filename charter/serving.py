@@ -87,9 +87,12 @@ async def wait_serving(address: str, timeout: float = 30.0) -> None:
     last: object = None
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
+        # types-grpcio-health-checking declares HealthStub without its methods.
+        check: grpc.aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+        check = stub.Check  # type: ignore[attr-defined]
         while time.monotonic() < deadline:
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                reply = await check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

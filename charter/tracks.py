@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from charter.errors import InvalidArgument
 from charter.v1 import media_pb2
 
-KINDS: dict[int, str] = {media_pb2.AUDIO: "audio", media_pb2.VIDEO: "video"}
+KINDS: dict[media_pb2.TrackKind.ValueType, str] = {media_pb2.AUDIO: "audio", media_pb2.VIDEO: "video"}
 KIND_NUMBERS = {v: k for k, v in KINDS.items()}
 MAX_NAME = 256
 MAX_TRACKS = 16
@@ -55,7 +55,7 @@ class Track:
     def to_proto(self) -> media_pb2.Track:
         return media_pb2.Track(
             ssrc=self.ssrc,
-            kind=KIND_NUMBERS[self.kind],  # type: ignore[arg-type]
+            kind=KIND_NUMBERS[self.kind],
             codec=self.codec,
             payload_type=self.payload_type,
             clock_rate=self.clock_rate,

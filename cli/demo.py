@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from charter import processes
+from charter.sdp import ParticipantSession, from_participant
 from cli.demo_media import (
     FFMPEG,
     BuiltinPublisher,
@@ -35,8 +37,6 @@ from cli.demo_media import (
     demo_tracks,
     open_receiver,
 )
-from charter import processes
-from charter.sdp import ParticipantSession, from_participant
 
 NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
          "ivan", "judy", "mallory", "niaj", "olivia", "peggy", "rupert", "sybil")
@@ -47,7 +47,9 @@ RTT_UNKNOWN = "-"  # no receiver report has answered one of the daemon's sender 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--participants", "-n", type=int, default=3, help="participants to join (2-16, default %(default)s)")
+    parser.add_argument(
+        "--participants", "-n", type=int, default=3, help="participants to join (2-16, default %(default)s)"
+    )
     parser.add_argument("--duration", "-d", type=float, default=20.0, help="seconds of media (default %(default)s)")
     parser.add_argument(
         "--source", choices=["auto", "ffmpeg", "builtin"], default="auto",
@@ -59,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use the Charter whose controller is at host:port [CHARTER_CONTROLLER]; "
         "default: start the embedded one (charter up) for the demo",
     )
-    parser.add_argument("--refresh", type=float, default=0.5, help="seconds between table updates (default %(default)s)")
+    parser.add_argument(
+        "--refresh", type=float, default=0.5, help="seconds between table updates (default %(default)s)"
+    )
 
 
 @dataclasses.dataclass
@@ -137,7 +141,9 @@ async def wait_for_daemon(controller: str, timeout: float, embedded: EmbeddedCha
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no media daemon registered with the controller at {controller} within {timeout:.0f} s")
+                raise RuntimeError(
+                    f"no media daemon registered with the controller at {controller} within {timeout:.0f} s"
+                )
             await asyncio.sleep(0.2)
 
 
@@ -165,7 +171,8 @@ class Demo:
         async with grpc.aio.insecure_channel(self.controller) as channel:
             conferences = controller_pb2_grpc.ConferenceServiceStub(channel)
             conference = await conferences.CreateConference(
-                controller_pb2.CreateConferenceRequest(conference_id=self.conference_id, name="charter demo"), timeout=10
+                controller_pb2.CreateConferenceRequest(conference_id=self.conference_id, name="charter demo"),
+                timeout=10,
             )
             try:
                 await self._join_all(conferences)
@@ -215,10 +222,10 @@ class Demo:
             participant.receiver.key(participant.session)
         # Every participant's subscriptions, now that all have joined.
         for participant in self.participants:
-            request = controller_pb2.GetParticipantRequest(
+            lookup = controller_pb2.GetParticipantRequest(
                 conference_id=self.conference_id, participant_id=participant.participant_id
             )
-            participant.session = from_participant(await conferences.GetParticipant(request, timeout=10))
+            participant.session = from_participant(await conferences.GetParticipant(lookup, timeout=10))
             participant.receiver.expect(participant.session.received)
         for index, participant in enumerate(self.participants):
             assert participant.session is not None
@@ -311,12 +318,14 @@ class Demo:
 
         source = "ffmpeg VP8 + Opus" if self.use_ffmpeg else "built-in RTP source"
         table = Table(
-            title=f"Charter demo: conference {self.conference_id}, {source}, {self.elapsed:4.1f} / {self.args.duration:.0f} s",
+            title=f"Charter demo: conference {self.conference_id}, {source}, "
+            f"{self.elapsed:4.1f} / {self.args.duration:.0f} s",
             caption=f"packets in: the daemon received from the participant; out: it sent to it. Jitter "
             f"(RFC 3550) includes the senders' own pacing. RTT: measured by the daemon from the receiver's RTCP "
             f"reports (highest of its streams; {RTT_UNKNOWN}: no report yet, the senders report every few seconds).",
         )
-        for column in ("participant", "packets in", "packets out", "received", "streams", "loss", "jitter", "RTT", "drops"):
+        columns = ("participant", "packets in", "packets out", "received", "streams", "loss", "jitter", "RTT", "drops")
+        for column in columns:
             table.add_column(column, justify="left" if column == "participant" else "right")
         for participant in self.participants:
             streams = [s for _, _, _, s in self._streams(participant) if s is not None]
@@ -366,10 +375,13 @@ class Demo:
                     )
                 table.add_row(
                     participant.participant_id, publisher, name, f"{stats.packets:,}", f"{max(stats.lost, 0):,}",
-                    f"{100 * stats.loss_fraction:.2f} %", f"{stats.jitter_ms:.1f} ms", _rtt(participant.daemon_rtt.get(ssrc)),
+                    f"{100 * stats.loss_fraction:.2f} %", f"{stats.jitter_ms:.1f} ms",
+                    _rtt(participant.daemon_rtt.get(ssrc)),
                 )
             if participant.receiver.auth_failures:
-                problems.append(f"{participant.participant_id}: {participant.receiver.auth_failures} packets failed to decrypt")
+                problems.append(
+                    f"{participant.participant_id}: {participant.receiver.auth_failures} packets failed to decrypt"
+                )
         return table, problems
 
 
@@ -407,7 +419,11 @@ async def demo(args: argparse.Namespace) -> int:
         else:
             await wait_for_daemon(controller, 10.0)
         conference = Demo(args, controller, workdir)
-        source = "ffmpeg test sources (VP8 + Opus)" if conference.use_ffmpeg else "the built-in RTP source (ffmpeg not found)"
+        source = (
+            "ffmpeg test sources (VP8 + Opus)"
+            if conference.use_ffmpeg
+            else "the built-in RTP source (ffmpeg not found)"
+        )
         console.print(
             f"Conference {conference.conference_id}: {args.participants} participants publish {source} "
             f"for {args.duration:.0f} s; each receives the others on a local port."

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import pylibsrtp
 
@@ -140,7 +141,8 @@ class DemoReceiver(asyncio.DatagramProtocol):
             self.clock_rates[subscription.ssrc] = subscription.track.clock_rate
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A datagram endpoint's protocol is given its DatagramTransport.
+        self.transport = cast("asyncio.DatagramTransport", transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         arrival = time.monotonic()
@@ -173,7 +175,9 @@ class DemoReceiver(asyncio.DatagramProtocol):
             if isinstance(packet, rtcp.SenderReport) and packet.ssrc in self.streams:
                 # Answered at once; DLSR still says how long it was held (RFC 3550 6.4.1).
                 dlsr = round((time.monotonic() - arrival) * 65536)
-                blocks.append(self.streams[packet.ssrc].report_block(packet.ssrc, rtcp.ntp_middle(packet.ntp_timestamp), dlsr))
+                blocks.append(
+                    self.streams[packet.ssrc].report_block(packet.ssrc, rtcp.ntp_middle(packet.ntp_timestamp), dlsr)
+                )
         if blocks and self.tx is not None and self.transport is not None and self.media_address is not None:
             report = rtcp.ReceiverReport(self.ssrc, tuple(blocks))
             self.transport.sendto(self.tx.protect_rtcp(bytes(report)), self.media_address)
@@ -219,7 +223,9 @@ class FfmpegPublisher(Publisher):
     """One ffmpeg process: a test pattern as VP8 and a tone as Opus, two SRTP outputs to the
     daemon's port (RTCP multiplexed on it), each with its SSRC."""
 
-    def __init__(self, session: ParticipantSession, index: int, log_path: str, *, duration: float, size: str = "320x240") -> None:
+    def __init__(
+        self, session: ParticipantSession, index: int, log_path: str, *, duration: float, size: str = "320x240"
+    ) -> None:
         self.session = session
         self.argv = ffmpeg_command(session, index, duration, size)
         self.log_path = log_path

@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller-port", type=int, default=int(_env("CONTROLLER_PORT", 50051)),
                         help="controller gRPC port [CHARTER_UP_CONTROLLER_PORT, default %(default)s]")
     parser.add_argument("--mediad-port", type=int, default=int(_env("MEDIAD_PORT", 8443)),
-                        help="gRPC port of the first media daemon; the next ones follow [CHARTER_UP_MEDIAD_PORT, default %(default)s]")
+                        help="gRPC port of the first media daemon; the next ones follow "
+                        "[CHARTER_UP_MEDIAD_PORT, default %(default)s]")
     parser.add_argument("--ports", default=_env("PORTS", "16384-32767"),
                         help="UDP media ports, split evenly among the daemons [CHARTER_UP_PORTS, default %(default)s]")
     parser.add_argument("--lease-ttl", type=float, default=float(_env("LEASE_TTL", 10.0)),
@@ -89,7 +90,10 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child]]:
     controller = Child(
         "controller",
         controller_address,
-        [sys.executable, "-m", "controller", "--listen", controller_address, "--lease-ttl", str(args.lease_ttl), *common],
+        [
+            sys.executable, "-m", "controller", "--listen", controller_address,
+            "--lease-ttl", str(args.lease_ttl), *common,
+        ],
     )
     daemons = []
     for i in range(args.daemons):
@@ -136,7 +140,7 @@ async def up(args: argparse.Namespace) -> int:
         failed = True
     codes = [await controller.stop(STOP_TIMEOUT)]
     codes += await asyncio.gather(*(d.stop(STOP_TIMEOUT) for d in daemons))
-    bad = [f"{c.name}={code}" for c, code in zip(children, codes) if code != 0]
+    bad = [f"{c.name}={code}" for c, code in zip(children, codes, strict=True) if code != 0]
     if bad:
         log.error("not every process exited cleanly: " + ", ".join(bad))
     else:

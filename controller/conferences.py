@@ -118,7 +118,11 @@ class Conferences:
         self.hub.end(conference.conference_id)
         log.info(
             "conference ended",
-            extra={"conference_id": conference.conference_id, "reason": reason, "participants": len(conference.participants)},
+            extra={
+                "conference_id": conference.conference_id,
+                "reason": reason,
+                "participants": len(conference.participants),
+            },
         )
 
     # --- participants --------------------------------------------------------------------
@@ -264,10 +268,12 @@ class Conferences:
             if not conference.participants and not conference.persistent:
                 try:
                     await self._end_locked(conference, "empty")
-                except Unavailable as error:
+                except CharterError as error:
                     # The participant has left either way: answer so, and keep the empty
                     # conference until an EndConference reaches its daemon.
-                    log.warning("empty conference not ended", extra={"conference_id": conference_id, "reason": str(error)})
+                    log.warning(
+                        "empty conference not ended", extra={"conference_id": conference_id, "reason": str(error)}
+                    )
                     return False
                 return True
             return False
@@ -353,32 +359,32 @@ class Conferences:
 
     # --- helpers -------------------------------------------------------------------------
 
-    async def candidates(self) -> list[Candidate]:
+    async def candidates(self) -> dict[str, tuple[Candidate, DaemonRecord]]:
+        """Every live daemon as placement sees it, with its record, from one read of the leases."""
         usage = await self.store.daemon_usage()
-        result = []
+        result = {}
         for record in self.registry.live():
             used = usage.get(record.info.daemon_id)
-            result.append(
-                Candidate(
-                    daemon_id=record.info.daemon_id,
-                    capacity=record.info.capacity,
-                    endpoints=used.endpoints if used else 0,
-                    conferences=used.conferences if used else 0,
-                    draining=record.load.draining,
-                )
+            candidate = Candidate(
+                daemon_id=record.info.daemon_id,
+                capacity=record.info.capacity,
+                endpoints=used.endpoints if used else 0,
+                conferences=used.conferences if used else 0,
+                draining=record.load.draining,
             )
+            result[candidate.daemon_id] = (candidate, record)
         return result
 
     async def _place(self) -> DaemonRecord:
-        candidates = await self.candidates()
-        if not candidates:
+        live = await self.candidates()
+        if not live:
             raise Unavailable("no media daemon is registered: start one (charter mediad) and let it register")
+        candidates = [candidate for candidate, _ in live.values()]
         chosen = least_loaded(candidates)
         if chosen is None:
             raise ResourceExhausted(f"no media daemon has room for a new conference ({describe(candidates)})")
-        record = self.registry.get(chosen.daemon_id)
-        assert record is not None
-        return record
+        # The record of the same read: a lease that ends meanwhile cannot make it vanish.
+        return live[chosen.daemon_id][1]
 
     def _live_daemon(self, conference: Conference) -> DaemonRecord:
         record = self.registry.get(conference.daemon_id)
@@ -419,7 +425,9 @@ class Conferences:
         try:
             await client.delete_endpoint(ep_id)
         except CharterError as error:
-            log.warning("endpoint of a failed join left on its daemon", extra={"endpoint_id": ep_id, "reason": str(error)})
+            log.warning(
+                "endpoint of a failed join left on its daemon", extra={"endpoint_id": ep_id, "reason": str(error)}
+            )
 
     def _number(self, conference: Conference, bodies: list[events.Body]) -> list[events.Event]:
         """Events with the conference's next sequence numbers (stored with the conference)."""

@@ -64,4 +64,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serving.main("charter controller", "Charter's controller: the gRPC API of conferences", add_arguments, run, argv)
+    return serving.main(
+        "charter controller", "Charter's controller: the gRPC API of conferences", add_arguments, run, argv
+    )

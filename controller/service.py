@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import grpc
+from grpc.aio import ServicerContext
 
 from charter.addresses import parse_address
 from charter.errors import CharterError, InvalidArgument
@@ -29,7 +29,9 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     def __init__(self, conferences: Conferences) -> None:
         self.conferences = conferences
 
-    async def CreateConference(self, request: pb.CreateConferenceRequest, context: grpc.aio.ServicerContext) -> pb.Conference:
+    async def CreateConference(
+        self, request: pb.CreateConferenceRequest, context: ServicerContext[pb.CreateConferenceRequest, pb.Conference]
+    ) -> pb.Conference:
         conference = await self.conferences.create(
             m.parse_id("conference_id", request.conference_id, required=False),
             m.parse_text("name", request.name),
@@ -37,12 +39,16 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         )
         return m.conference_to_proto(conference)
 
-    async def GetConference(self, request: pb.GetConferenceRequest, context: grpc.aio.ServicerContext) -> pb.Conference:
+    async def GetConference(
+        self, request: pb.GetConferenceRequest, context: ServicerContext[pb.GetConferenceRequest, pb.Conference]
+    ) -> pb.Conference:
         conference = await self.conferences.get(m.parse_id("conference_id", request.conference_id))
         return m.conference_to_proto(conference)
 
     async def ListConferences(
-        self, request: pb.ListConferencesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListConferencesRequest,
+        context: ServicerContext[pb.ListConferencesRequest, pb.ListConferencesResponse],
     ) -> pb.ListConferencesResponse:
         if request.page_size > MAX_PAGE:
             raise InvalidArgument("page_size", f"is {request.page_size}; at most {MAX_PAGE}")
@@ -53,12 +59,16 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         )
 
     async def EndConference(
-        self, request: pb.EndConferenceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.EndConferenceRequest,
+        context: ServicerContext[pb.EndConferenceRequest, pb.EndConferenceResponse],
     ) -> pb.EndConferenceResponse:
         removed = await self.conferences.end(m.parse_id("conference_id", request.conference_id))
         return pb.EndConferenceResponse(participants_removed=removed)
 
-    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
+    async def Join(
+        self, request: pb.JoinRequest, context: ServicerContext[pb.JoinRequest, pb.JoinResponse]
+    ) -> pb.JoinResponse:
         suite = SrtpSuite.from_number("suite", request.suite)
         spec = JoinSpec(
             conference_id=m.parse_id("conference_id", request.conference_id),
@@ -76,14 +86,18 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         participant = await self.conferences.join(spec)
         return pb.JoinResponse(participant=m.participant_to_proto(participant))
 
-    async def GetParticipant(self, request: pb.GetParticipantRequest, context: grpc.aio.ServicerContext) -> pb.Participant:
+    async def GetParticipant(
+        self, request: pb.GetParticipantRequest, context: ServicerContext[pb.GetParticipantRequest, pb.Participant]
+    ) -> pb.Participant:
         participant = await self.conferences.get_participant(
             m.parse_id("conference_id", request.conference_id),
             m.parse_id("participant_id", request.participant_id),
         )
         return m.participant_to_proto(participant)
 
-    async def Leave(self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext) -> pb.LeaveResponse:
+    async def Leave(
+        self, request: pb.LeaveRequest, context: ServicerContext[pb.LeaveRequest, pb.LeaveResponse]
+    ) -> pb.LeaveResponse:
         ended = await self.conferences.leave(
             m.parse_id("conference_id", request.conference_id),
             m.parse_id("participant_id", request.participant_id),
@@ -91,7 +105,9 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         return pb.LeaveResponse(conference_ended=ended)
 
     async def WatchConference(
-        self, request: pb.WatchConferenceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.WatchConferenceRequest,
+        context: ServicerContext[pb.WatchConferenceRequest, pb.ConferenceEvent],
     ) -> AsyncIterator[pb.ConferenceEvent]:
         conference_id = m.parse_id("conference_id", request.conference_id)
         watcher_id = m.parse_id("participant_id", request.participant_id, required=False)
@@ -105,7 +121,9 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         self.conferences = conferences
         self._reconciling: set[asyncio.Task[None]] = set()
 
-    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+    async def Register(
+        self, request: pb.RegisterRequest, context: ServicerContext[pb.RegisterRequest, pb.RegisterResponse]
+    ) -> pb.RegisterResponse:
         if not request.HasField("daemon"):
             raise InvalidArgument("daemon", "is required")
         info = m.parse_daemon("daemon", request.daemon)
@@ -130,21 +148,27 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         except CharterError as error:
             log.warning("reconciliation failed", extra={"daemon_id": daemon_id, "reason": str(error)})
 
-    async def KeepAlive(self, request: pb.KeepAliveRequest, context: grpc.aio.ServicerContext) -> pb.KeepAliveResponse:
+    async def KeepAlive(
+        self, request: pb.KeepAliveRequest, context: ServicerContext[pb.KeepAliveRequest, pb.KeepAliveResponse]
+    ) -> pb.KeepAliveResponse:
         daemon_id = m.parse_id("daemon_id", request.daemon_id)
         if not request.lease_id:
             raise InvalidArgument("lease_id", "is required")
         self.registry.keep_alive(daemon_id, request.lease_id, m.parse_load(request.load))
         return pb.KeepAliveResponse(lease_ttl=m.duration(self.registry.lease_ttl))
 
-    async def Deregister(self, request: pb.DeregisterRequest, context: grpc.aio.ServicerContext) -> pb.DeregisterResponse:
+    async def Deregister(
+        self, request: pb.DeregisterRequest, context: ServicerContext[pb.DeregisterRequest, pb.DeregisterResponse]
+    ) -> pb.DeregisterResponse:
         daemon_id = m.parse_id("daemon_id", request.daemon_id)
         if not request.lease_id:
             raise InvalidArgument("lease_id", "is required")
         self.registry.deregister(daemon_id, request.lease_id)
         return pb.DeregisterResponse()
 
-    async def ListDaemons(self, request: pb.ListDaemonsRequest, context: grpc.aio.ServicerContext) -> pb.ListDaemonsResponse:
+    async def ListDaemons(
+        self, request: pb.ListDaemonsRequest, context: ServicerContext[pb.ListDaemonsRequest, pb.ListDaemonsResponse]
+    ) -> pb.ListDaemonsResponse:
         store_usage = await self.conferences.store.daemon_usage()
         reply = pb.ListDaemonsResponse()
         for record in self.registry.live():

@@ -1,35 +1,47 @@
 """Typed control API of the compiled forwarding core (mediad/_forward.pyx).
 
 The hot path owns Endpoint, Track and Subscription; the control side creates, changes and
-reads them only through the methods below. Nothing here is called per packet.
+reads them only through the methods below. Nothing here is called per packet. Counters and
+statistics are read-only: only the hot path changes them.
 """
 import asyncio
 import socket
 from collections.abc import Callable
 
+from typing_extensions import disjoint_base
+
 DROP_REASONS: tuple[str, ...]
 """Names of the per-endpoint drop counters, in the order the hot path keeps them."""
 
+@disjoint_base
 class Counters:
     """Packet counters of an endpoint (Endpoint.counters) or of a forwarder (Forwarder.totals())."""
 
-    packets_in: int
-    """SRTP packets received that authenticated."""
-    bytes_in: int
-    packets_out: int
-    """SRTP packets sent."""
-    bytes_out: int
-    rtcp_in: int
-    """SRTCP packets received that authenticated."""
-    rtcp_out: int
-    rtcp_errors: int
-    """RTCP not sent (protect or send failed) or that the RTCP handler failed on."""
+    @property
+    def packets_in(self) -> int:
+        """SRTP packets received that authenticated."""
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def packets_out(self) -> int:
+        """SRTP packets sent."""
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def rtcp_in(self) -> int:
+        """SRTCP packets received that authenticated."""
+    @property
+    def rtcp_out(self) -> int: ...
+    @property
+    def rtcp_errors(self) -> int:
+        """RTCP not sent (protect or send failed) or that the RTCP handler failed on."""
     @property
     def drops(self) -> tuple[int, ...]:
         """Packets dropped, by reason: one count per name in DROP_REASONS."""
     def dropped(self, reason: str) -> int:
         """The count of one reason of DROP_REASONS."""
 
+@disjoint_base
 class Forwarder:
     """Owns the shared packet buffers and drives every endpoint's socket on one event loop."""
 
@@ -63,23 +75,30 @@ class Forwarder:
         counted in the endpoint's rtcp_errors and reported to the loop's exception handler."""
     def totals(self) -> Counters:
         """Counters since the forwarder started, closed endpoints included."""
-    batches: int
-    """recvmmsg calls that returned packets."""
-    batch_packets: int
-    """Packets those calls returned."""
+    @property
+    def batches(self) -> int:
+        """recvmmsg calls that returned packets."""
+    @property
+    def batch_packets(self) -> int:
+        """Packets those calls returned."""
     def close(self) -> None:
         """Close every endpoint."""
 
+@disjoint_base
 class Endpoint:
-    counters: Counters
-    last_activity: float
-    """time.monotonic() of the last packet that authenticated; 0.0 if none."""
-    description: object
-    """What the control side made it from (Forwarder.create_endpoint)."""
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def last_activity(self) -> float:
+        """time.monotonic() of the last packet that authenticated; 0.0 if none."""
+    @property
+    def description(self) -> object:
+        """What the control side made it from (Forwarder.create_endpoint)."""
     @property
     def name(self) -> str: ...
     @property
-    def local_address(self) -> tuple[str, int]: ...
+    def local_address(self) -> tuple[str, int] | None:
+        """The socket's bound address; None once closed."""
     @property
     def remote(self) -> tuple[str, int] | None: ...
     @property
@@ -123,13 +142,18 @@ class Endpoint:
         """Stop the socket, remove its tracks (and their subscriptions) and the subscriptions
         sending to it. Idempotent."""
 
+@disjoint_base
 class Track:
-    packets: int
-    """Packets of the track received and authenticated."""
-    bytes: int
-    last_activity: float
-    description: object
-    """What the control side added it from (Endpoint.add_track)."""
+    @property
+    def packets(self) -> int:
+        """Packets of the track received and authenticated."""
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def last_activity(self) -> float: ...
+    @property
+    def description(self) -> object:
+        """What the control side added it from (Endpoint.add_track)."""
     @property
     def ssrc(self) -> int: ...
     @property
@@ -139,7 +163,8 @@ class Track:
     @property
     def name(self) -> str: ...
     @property
-    def endpoint(self) -> Endpoint: ...
+    def endpoint(self) -> Endpoint | None:
+        """The endpoint that receives it; None once removed (Endpoint.remove_track, close)."""
     @property
     def subscriptions(self) -> list[Subscription]: ...
     @property
@@ -154,19 +179,29 @@ class Track:
     def find_subscription(self, target: Endpoint) -> Subscription | None:
         """The subscription sending this track to `target`."""
 
+@disjoint_base
 class Subscription:
-    packets: int
-    """Packets sent on this route."""
-    bytes: int
-    dropped_paused: int
-    dropped_no_remote: int
-    """Not sent: no remote address yet (nothing latched)."""
-    dropped_stale: int
-    """Not sent: from before a rebase of the mapping."""
-    send_errors: int
-    retransmitted: int
-    retransmit_misses: int
-    last_activity: float
+    @property
+    def packets(self) -> int:
+        """Packets sent on this route."""
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def dropped_paused(self) -> int: ...
+    @property
+    def dropped_no_remote(self) -> int:
+        """Not sent: no remote address yet (nothing latched)."""
+    @property
+    def dropped_stale(self) -> int:
+        """Not sent: from before a rebase of the mapping."""
+    @property
+    def send_errors(self) -> int: ...
+    @property
+    def retransmitted(self) -> int: ...
+    @property
+    def retransmit_misses(self) -> int: ...
+    @property
+    def last_activity(self) -> float: ...
     @property
     def ssrc(self) -> int: ...
     @property
@@ -184,7 +219,8 @@ class Subscription:
     def retransmit(self, sequence: int) -> bool:
         """Send again the packet this subscription sent with outgoing sequence number
         `sequence` (answering a NACK), from the track's plaintext cache, protected afresh.
-        False when it is not in the cache (any more): counted in retransmit_misses."""
+        False when it is not in the cache (any more): counted in retransmit_misses.
+        ValueError unless 0 <= sequence <= 65535."""
     def map_timestamp(self, timestamp: int) -> int | None:
         """The outgoing RTP timestamp for one of the publisher's (to translate sender
         reports), or None before the first packet was forwarded."""
@@ -194,11 +230,16 @@ class Subscription:
     @property
     def last_timestamp(self) -> int | None: ...
 
+@disjoint_base
 class Rewriter:
     """The per-subscription sequence/timestamp rewrite, exposed for table-driven tests."""
 
     def __init__(self, ssrc: int = 0) -> None: ...
-    def rewrite(self, source: int, seq: int, timestamp: int, now: float, clock_rate: int = 90000) -> tuple[int, int] | None:
+    @property
+    def ssrc(self) -> int: ...
+    def rewrite(
+        self, source: int, seq: int, timestamp: int, now: float, clock_rate: int = 90000
+    ) -> tuple[int, int] | None:
         """Map one incoming packet of `source` (a generation number of the track's SSRC) to
         (sequence, timestamp), or None when it is too old to forward."""
     def pause(self) -> None: ...

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise", default=env(p, "ADVERTISE", d.advertise),
                         help=f"gRPC host:port the controller calls [{p}ADVERTISE, default the listen address]")
     parser.add_argument("--controller", default=env(p, "CONTROLLER", d.controller),
-                        help=f"controller to register with, host:port; empty: none [{p}CONTROLLER, default %(default)s]")
+                        help=f"controller to register with, host:port; empty: none "
+                        f"[{p}CONTROLLER, default %(default)s]")
     parser.add_argument("--media-ip", default=env(p, "MEDIA_IP", d.media_ip),
                         help=f"IPv4 address media ports bind to and are reached at [{p}MEDIA_IP, default %(default)s]")
     parser.add_argument("--ports", type=parse_ports, default=env(p, "PORTS", f"{d.port_first}-{d.port_last}"),
@@ -59,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capacity", type=int, default=int(env(p, "CAPACITY", d.capacity)),
                         help=f"endpoints taken at most; 0: one per port [{p}CAPACITY, default %(default)s]")
     parser.add_argument("--drain-timeout", type=float, default=float(env(p, "DRAIN_TIMEOUT", d.drain_timeout)),
-                        help=f"seconds a shutdown waits for endpoints to be released [{p}DRAIN_TIMEOUT, default %(default)s]")
+                        help=f"seconds a shutdown waits for endpoints to be released "
+                        f"[{p}DRAIN_TIMEOUT, default %(default)s]")
 
 
 def from_args(args: argparse.Namespace) -> MediadConfig:

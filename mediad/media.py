@@ -45,8 +45,10 @@ def port_of(endpoint: _forward.Endpoint) -> int:
 
 def subscription_spec(subscription: _forward.Subscription) -> SubscriptionSpec:
     """The ids of a route as the forwarding core holds it (endpoints are named by their ids)."""
+    publisher = subscription.track.endpoint
+    assert publisher is not None, "a subscription's track is removed with its subscriptions"
     return SubscriptionSpec(
-        track_endpoint_id=subscription.track.endpoint.name,
+        track_endpoint_id=publisher.name,
         track_ssrc=subscription.track.ssrc,
         endpoint_id=subscription.target.name,
         ssrc=subscription.ssrc,
@@ -188,25 +190,30 @@ class Media:
             track = source.find_track(spec.track_ssrc)
             if track is None:
                 raise NotFound(
-                    f"{field_name}.track_ssrc: endpoint {spec.track_endpoint_id!r} has no track with SSRC {spec.track_ssrc}"
+                    f"{field_name}.track_ssrc: endpoint {spec.track_endpoint_id!r} "
+                    f"has no track with SSRC {spec.track_ssrc}"
                 )
             existing = track.find_subscription(target)
             if existing is not None:
                 if existing.ssrc != spec.ssrc:
                     raise AlreadyExists(
-                        f"{field_name}: endpoint {spec.endpoint_id!r} already receives this track with SSRC {existing.ssrc}"
+                        f"{field_name}: endpoint {spec.endpoint_id!r} "
+                        f"already receives this track with SSRC {existing.ssrc}"
                     )
                 continue
             key = (spec.endpoint_id, spec.ssrc)
             if key in planned or any(s.ssrc == spec.ssrc for s in target.subscriptions):
-                raise AlreadyExists(f"{field_name}.ssrc: endpoint {spec.endpoint_id!r} already receives SSRC {spec.ssrc}")
+                raise AlreadyExists(
+                    f"{field_name}.ssrc: endpoint {spec.endpoint_id!r} already receives SSRC {spec.ssrc}"
+                )
             planned.add(key)
             plan.append((track, target, spec))
         for track, target, spec in plan:
             track.subscribe(target, spec.ssrc, paused=spec.paused)
             # A new video receiver can decode nothing before the next key frame: ask for one
             # (a publisher that has not sent yet has no remote and will start with one).
-            if track.kind == "video" and track.endpoint.remote is not None:
+            publisher = track.endpoint  # never None: subscribe() refuses a removed track
+            if track.kind == "video" and publisher is not None and publisher.remote is not None:
                 self.rtcp.request_key_frame(track)
         return len(plan)
 
@@ -214,7 +221,9 @@ class Media:
 
     def drain(self, resume: bool = False) -> None:
         self.draining = not resume
-        log.info("draining" if self.draining else "taking new endpoints again", extra={"endpoints": len(self._endpoints)})
+        log.info(
+            "draining" if self.draining else "taking new endpoints again", extra={"endpoints": len(self._endpoints)}
+        )
 
     def counts(self) -> tuple[int, int, int]:
         """Endpoints, tracks and subscriptions."""

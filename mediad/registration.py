@@ -46,7 +46,10 @@ class Registration:
                 )
             except grpc.aio.AioRpcError as error:
                 if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    log.error("controller refused registration", extra={"code": error.code().name, "details": error.details()})
+                    log.error(
+                        "controller refused registration",
+                        extra={"code": error.code().name, "details": error.details()},
+                    )
                 await self._pause(retry)
                 retry = min(RETRY_MAX, retry * 2)
                 continue
@@ -77,10 +80,14 @@ class Registration:
                 expires = time.monotonic() + ttl
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
-                    log.warning("lease unknown to the controller: registering again", extra={"details": error.details()})
+                    log.warning(
+                        "lease unknown to the controller: registering again", extra={"details": error.details()}
+                    )
                     return
                 if time.monotonic() >= expires:
-                    log.warning("controller unreachable past the lease: registering again", extra={"code": error.code().name})
+                    log.warning(
+                        "controller unreachable past the lease: registering again", extra={"code": error.code().name}
+                    )
                     return
 
     async def _pause(self, seconds: float) -> None:

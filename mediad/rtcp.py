@@ -118,7 +118,8 @@ class ReceiverReport:
     extension: bytes = b""
 
     def __bytes__(self) -> bytes:
-        return _packet(len(self.reports), RR, struct.pack("!I", self.ssrc) + b"".join(bytes(r) for r in self.reports) + self.extension)
+        body = struct.pack("!I", self.ssrc) + b"".join(bytes(r) for r in self.reports) + self.extension
+        return _packet(len(self.reports), RR, body)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +227,8 @@ def parse_packet(count: int, packet_type: int, body: bytes) -> RtcpPacket:
             raise ValueError(f"sender report with {count} blocks in {len(body)} bytes")
         ssrc, ntp, rtp_ts, packets, octets = SR_INFO.unpack_from(body)
         reports = _blocks(body, SR_INFO.size, count)
-        return SenderReport(ssrc, ntp, rtp_ts, packets, octets, reports, body[SR_INFO.size + REPORT_BLOCK.size * count :])
+        extension = body[SR_INFO.size + REPORT_BLOCK.size * count :]
+        return SenderReport(ssrc, ntp, rtp_ts, packets, octets, reports, extension)
     if packet_type == RR:
         if len(body) < 4 + REPORT_BLOCK.size * count:
             raise ValueError(f"receiver report with {count} blocks in {len(body)} bytes")

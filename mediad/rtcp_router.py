@@ -223,7 +223,11 @@ class RtcpRouter:
             self.counts["key_frame_suppressed"] += 1
             return False
         publisher = track.endpoint
-        if publisher.closed or not publisher.send_rtcp(bytes(rtcp.PictureLossIndication(self.ssrc, track.ssrc))):
+        if (
+            publisher is None
+            or publisher.closed
+            or not publisher.send_rtcp(bytes(rtcp.PictureLossIndication(self.ssrc, track.ssrc)))
+        ):
             self.counts["key_frame_not_sent"] += 1
             return False
         if len(self._key_frame_sent) > 4096:

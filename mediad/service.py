@@ -5,7 +5,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import grpc
+from grpc.aio import ServicerContext
 
 from charter.addresses import address_to_proto
 from charter.endpoints import parse_endpoint_spec
@@ -43,7 +43,7 @@ def counters_to_proto(counters: _forward.Counters) -> mediad_pb2.Counters:
         bytes_out=counters.bytes_out,
         rtcp_in=counters.rtcp_in,
         rtcp_out=counters.rtcp_out,
-        drops={reason: count for reason, count in zip(_forward.DROP_REASONS, counters.drops) if count},
+        drops={reason: count for reason, count in zip(_forward.DROP_REASONS, counters.drops, strict=True) if count},
     )
 
 
@@ -52,32 +52,64 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
         self.media = media
         self.media_ip = media_ip
 
-    async def CreateEndpoint(self, request: mediad_pb2.CreateEndpointRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.Endpoint:
+    async def CreateEndpoint(
+        self,
+        request: mediad_pb2.CreateEndpointRequest,
+        context: ServicerContext[mediad_pb2.CreateEndpointRequest, mediad_pb2.Endpoint],
+    ) -> mediad_pb2.Endpoint:
         return endpoint_to_proto(self.media.create_endpoint(parse_endpoint_spec(request)), self.media_ip)
 
-    async def GetEndpoint(self, request: mediad_pb2.GetEndpointRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.Endpoint:
+    async def GetEndpoint(
+        self,
+        request: mediad_pb2.GetEndpointRequest,
+        context: ServicerContext[mediad_pb2.GetEndpointRequest, mediad_pb2.Endpoint],
+    ) -> mediad_pb2.Endpoint:
         return endpoint_to_proto(self.media.get_endpoint(check_id("endpoint_id", request.endpoint_id)), self.media_ip)
 
-    async def ListEndpoints(self, request: mediad_pb2.ListEndpointsRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.ListEndpointsResponse:
+    async def ListEndpoints(
+        self,
+        request: mediad_pb2.ListEndpointsRequest,
+        context: ServicerContext[mediad_pb2.ListEndpointsRequest, mediad_pb2.ListEndpointsResponse],
+    ) -> mediad_pb2.ListEndpointsResponse:
         endpoints = self.media.list_endpoints(request.conference_id)
         return mediad_pb2.ListEndpointsResponse(endpoints=[endpoint_to_proto(e, self.media_ip) for e in endpoints])
 
-    async def DeleteEndpoint(self, request: mediad_pb2.DeleteEndpointRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.DeleteEndpointResponse:
+    async def DeleteEndpoint(
+        self,
+        request: mediad_pb2.DeleteEndpointRequest,
+        context: ServicerContext[mediad_pb2.DeleteEndpointRequest, mediad_pb2.DeleteEndpointResponse],
+    ) -> mediad_pb2.DeleteEndpointResponse:
         deleted = self.media.delete_endpoint(check_id("endpoint_id", request.endpoint_id), request.allow_missing)
         return mediad_pb2.DeleteEndpointResponse(deleted=deleted)
 
-    async def ReleaseConference(self, request: mediad_pb2.ReleaseConferenceRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.ReleaseConferenceResponse:
+    async def ReleaseConference(
+        self,
+        request: mediad_pb2.ReleaseConferenceRequest,
+        context: ServicerContext[mediad_pb2.ReleaseConferenceRequest, mediad_pb2.ReleaseConferenceResponse],
+    ) -> mediad_pb2.ReleaseConferenceResponse:
         count = self.media.release_conference(check_id("conference_id", request.conference_id))
         return mediad_pb2.ReleaseConferenceResponse(endpoints_deleted=count)
 
-    async def Subscribe(self, request: mediad_pb2.SubscribeRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.SubscribeResponse:
+    async def Subscribe(
+        self,
+        request: mediad_pb2.SubscribeRequest,
+        context: ServicerContext[mediad_pb2.SubscribeRequest, mediad_pb2.SubscribeResponse],
+    ) -> mediad_pb2.SubscribeResponse:
         specs = [parse_subscription_spec(f"subscriptions[{i}]", s) for i, s in enumerate(request.subscriptions)]
         return mediad_pb2.SubscribeResponse(created=self.media.subscribe(specs))
 
-    async def GetStats(self, request: mediad_pb2.GetStatsRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.Stats:
+    async def GetStats(
+        self,
+        request: mediad_pb2.GetStatsRequest,
+        context: ServicerContext[mediad_pb2.GetStatsRequest, mediad_pb2.Stats],
+    ) -> mediad_pb2.Stats:
         return self._stats(request.endpoint_id, request.conference_id)
 
-    async def WatchStats(self, request: mediad_pb2.WatchStatsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[mediad_pb2.Stats]:
+    async def WatchStats(
+        self,
+        request: mediad_pb2.WatchStatsRequest,
+        context: ServicerContext[mediad_pb2.WatchStatsRequest, mediad_pb2.Stats],
+    ) -> AsyncIterator[mediad_pb2.Stats]:
         interval = request.interval.ToTimedelta().total_seconds() if request.HasField("interval") else 1.0
         if interval < MIN_INTERVAL:
             raise InvalidArgument("interval", f"is {interval:g} s; at least {MIN_INTERVAL:g} s")
@@ -85,7 +117,11 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
             yield self._stats(request.endpoint_id, request.conference_id)
             await asyncio.sleep(interval)
 
-    async def Drain(self, request: mediad_pb2.DrainRequest, context: grpc.aio.ServicerContext) -> mediad_pb2.DrainResponse:
+    async def Drain(
+        self,
+        request: mediad_pb2.DrainRequest,
+        context: ServicerContext[mediad_pb2.DrainRequest, mediad_pb2.DrainResponse],
+    ) -> mediad_pb2.DrainResponse:
         self.media.drain(resume=request.resume)
         endpoints, _, _ = self.media.counts()
         return mediad_pb2.DrainResponse(endpoints=endpoints, draining=self.media.draining)

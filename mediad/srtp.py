@@ -6,7 +6,7 @@ path); the hot path then calls libsrtp's C functions on the session's raw `srtp_
 from __future__ import annotations
 
 import pylibsrtp
-from pylibsrtp._binding import ffi, lib
+from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]  # pylibsrtp's cffi module has no stubs
 
 from charter.suites import SrtpSuite, check_key
 

@@ -24,3 +24,40 @@ def harness() -> Iterator[Harness]:
         h.check_errors()
     finally:
         h.close()
+
+
+# The suite by layer (docs/architecture.md), with the time each took, in the summary.
+LAYERS = {
+    "in process: the controller's domain and pure modules": (
+        "test_conferences.py", "test_placement.py", "test_registry.py", "test_store.py", "test_sdp.py",
+        "test_rtcp_packets.py", "test_layers.py",
+    ),
+    "the forwarding core and the RTCP slow path (real sockets, one process)": ("test_forward_", "test_rtcp_router.py"),
+    "real processes: controller, daemons, grpcurl, the double's contract": (
+        "test_control_", "test_grpcurl.py", "test_daemon_contract.py",
+    ),
+    "real media peers: ffmpeg, GStreamer, the demo": ("test_peers_", "test_demo.py"),
+}
+
+
+def _layer(nodeid: str) -> str:
+    name = nodeid.split("::")[0].rsplit("/", 1)[-1]
+    for layer, prefixes in LAYERS.items():
+        if name.startswith(prefixes):
+            return layer
+    return "other"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    totals: dict[str, list[float]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                layer = totals.setdefault(_layer(report.nodeid), [0.0, 0])
+                layer[0] += report.duration
+                layer[1] += report.when == "call"
+    if not totals:
+        return
+    terminalreporter.section("time by layer")
+    for layer, (seconds, count) in sorted(totals.items(), key=lambda item: item[1][0]):
+        terminalreporter.write_line(f"{seconds:8.2f} s  {int(count):4d} tests  {layer}")

@@ -146,7 +146,7 @@ def counts(thing: Endpoint | Track | Subscription | Forwarder) -> dict[str, Any]
                 "subscriptions": len(thing.subscriptions)}
     counters = thing.totals() if isinstance(thing, Forwarder) else thing.counters
     values: dict[str, Any] = {name: getattr(counters, name) for name in COUNTERS}
-    values["drops"] = dict(zip(DROP_REASONS, counters.drops))
+    values["drops"] = dict(zip(DROP_REASONS, counters.drops, strict=False))
     if isinstance(thing, Endpoint):
         values["last_activity"] = thing.last_activity
     else:

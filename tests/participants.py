@@ -1,5 +1,6 @@
 """A test participant: a plain UDP socket on 127.0.0.1 that sends real SRTP with the key the
 controller gave it and decrypts what it receives with the other key."""
+
 from __future__ import annotations
 
 import base64
@@ -46,8 +47,10 @@ class Peer:
         return self.sock.getsockname()[:2]
 
     def join_request(self, conference_id: str, *, give_address: bool = False) -> pb.JoinRequest:
-        request = pb.JoinRequest(conference_id=conference_id, participant_id=self.participant_id, display_name=self.participant_id.title())
-        for ssrc, kind in zip(self.track_ssrcs, self.kinds):
+        request = pb.JoinRequest(
+            conference_id=conference_id, participant_id=self.participant_id, display_name=self.participant_id.title()
+        )
+        for ssrc, kind in zip(self.track_ssrcs, self.kinds, strict=False):
             if kind == media_pb2.AUDIO:
                 request.tracks.add(ssrc=ssrc, kind=kind, codec="opus", payload_type=111, clock_rate=48000, channels=2)
             else:

@@ -1,6 +1,12 @@
-"""Real controller and media daemon processes for tests, started as a user starts them
-(`python -m controller`, `python -m mediad`) on free ports, ready once grpc.health.v1
-answers SERVING, stopped with SIGTERM and expected to exit 0."""
+"""Test-side processes and ports: real controller and media daemon processes started as a
+user starts them (`python -m controller`, `python -m mediad`) on free ports, ready once
+grpc.health.v1 answers SERVING, stopped with SIGTERM and expected to exit 0; and the port
+checks only tests need (blocks of ports free for a daemon, whether a port is bound).
+
+Children start here with their output in a log file (start_logged) and stop through
+charter.processes.stop (SIGTERM, then SIGKILL); a single free port is
+charter.processes.free_port."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,47 +17,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from charter import processes
+from charter.processes import free_port
 from charter.v1 import controller_pb2, controller_pb2_grpc, mediad_pb2_grpc
+from waits import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 
 
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_tcp_ports(count: int, low: int = 40000, high: int = 60000) -> int:
-    """The first of `count` consecutive TCP ports free now."""
-    for _ in range(200):
-        first = random.randrange(low, high - count)
-        sockets = []
-        try:
-            for port in range(first, first + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free TCP ports")
-
-
-def udp_port_free(port: int, ip: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def port_free(port: int, kind: socket.SocketKind = socket.SOCK_DGRAM, ip: str = "127.0.0.1") -> bool:
+    """True when `port` (UDP by default) can be bound on `ip` now."""
+    with socket.socket(socket.AF_INET, kind) as s:
         try:
             s.bind((ip, port))
         except OSError:
@@ -59,13 +44,60 @@ def udp_port_free(port: int, ip: str = "127.0.0.1") -> bool:
         return True
 
 
+def udp_port_free(port: int, ip: str = "127.0.0.1") -> bool:
+    return port_free(port, socket.SOCK_DGRAM, ip)
+
+
+def udp_port_bound(port: int) -> bool:
+    """True when some socket of this machine is bound to UDP `port` (read from /proc, so
+    that asking never holds the port a process is about to bind)."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    local = line.split()[1]  # "0100007F:9C40"
+                    if int(local.rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def free_block(count: int, kind: socket.SocketKind, low: int, high: int, align: int = 1) -> int:
+    """The first of `count` consecutive ports free now in [low, high), the first a multiple of `align`."""
+    for _ in range(200):
+        first = random.randrange(low, high - count) // align * align
+        if all(port_free(p, kind) for p in range(first, first + count)):
+            return first
+    name = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+    raise RuntimeError(f"no {count} consecutive free {name} ports in {low}-{high}")
+
+
+def free_tcp_ports(count: int, low: int = 40000, high: int = 60000) -> int:
+    """The first of `count` consecutive TCP ports free now."""
+    return free_block(count, socket.SOCK_STREAM, low, high)
+
+
 def free_udp_range(size: int, low: int = 20000, high: int = 32000) -> tuple[int, int]:
     """A block of `size` consecutive UDP ports free now, below the ephemeral range."""
-    for _ in range(200):
-        first = random.randrange(low, high - size) // size * size
-        if all(udp_port_free(p) for p in range(first, first + size)):
-            return first, first + size - 1
-    raise RuntimeError(f"no {size} consecutive free UDP ports in {low}-{high}")
+    first = free_block(size, socket.SOCK_DGRAM, low, high, align=size)
+    return first, first + size - 1
+
+
+def start_logged(
+    argv: Sequence[str], log_path: Path, *, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A child with its stdout and stderr in `log_path` (and no stdin).
+
+    Not charter.processes.start: its preexec_fn (die_with_parent) makes Popen fork() rather
+    than vfork(), and fork() runs gRPC's fork handlers in this process, whose gRPC is live
+    (channels to the servers under test); the child can then abort before it execs (seen:
+    an ffmpeg sender exiting -6 with "epoll_wait error: Bad file descriptor" in its log)."""
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(
+            list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+        )
 
 
 def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> None:
@@ -76,7 +108,10 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float 
             if process.poll() is not None:
                 raise RuntimeError(f"process {process.args!r} exited with {process.returncode} before serving")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -105,23 +140,17 @@ class Process:
         """SIGTERM and wait; the exit code (killed after `timeout`: then an error)."""
         self.channel.close()
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.process.send_signal(signal.SIGCONT)  # a stalled (SIGSTOP) process hears SIGTERM too
+        asked = time.monotonic()
+        code = processes.stop(self.process, timeout)
+        if code == -signal.SIGKILL and time.monotonic() - asked >= timeout:
             raise AssertionError(f"{self.name} did not stop within {timeout:.0f} s of SIGTERM:\n{self.log()[-3000:]}")
+        return code
 
 
 def _start(name: str, argv: list[str], address: str, log_dir: Path) -> Process:
     log_path = log_dir / f"{name}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, *argv], cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env
-        )
+    process = start_logged([sys.executable, *argv], log_path, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     started = Process(name, address, process, log_path)
     try:
         wait_serving(address, process)
@@ -133,7 +162,7 @@ def _start(name: str, argv: list[str], address: str, log_dir: Path) -> Process:
 
 
 def start_controller(log_dir: Path, *, lease_ttl: float = 10.0, port: int | None = None) -> Process:
-    address = f"127.0.0.1:{port or free_tcp_port()}"
+    address = f"127.0.0.1:{port or free_port()}"
     return _start(
         "controller",
         ["-m", "controller", "--listen", address, "--lease-ttl", str(lease_ttl), "--grace", "2"],
@@ -151,13 +180,28 @@ def start_mediad(
     capacity: int = 0,
     drain_timeout: float = 10.0,
 ) -> Process:
-    address = f"127.0.0.1:{free_tcp_port()}"
+    address = f"127.0.0.1:{free_port()}"
     return _start(
         daemon_id,
         [
-            "-m", "mediad", "--listen", address, "--daemon-id", daemon_id, "--controller", controller,
-            "--media-ip", "127.0.0.1", "--ports", f"{ports[0]}-{ports[1]}", "--capacity", str(capacity),
-            "--drain-timeout", str(drain_timeout), "--grace", "2",
+            "-m",
+            "mediad",
+            "--listen",
+            address,
+            "--daemon-id",
+            daemon_id,
+            "--controller",
+            controller,
+            "--media-ip",
+            "127.0.0.1",
+            "--ports",
+            f"{ports[0]}-{ports[1]}",
+            "--capacity",
+            str(capacity),
+            "--drain-timeout",
+            str(drain_timeout),
+            "--grace",
+            "2",
         ],
         address,
         log_dir,
@@ -179,15 +223,6 @@ def mediad_stub(p: Process) -> mediad_pb2_grpc.MediaDaemonStub:
 def live_daemons(controller: Process) -> set[str]:
     reply = registry_stub(controller).ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=5)
     return {d.daemon.daemon_id for d in reply.daemons}
-
-
-def wait_until(condition, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @dataclass

@@ -112,16 +112,16 @@ class Rewriter:
 class Sent:
     """One datagram the forwarder sends: from `endpoint`'s socket to `address`."""
 
-    endpoint: "RefEndpoint"
+    endpoint: RefEndpoint
     address: Address
     datagram: bytes
-    subscription: "RefSubscription"
+    subscription: RefSubscription
     rebased: bool  # its mapping started a new epoch
     advanced: bool  # it moved the subscription's last sent sequence/timestamp
 
 
 class RefSubscription:
-    def __init__(self, track: "RefTrack", target: "RefEndpoint", ssrc: int, paused: bool) -> None:
+    def __init__(self, track: RefTrack, target: RefEndpoint, ssrc: int, paused: bool) -> None:
         self.track = track
         self.target = target
         self.ssrc = ssrc
@@ -145,7 +145,7 @@ class RefSubscription:
 
 
 class RefTrack:
-    def __init__(self, endpoint: "RefEndpoint", ssrc: int, clock_rate: int) -> None:
+    def __init__(self, endpoint: RefEndpoint, ssrc: int, clock_rate: int) -> None:
         self.endpoint = endpoint
         self.ssrc = ssrc
         self.clock_rate = clock_rate
@@ -160,7 +160,7 @@ class RefTrack:
         self.ssrc = ssrc
         self.source += 1
 
-    def subscribe(self, target: "RefEndpoint", ssrc: int, *, paused: bool = False) -> RefSubscription:
+    def subscribe(self, target: RefEndpoint, ssrc: int, *, paused: bool = False) -> RefSubscription:
         subscription = RefSubscription(self, target, ssrc, paused)
         self.subscriptions.append(subscription)
         return subscription

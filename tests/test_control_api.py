@@ -1,5 +1,6 @@
 """The controller's API against real processes: every kind of bad request, the watch
 stream, placement by load, paging, and the media daemon's idempotent operations."""
+
 from __future__ import annotations
 
 import base64
@@ -13,7 +14,8 @@ import pytest
 
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2, mediad_pb2
-from processes import Cluster, cluster, conference_stub, mediad_stub, registry_stub, udp_port_free, wait_until
+from processes import Cluster, cluster, conference_stub, mediad_stub, registry_stub, udp_port_free
+from waits import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,9 @@ def video(ssrc: int, **changes: Any) -> media_pb2.Track:
     return track
 
 
-def join(conference_id: str, participant_id: str = "", tracks: list[media_pb2.Track] | None = None, **fields: Any) -> pb.JoinRequest:
+def join(
+    conference_id: str, participant_id: str = "", tracks: list[media_pb2.Track] | None = None, **fields: Any
+) -> pb.JoinRequest:
     request = pb.JoinRequest(conference_id=conference_id, participant_id=participant_id, tracks=tracks or [])
     for key, value in fields.items():
         if key == "receive_address":
@@ -89,12 +93,18 @@ def test_invalid_join_names_the_field(api: Any, fields: dict[str, Any], field: s
     error = refused(lambda: api.Join(request, timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith(field + ":"), error.details()
-    assert api.GetConference(pb.GetConferenceRequest(conference_id=conference.conference_id), timeout=10).participants == []
+    assert (
+        api.GetConference(pb.GetConferenceRequest(conference_id=conference.conference_id), timeout=10).participants
+        == []
+    )
 
 
 def test_invalid_conference_requests(api: Any) -> None:
     cases = [
-        (lambda: api.CreateConference(pb.CreateConferenceRequest(conference_id="bad id!"), timeout=10), "conference_id"),
+        (
+            lambda: api.CreateConference(pb.CreateConferenceRequest(conference_id="bad id!"), timeout=10),
+            "conference_id",
+        ),
         (lambda: api.CreateConference(pb.CreateConferenceRequest(name="n" * 300), timeout=10), "name"),
         (lambda: api.GetConference(pb.GetConferenceRequest(), timeout=10), "conference_id"),
         (lambda: api.EndConference(pb.EndConferenceRequest(), timeout=10), "conference_id"),
@@ -119,7 +129,9 @@ def test_unknown_ids_are_not_found(api: Any) -> None:
         lambda: api.GetParticipant(pb.GetParticipantRequest(conference_id=cid, participant_id="nobody"), timeout=10),
         lambda: api.Leave(pb.LeaveRequest(conference_id=cid, participant_id="nobody"), timeout=10),
         lambda: next(iter(api.WatchConference(pb.WatchConferenceRequest(conference_id="nope"), timeout=10))),
-        lambda: next(iter(api.WatchConference(pb.WatchConferenceRequest(conference_id=cid, participant_id="nobody"), timeout=10))),
+        lambda: next(
+            iter(api.WatchConference(pb.WatchConferenceRequest(conference_id=cid, participant_id="nobody"), timeout=10))
+        ),
     ]
     for call in cases:
         error = refused(call)
@@ -143,15 +155,19 @@ def test_generated_ids_and_receive_only_participant(api: Any, charter: Cluster) 
     conference = api.CreateConference(pb.CreateConferenceRequest(name="room"), timeout=10)
     assert conference.conference_id and conference.name == "room"
     publisher = api.Join(join(conference.conference_id, "", [video(11)]), timeout=10).participant
-    viewer = api.Join(join(conference.conference_id, "", [], receive_address=media_pb2.Address(ip="127.0.0.1", port=9)), timeout=10).participant
+    viewer = api.Join(
+        join(conference.conference_id, "", [], receive_address=media_pb2.Address(ip="127.0.0.1", port=9)), timeout=10
+    ).participant
     assert publisher.participant_id and viewer.participant_id and publisher.participant_id != viewer.participant_id
     assert viewer.receive_address.port == 9
     assert [(s.publisher_id, s.track.ssrc) for s in viewer.subscriptions] == [(publisher.participant_id, 11)]
     got = api.GetConference(pb.GetConferenceRequest(conference_id=conference.conference_id), timeout=10)
     assert [p.participant_id for p in got.participants] == [publisher.participant_id, viewer.participant_id]
-    endpoints = mediad_stub(charter.daemon(conference.daemon_id)).ListEndpoints(
-        mediad_pb2.ListEndpointsRequest(conference_id=conference.conference_id), timeout=10
-    ).endpoints
+    endpoints = (
+        mediad_stub(charter.daemon(conference.daemon_id))
+        .ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id=conference.conference_id), timeout=10)
+        .endpoints
+    )
     remote = {e.endpoint_id.split("/")[1]: e for e in endpoints}[viewer.participant_id]
     assert not remote.latching and remote.remote.port == 9
 
@@ -174,7 +190,10 @@ def test_watch_conference_tells_every_change(api: Any) -> None:
     reader.start()
     try:
         wait_until(lambda: len(events) >= 2, what="the initial events")
-        api.Join(join("watched", "w2", [video(200), video(201, kind=media_pb2.AUDIO, codec="opus", clock_rate=48000)]), timeout=10)
+        api.Join(
+            join("watched", "w2", [video(200), video(201, kind=media_pb2.AUDIO, codec="opus", clock_rate=48000)]),
+            timeout=10,
+        )
         w1 = api.GetParticipant(pb.GetParticipantRequest(conference_id="watched", participant_id="w1"), timeout=10)
         assigned = {s.track.ssrc: s.ssrc for s in w1.subscriptions}
         api.Leave(pb.LeaveRequest(conference_id="watched", participant_id="w2"), timeout=10)
@@ -244,27 +263,51 @@ def test_media_daemon_operations_are_idempotent(charter: Cluster) -> None:
     first = daemon.CreateEndpoint(create, timeout=10)
     again = daemon.CreateEndpoint(create, timeout=10)
     assert again.local_address == first.local_address and len(again.tracks) == 1
-    changed = mediad_pb2.CreateEndpointRequest(endpoint_id="idem/a", conference_id="idem", rx_key=os.urandom(30), tx_key=keys["tx_key"])
+    changed = mediad_pb2.CreateEndpointRequest(
+        endpoint_id="idem/a", conference_id="idem", rx_key=os.urandom(30), tx_key=keys["tx_key"]
+    )
     assert refused(lambda: daemon.CreateEndpoint(changed, timeout=10)).code() == grpc.StatusCode.ALREADY_EXISTS
-    bad = mediad_pb2.CreateEndpointRequest(endpoint_id="idem/x", conference_id="idem", rx_key=b"123", tx_key=keys["tx_key"])
+    bad = mediad_pb2.CreateEndpointRequest(
+        endpoint_id="idem/x", conference_id="idem", rx_key=b"123", tx_key=keys["tx_key"]
+    )
     error = refused(lambda: daemon.CreateEndpoint(bad, timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("rx_key:")
-    daemon.CreateEndpoint(mediad_pb2.CreateEndpointRequest(endpoint_id="idem/b", conference_id="idem", **keys), timeout=10)
+    daemon.CreateEndpoint(
+        mediad_pb2.CreateEndpointRequest(endpoint_id="idem/b", conference_id="idem", **keys), timeout=10
+    )
     route = mediad_pb2.SubscriptionSpec(track_endpoint_id="idem/a", track_ssrc=1, endpoint_id="idem/b", ssrc=77)
     assert daemon.Subscribe(mediad_pb2.SubscribeRequest(subscriptions=[route]), timeout=10).created == 1
     assert daemon.Subscribe(mediad_pb2.SubscribeRequest(subscriptions=[route]), timeout=10).created == 0
     other_ssrc = mediad_pb2.SubscriptionSpec(track_endpoint_id="idem/a", track_ssrc=1, endpoint_id="idem/b", ssrc=78)
-    assert refused(lambda: daemon.Subscribe(mediad_pb2.SubscribeRequest(subscriptions=[other_ssrc]), timeout=10)).code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (
+        refused(lambda: daemon.Subscribe(mediad_pb2.SubscribeRequest(subscriptions=[other_ssrc]), timeout=10)).code()
+        == grpc.StatusCode.ALREADY_EXISTS
+    )
     missing = mediad_pb2.SubscriptionSpec(track_endpoint_id="idem/a", track_ssrc=999, endpoint_id="idem/b", ssrc=79)
-    assert refused(lambda: daemon.Subscribe(mediad_pb2.SubscribeRequest(subscriptions=[missing]), timeout=10)).code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        refused(lambda: daemon.Subscribe(mediad_pb2.SubscribeRequest(subscriptions=[missing]), timeout=10)).code()
+        == grpc.StatusCode.NOT_FOUND
+    )
 
     assert daemon.DeleteEndpoint(mediad_pb2.DeleteEndpointRequest(endpoint_id="idem/a"), timeout=10).deleted
-    assert refused(lambda: daemon.DeleteEndpoint(mediad_pb2.DeleteEndpointRequest(endpoint_id="idem/a"), timeout=10)).code() == grpc.StatusCode.NOT_FOUND
-    assert not daemon.DeleteEndpoint(mediad_pb2.DeleteEndpointRequest(endpoint_id="idem/a", allow_missing=True), timeout=10).deleted
+    assert (
+        refused(
+            lambda: daemon.DeleteEndpoint(mediad_pb2.DeleteEndpointRequest(endpoint_id="idem/a"), timeout=10)
+        ).code()
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert not daemon.DeleteEndpoint(
+        mediad_pb2.DeleteEndpointRequest(endpoint_id="idem/a", allow_missing=True), timeout=10
+    ).deleted
     assert udp_port_free(first.local_address.port)
     b = daemon.GetEndpoint(mediad_pb2.GetEndpointRequest(endpoint_id="idem/b"), timeout=10)
     assert list(b.subscriptions) == []  # went with the track's endpoint
-    assert daemon.ReleaseConference(mediad_pb2.ReleaseConferenceRequest(conference_id="idem"), timeout=10).endpoints_deleted == 1
+    assert (
+        daemon.ReleaseConference(
+            mediad_pb2.ReleaseConferenceRequest(conference_id="idem"), timeout=10
+        ).endpoints_deleted
+        == 1
+    )
     assert daemon.ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id="idem"), timeout=10).endpoints == []
 
 
@@ -272,11 +315,16 @@ def test_media_daemon_operations_are_idempotent(charter: Cluster) -> None:
 def test_media_daemon_takes_only_an_ipv4_address_as_remote(charter: Cluster, ip: str) -> None:
     daemon = mediad_stub(charter.daemons[0])
     request = mediad_pb2.CreateEndpointRequest(
-        endpoint_id="remote/a", conference_id="remote", rx_key=os.urandom(30), tx_key=os.urandom(30),
+        endpoint_id="remote/a",
+        conference_id="remote",
+        rx_key=os.urandom(30),
+        tx_key=os.urandom(30),
         remote=media_pb2.Address(ip=ip, port=5000),
     )
     error = refused(lambda: daemon.CreateEndpoint(request, timeout=10))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("remote.ip:"), error.details()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("remote.ip:"), (
+        error.details()
+    )
     assert daemon.ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id="remote"), timeout=10).endpoints == []
 
 
@@ -288,13 +336,17 @@ def test_registry_refuses_bad_registrations(charter: Cluster) -> None:
     daemon.port_range.first, daemon.port_range.last = 30000, 30010
     error = refused(lambda: registry.Register(pb.RegisterRequest(daemon=daemon), timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("daemon.capacity:")
-    error = refused(lambda: registry.KeepAlive(pb.KeepAliveRequest(daemon_id="mediad-0", lease_id="forged"), timeout=10))
+    error = refused(
+        lambda: registry.KeepAlive(pb.KeepAliveRequest(daemon_id="mediad-0", lease_id="forged"), timeout=10)
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND and "register again" in error.details()
 
 
 def test_drain_and_resume_through_the_api(charter: Cluster) -> None:
     daemon = mediad_stub(charter.daemons[1])
-    request = mediad_pb2.CreateEndpointRequest(endpoint_id="drain/a", conference_id="drain", rx_key=os.urandom(30), tx_key=os.urandom(30))
+    request = mediad_pb2.CreateEndpointRequest(
+        endpoint_id="drain/a", conference_id="drain", rx_key=os.urandom(30), tx_key=os.urandom(30)
+    )
     try:
         assert daemon.Drain(mediad_pb2.DrainRequest(), timeout=10).draining
         error = refused(lambda: daemon.CreateEndpoint(request, timeout=10))
@@ -302,14 +354,21 @@ def test_drain_and_resume_through_the_api(charter: Cluster) -> None:
     finally:
         assert not daemon.Drain(mediad_pb2.DrainRequest(resume=True), timeout=10).draining
     assert daemon.CreateEndpoint(request, timeout=10).local_address.port
-    assert daemon.ReleaseConference(mediad_pb2.ReleaseConferenceRequest(conference_id="drain"), timeout=10).endpoints_deleted == 1
+    assert (
+        daemon.ReleaseConference(
+            mediad_pb2.ReleaseConferenceRequest(conference_id="drain"), timeout=10
+        ).endpoints_deleted
+        == 1
+    )
 
 
 def test_join_replaces_a_leftover_endpoint_of_the_same_id(api: Any, charter: Cluster) -> None:
     conference = api.CreateConference(pb.CreateConferenceRequest(conference_id="leftover"), timeout=10)
     daemon = mediad_stub(charter.daemon(conference.daemon_id))
     stale = daemon.CreateEndpoint(
-        mediad_pb2.CreateEndpointRequest(endpoint_id="leftover/p", conference_id="leftover", rx_key=os.urandom(30), tx_key=os.urandom(30)),
+        mediad_pb2.CreateEndpointRequest(
+            endpoint_id="leftover/p", conference_id="leftover", rx_key=os.urandom(30), tx_key=os.urandom(30)
+        ),
         timeout=10,
     )
     joined = api.Join(join("leftover", "p", [video(3)]), timeout=10).participant

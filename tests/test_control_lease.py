@@ -1,6 +1,7 @@
 """Leases, room and shutdown with real processes: a daemon that stops renewing leaves
 placement and comes back when it resumes; daemons register again with a restarted
 controller; no room is RESOURCE_EXHAUSTED, no daemon UNAVAILABLE; SIGTERM drains in order."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,8 @@ from processes import (
     registry_stub,
     start_controller,
     udp_port_free,
-    wait_until,
 )
+from waits import wait_until
 
 LEASE = 3.0
 
@@ -41,7 +42,9 @@ def test_stalled_daemon_leaves_placement_and_returns(tmp_path: Path) -> None:
         finally:
             stalled.signal(signal.SIGCONT)
         # Its next renewal is refused (NOT_FOUND), so it registers again.
-        wait_until(lambda: live_daemons(charter.controller) == {"mediad-0", "mediad-1"}, what="mediad-1 to register again")
+        wait_until(
+            lambda: live_daemons(charter.controller) == {"mediad-0", "mediad-1"}, what="mediad-1 to register again"
+        )
         assert api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id == "mediad-1"
         assert "registering again" in stalled.log()
 
@@ -50,7 +53,9 @@ def test_endpoints_of_a_conference_ended_while_the_daemon_stalled_are_deleted(tm
     with cluster(tmp_path, daemons=1, lease_ttl=LEASE) as charter:
         api = conference_stub(charter.controller)
         api.CreateConference(pb.CreateConferenceRequest(conference_id="orphan"), timeout=10)
-        port = api.Join(pb.JoinRequest(conference_id="orphan", participant_id="a"), timeout=10).participant.media_address.port
+        port = api.Join(
+            pb.JoinRequest(conference_id="orphan", participant_id="a"), timeout=10
+        ).participant.media_address.port
         api.CreateConference(pb.CreateConferenceRequest(conference_id="kept"), timeout=10)
         api.Join(pb.JoinRequest(conference_id="kept", participant_id="b"), timeout=10)
         daemon = charter.daemons[0]
@@ -78,7 +83,9 @@ def test_daemons_register_again_with_a_restarted_controller(tmp_path: Path) -> N
         assert charter.controller.stop() == 0
         (tmp_path / "again").mkdir()
         charter.controller = start_controller(tmp_path / "again", lease_ttl=LEASE, port=port)
-        wait_until(lambda: live_daemons(charter.controller) == {"mediad-0", "mediad-1"}, what="both daemons to register again")
+        wait_until(
+            lambda: live_daemons(charter.controller) == {"mediad-0", "mediad-1"}, what="both daemons to register again"
+        )
         conference = conference_stub(charter.controller).CreateConference(pb.CreateConferenceRequest(), timeout=10)
         assert conference.daemon_id in {"mediad-0", "mediad-1"}
 
@@ -109,7 +116,10 @@ def test_no_room_is_resource_exhausted(tmp_path: Path) -> None:
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "no media daemon has room" in error.value.details()
         # Nothing was lost by the refusals; leaving makes room again.
-        assert [p.participant_id for p in api.GetConference(pb.GetConferenceRequest(conference_id="small"), timeout=10).participants] == ["a", "b"]
+        assert [
+            p.participant_id
+            for p in api.GetConference(pb.GetConferenceRequest(conference_id="small"), timeout=10).participants
+        ] == ["a", "b"]
         api.Leave(pb.LeaveRequest(conference_id="small", participant_id="b"), timeout=10)
         api.Join(pb.JoinRequest(conference_id="small", participant_id="c"), timeout=10)
         assert conference.daemon_id == "mediad-0"
@@ -119,10 +129,14 @@ def test_controller_sigterm_ends_watches_and_releases_daemons(tmp_path: Path) ->
     with cluster(tmp_path, daemons=1) as charter:
         api = conference_stub(charter.controller)
         api.CreateConference(pb.CreateConferenceRequest(conference_id="live"), timeout=10)
-        port = api.Join(pb.JoinRequest(conference_id="live", participant_id="a"), timeout=10).participant.media_address.port
+        port = api.Join(
+            pb.JoinRequest(conference_id="live", participant_id="a"), timeout=10
+        ).participant.media_address.port
         events: list[pb.ConferenceEvent] = []
         with grpc.insecure_channel(charter.controller.address) as channel:
-            stream = conference_stub_on(channel).WatchConference(pb.WatchConferenceRequest(conference_id="live"), timeout=60)
+            stream = conference_stub_on(channel).WatchConference(
+                pb.WatchConferenceRequest(conference_id="live"), timeout=60
+            )
             reader = threading.Thread(target=lambda: events.extend(stream))
             reader.start()
             wait_until(lambda: len(events) >= 1, what="the initial event")
@@ -145,7 +159,10 @@ def test_mediad_sigterm_drains_before_stopping(tmp_path: Path) -> None:
         leaving.signal(signal.SIGTERM)
         health = health_pb2_grpc.HealthStub(leaving.channel)
         wait_until(
-            lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING,
+            lambda: (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            ),
             what="NOT_SERVING while draining",
         )
 
@@ -161,7 +178,9 @@ def test_mediad_sigterm_drains_before_stopping(tmp_path: Path) -> None:
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in error.value.details()
         with pytest.raises(grpc.RpcError) as error:
             mediad_stub(leaving).CreateEndpoint(
-                mediad_pb2.CreateEndpointRequest(endpoint_id="x/y", conference_id="x", rx_key=os.urandom(30), tx_key=os.urandom(30)),
+                mediad_pb2.CreateEndpointRequest(
+                    endpoint_id="x/y", conference_id="x", rx_key=os.urandom(30), tx_key=os.urandom(30)
+                ),
                 timeout=10,
             )
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION

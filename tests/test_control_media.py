@@ -2,6 +2,7 @@
 sending real SRTP. Each receives the other two's media with the SSRCs and keys the API gave
 it; a participant that leaves gets nothing more and its port is free again; ending the
 conference frees every port and leaves no state on any daemon."""
+
 from __future__ import annotations
 
 import random
@@ -48,7 +49,8 @@ def test_three_participants_exchange_media_then_leave_and_end(charter: Cluster) 
 
         sessions = {
             p.participant_id: api.GetParticipant(
-                pb.GetParticipantRequest(conference_id=conference.conference_id, participant_id=p.participant_id), timeout=10
+                pb.GetParticipantRequest(conference_id=conference.conference_id, participant_id=p.participant_id),
+                timeout=10,
             )
             for p in peers
         }
@@ -82,9 +84,13 @@ def test_three_participants_exchange_media_then_leave_and_end(charter: Cluster) 
         alice.received.clear()
         assert udp_port_free(ports["alice"])
         with pytest.raises(grpc.RpcError) as error:
-            api.GetParticipant(pb.GetParticipantRequest(conference_id=conference.conference_id, participant_id="alice"), timeout=10)
+            api.GetParticipant(
+                pb.GetParticipantRequest(conference_id=conference.conference_id, participant_id="alice"), timeout=10
+            )
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
-        bob_now = api.GetParticipant(pb.GetParticipantRequest(conference_id=conference.conference_id, participant_id="bob"), timeout=10)
+        bob_now = api.GetParticipant(
+            pb.GetParticipantRequest(conference_id=conference.conference_id, participant_id="bob"), timeout=10
+        )
         assert {s.publisher_id for s in bob_now.subscriptions} == {"carol"}
 
         before = {p.participant_id: p.counts() for p in (bob, carol)}
@@ -105,7 +111,9 @@ def test_three_participants_exchange_media_then_leave_and_end(charter: Cluster) 
         assert ended.participants_removed == 2
         assert all(udp_port_free(p) for p in charter.all_ports())
         for d in charter.daemons:
-            endpoints = mediad_stub(d).ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id=conference.conference_id), timeout=10)
+            endpoints = mediad_stub(d).ListEndpoints(
+                mediad_pb2.ListEndpointsRequest(conference_id=conference.conference_id), timeout=10
+            )
             assert list(endpoints.endpoints) == []
         assert mediad_stub(daemon).GetStats(mediad_pb2.GetStatsRequest(), timeout=10).endpoint_count == 0
         with pytest.raises(grpc.RpcError) as error:
@@ -209,9 +217,14 @@ def test_receive_only_participant_gets_media_without_ever_sending(charter: Clust
     viewer = Peer("viewer", [])  # like ffmpeg as a receiver: gives its address, never sends
     try:
         publisher.joined(api.Join(publisher.join_request(conference.conference_id), timeout=10).participant)
-        viewer.joined(api.Join(viewer.join_request(conference.conference_id, give_address=True), timeout=10).participant)
+        viewer.joined(
+            api.Join(viewer.join_request(conference.conference_id, give_address=True), timeout=10).participant
+        )
         (subscription,) = viewer.session.subscriptions
-        exchange([publisher, viewer], lambda: viewer.counts()[("publisher", publisher.track_ssrcs[0], subscription.ssrc)] >= 5)
+        exchange(
+            [publisher, viewer],
+            lambda: viewer.counts()[("publisher", publisher.track_ssrcs[0], subscription.ssrc)] >= 5,
+        )
         assert set(viewer.counts()) == {("publisher", publisher.track_ssrcs[0], subscription.ssrc)}
     finally:
         api.EndConference(pb.EndConferenceRequest(conference_id=conference.conference_id), timeout=10)

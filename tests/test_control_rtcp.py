@@ -1,6 +1,7 @@
 """The RTCP slow path through the real processes: a new video subscription asks the
 publisher for a key frame, a publisher's sender report reaches the viewer translated, and
 the viewer's receiver report shows up in the daemon's stats with a round-trip time."""
+
 from __future__ import annotations
 
 import base64
@@ -15,8 +16,9 @@ from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2, mediad_pb2
 from mediad import rtcp
 from participants import Peer, exchange
-from processes import Cluster, cluster, conference_stub, mediad_stub, wait_until
+from processes import Cluster, cluster, conference_stub, mediad_stub
 from rtp import receiver_session
+from waits import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,9 @@ def test_key_frame_request_sender_report_and_rtt(charter: Cluster) -> None:
         wait_until(lambda: any(e.counters.packets_in for e in stats().endpoints), what="the publisher's first packet")
 
         # A new video subscription: the publisher is asked for a key frame.
-        viewer.joined(api.Join(viewer.join_request(conference.conference_id, give_address=True), timeout=10).participant)
+        viewer.joined(
+            api.Join(viewer.join_request(conference.conference_id, give_address=True), timeout=10).participant
+        )
         (subscription,) = viewer.session.subscriptions
         (pli,) = rtcp_from_daemon(publisher)
         assert isinstance(pli, rtcp.PictureLossIndication) and pli.media_ssrc == track_ssrc
@@ -82,7 +86,9 @@ def test_key_frame_request_sender_report_and_rtt(charter: Cluster) -> None:
         received = time.monotonic()
 
         # The viewer answers at once (DLSR 0): the daemon measures the time its SR took there and back.
-        block = rtcp.ReportBlock(subscription.ssrc, fraction_lost=128, packets_lost=5, jitter=90, lsr=rtcp.ntp_middle(ntp), dlsr=0)
+        block = rtcp.ReportBlock(
+            subscription.ssrc, fraction_lost=128, packets_lost=5, jitter=90, lsr=rtcp.ntp_middle(ntp), dlsr=0
+        )
         answered = time.monotonic()
         send_rtcp(viewer, rtcp.ReceiverReport(random.randrange(1, 2**32), (block,)))
 

@@ -1,30 +1,23 @@
 """`charter up` as a user runs it: one command starts the controller and the daemons, a
 conference can be placed on each daemon, and Ctrl-C (SIGINT) or SIGTERM stops all cleanly."""
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
 
+from charter.processes import free_port
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
-from processes import (
-    Process,
-    free_tcp_port,
-    free_tcp_ports,
-    free_udp_range,
-    live_daemons,
-    udp_port_free,
-    wait_serving,
-    wait_until,
-)
+from processes import Process, free_tcp_ports, free_udp_range, live_daemons, start_logged, udp_port_free, wait_serving
+from waits import wait_until
 
 
 def charter_command() -> list[str]:
@@ -34,15 +27,24 @@ def charter_command() -> list[str]:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signals) -> None:
-    controller_port = free_tcp_port()
+    controller_port = free_port()
     first, last = free_udp_range(20)
     argv = [
-        *charter_command(), "up", "--daemons", "2", "--controller-port", str(controller_port),
-        "--mediad-port", str(free_tcp_ports(2)), "--ports", f"{first}-{last}", "--log-format", "json",
+        *charter_command(),
+        "up",
+        "--daemons",
+        "2",
+        "--controller-port",
+        str(controller_port),
+        "--mediad-port",
+        str(free_tcp_ports(2)),
+        "--ports",
+        f"{first}-{last}",
+        "--log-format",
+        "json",
     ]
     log = tmp_path / "up.log"
-    with open(log, "w") as out:
-        up = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+    up = start_logged(argv, log)
     try:
         wait_until(lambda: "Charter is up" in log.read_text() or up.poll() is not None, timeout=60, what="charter up")
         assert up.poll() is None, log.read_text()
@@ -50,7 +52,14 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
             api = controller_pb2_grpc.ConferenceServiceStub(channel)
             placed = {api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id for _ in range(2)}
             assert placed == {"mediad-0", "mediad-1"}
-            joined = api.Join(pb.JoinRequest(conference_id=api.ListConferences(pb.ListConferencesRequest(), timeout=10).conferences[0].conference_id), timeout=10)
+            joined = api.Join(
+                pb.JoinRequest(
+                    conference_id=api.ListConferences(pb.ListConferencesRequest(), timeout=10)
+                    .conferences[0]
+                    .conference_id
+                ),
+                timeout=10,
+            )
             assert not udp_port_free(joined.participant.media_address.port)
         up.send_signal(stop_signal)
         assert up.wait(60) == 0, log.read_text()[-3000:]
@@ -64,8 +73,8 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
 
 
 def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
-    controller_address = f"127.0.0.1:{free_tcp_port()}"
-    mediad_address = f"127.0.0.1:{free_tcp_port()}"
+    controller_address = f"127.0.0.1:{free_port()}"
+    mediad_address = f"127.0.0.1:{free_port()}"
     first, last = free_udp_range(4)
     env = dict(
         os.environ,
@@ -78,15 +87,19 @@ def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
         CHARTER_MEDIAD_LOG_FORMAT="json",
     )
     processes = []
-    for name, module, address in (("controller", "controller", controller_address), ("from-env", "mediad", mediad_address)):
+    for name, module, address in (
+        ("controller", "controller", controller_address),
+        ("from-env", "mediad", mediad_address),
+    ):
         log_path = tmp_path / f"{name}.log"
-        with open(log_path, "wb") as out:
-            popen = subprocess.Popen([sys.executable, "-m", module], stdout=out, stderr=subprocess.STDOUT, env=env)
+        popen = start_logged([sys.executable, "-m", module], log_path, env=env)
         processes.append(Process(name, address, popen, log_path))
         wait_serving(address, popen)
     controller, daemon = processes
     try:
-        wait_until(lambda: live_daemons(controller) == {"from-env"}, what="the daemon configured by environment to register")
+        wait_until(
+            lambda: live_daemons(controller) == {"from-env"}, what="the daemon configured by environment to register"
+        )
         registry = controller_pb2_grpc.DaemonRegistryStub(controller.channel)
         described = registry.ListDaemons(pb.ListDaemonsRequest(), timeout=10).daemons[0].daemon
         assert (described.port_range.first, described.port_range.last, described.capacity) == (first, last, 4)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import peers
 from cli.demo_media import StreamStats
+from media_processes import FFMPEG
 
 
 def test_loss_counts_gaps_across_the_sequence_wrap() -> None:
@@ -68,7 +68,7 @@ def test_demo_with_the_built_in_source_ends_cleanly_with_a_summary() -> None:
 
 
 @pytest.mark.peers
-@pytest.mark.skipif(peers.FFMPEG is None, reason="ffmpeg not installed")
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not installed")
 def test_demo_with_ffmpeg_sources() -> None:
     result = run_demo("--participants", "2", "--duration", "4")
     output = result.stdout + result.stderr

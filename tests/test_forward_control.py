@@ -1,5 +1,6 @@
 """Control calls while packets flow: subscribe, pause, resume, unsubscribe, remove_track,
 rekey and close, with a sender streaming all along."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,7 @@ import socket
 
 import pytest
 
-from forward_harness import Harness, LOCALHOST, Participant, counts, new_key
+from forward_harness import LOCALHOST, Harness, Participant, counts, new_key
 from rtp import build_rtp, header_fields, receiver_session, sender_session, seq_diff
 
 TRACK_SSRC = 0x57AE4
@@ -44,7 +45,7 @@ def grow(harness: Harness, who: Participant, count: int) -> None:
 
 
 def contiguous(seqs: list[int]) -> bool:
-    return all(seq_diff(b, a) == 1 for a, b in zip(seqs, seqs[1:]))
+    return all(seq_diff(b, a) == 1 for a, b in zip(seqs, seqs[1:], strict=False))
 
 
 def bindable(port: int) -> bool:
@@ -89,9 +90,7 @@ def test_subscribe_pause_resume_unsubscribe_while_streaming(harness: Harness) ->
     grow(harness, a, 30)
 
     streamer.stop()
-    harness.wait(
-        lambda: publisher.endpoint.counters.packets_in == streamer.sent, "every streamed packet accepted"
-    )
+    harness.wait(lambda: publisher.endpoint.counters.packets_in == streamer.sent, "every streamed packet accepted")
     harness.drain()
     sent = streamer.sent
     assert len(d.peer.received) == at_unsubscribe == frozen
@@ -141,8 +140,10 @@ def test_remove_track_while_streaming(harness: Harness) -> None:
     grow(harness, a, 20)
     streamer.stop()
     harness.wait(
-        lambda: publisher.endpoint.counters.packets_in + publisher.endpoint.counters.dropped("unknown_ssrc")
-        == streamer.sent,
+        lambda: (
+            publisher.endpoint.counters.packets_in + publisher.endpoint.counters.dropped("unknown_ssrc")
+            == streamer.sent
+        ),
         "every streamed packet accounted for",
     )
     harness.drain()
@@ -222,7 +223,9 @@ def test_rekey(harness: Harness) -> None:
     a = harness.participant(name="a")
     track = publisher.endpoint.add_track(TRACK_SSRC)
     track.subscribe(a.endpoint, 0xA)
-    harness.deliver(publisher.peer, [publisher.peer.protect(build_rtp(1, 0, TRACK_SSRC, b"old keys"))], publisher.endpoint)
+    harness.deliver(
+        publisher.peer, [publisher.peer.protect(build_rtp(1, 0, TRACK_SSRC, b"old keys"))], publisher.endpoint
+    )
     harness.wait(lambda: len(a.peer.received) == 1, "a packet under the old keys")
 
     suite = "AEAD_AES_128_GCM"

@@ -80,7 +80,7 @@ class Scenario:
 
     def packets(self, seqs: list[int], ssrc: int = SSRC_1, ts_base: int = 0) -> None:
         datagrams = []
-        for i, seq in enumerate(seqs):
+        for _i, seq in enumerate(seqs):
             plain = build_rtp(
                 seq,
                 ts_base + 1500 * seq,
@@ -178,7 +178,7 @@ def test_compiled_forwarder_matches_the_reference(harness: Harness) -> None:
         # the last packet that advanced it, by at most the time the scenario took.
         shift = 0
         last_advanced: int | None = None
-        for out, (want, sent) in zip(got, expected):
+        for out, (want, sent) in zip(got, expected, strict=False):
             core_ts, ref_ts = header_fields(out)[1], header_fields(want)[1]
             if sent.rebased:
                 shift = (core_ts - ref_ts) & 0xFFFFFFFF

@@ -57,7 +57,7 @@ def check_forwarded(sent: list[bytes], subscriber: Participant, ssrc: int) -> No
         # From the subscriber endpoint's own socket, protected with its own key.
         assert packet.source == subscriber.endpoint.local_address
     plain = subscriber.peer.plain
-    for original, out in zip(sent, plain):
+    for original, out in zip(sent, plain, strict=False):
         seq, ts, _ = header_fields(original)
         assert header_fields(out) == (seq, ts, ssrc)  # the first packet maps with offset 0
         assert out[:2] == original[:2]
@@ -121,7 +121,7 @@ def test_two_tracks_of_one_publisher_keep_their_streams_apart(harness: Harness) 
     video.subscribe(subscriber.endpoint, 222)
     audio_packets = [build_rtp(500 + i, 960 * i, 0xA0D10, b"opus%d" % i, payload_type=111) for i in range(6)]
     video_packets = [build_rtp(9000 + i, 3000 * i, 0x71DE0, b"vp8-%d" % i) for i in range(6)]
-    for a, v in zip(audio_packets, video_packets):
+    for a, v in zip(audio_packets, video_packets, strict=False):
         publisher.peer.send(a)
         publisher.peer.send(v)
     harness.settle(publisher.endpoint, 12)

@@ -196,7 +196,7 @@ def test_flood_of_garbage_does_not_stall_other_endpoints(harness: Harness) -> No
     victim = Scene(harness, "AES_CM_128_HMAC_SHA1_80")
     bystander = Scene(harness, "AEAD_AES_128_GCM")
     attacker = harness.extra_peer(victim.publisher, send_key=new_key("AES_CM_128_HMAC_SHA1_80"))
-    for round_ in range(10):
+    for _round in range(10):
         for i in range(50):
             attacker.send_raw(bytes([0x80 | (i % 16), 0x60]) + os.urandom(10 + 7 * i))
         bystander.publisher.peer.send_raw(bystander.good())

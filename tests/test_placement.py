@@ -1,4 +1,5 @@
 """The placement policy, alone: no I/O, no clock."""
+
 from __future__ import annotations
 
 from hypothesis import given
@@ -12,7 +13,9 @@ def chosen_id(pool: list[Candidate], **kwargs: int) -> str | None:
     return chosen.daemon_id if chosen else None
 
 
-def c(daemon_id: str, endpoints: int = 0, capacity: int = 100, conferences: int = 0, draining: bool = False) -> Candidate:
+def c(
+    daemon_id: str, endpoints: int = 0, capacity: int = 100, conferences: int = 0, draining: bool = False
+) -> Candidate:
     return Candidate(daemon_id, capacity, endpoints, conferences, draining)
 
 

@@ -1,4 +1,5 @@
 """mediad.rtcp: RTCP packets parse, build and round-trip; malformed bytes raise ValueError."""
+
 from __future__ import annotations
 
 import struct
@@ -18,7 +19,9 @@ from mediad.rtcp import (
     SenderReport,
 )
 
-BLOCK = ReportBlock(ssrc=0xDEADBEEF, fraction_lost=64, packets_lost=-3, highest_seq=70000, jitter=123, lsr=0x12345678, dlsr=65536)
+BLOCK = ReportBlock(
+    ssrc=0xDEADBEEF, fraction_lost=64, packets_lost=-3, highest_seq=70000, jitter=123, lsr=0x12345678, dlsr=65536
+)
 SR = SenderReport(0x11111111, 0xE1234567_89ABCDEF, 987654, 100, 120000, (BLOCK,))
 
 
@@ -128,12 +131,12 @@ def test_arbitrary_bytes_parse_or_raise_value_error(data: bytes) -> None:
 
 
 u32 = st.integers(0, 0xFFFFFFFF)
-blocks = st.builds(
-    ReportBlock, u32, st.integers(0, 255), st.integers(-(1 << 23), (1 << 23) - 1), u32, u32, u32, u32
-)
+blocks = st.builds(ReportBlock, u32, st.integers(0, 255), st.integers(-(1 << 23), (1 << 23) - 1), u32, u32, u32, u32)
 
 
 @given(u32, st.integers(0, (1 << 64) - 1), u32, u32, u32, st.lists(blocks, max_size=31))
-def test_sender_reports_round_trip(ssrc: int, ntp: int, ts: int, packets: int, octets: int, reports: list[ReportBlock]) -> None:
+def test_sender_reports_round_trip(
+    ssrc: int, ntp: int, ts: int, packets: int, octets: int, reports: list[ReportBlock]
+) -> None:
     report = SenderReport(ssrc, ntp, ts, packets, octets, tuple(reports))
     assert roundtrip(report) == report

@@ -1,6 +1,7 @@
 """mediad.rtcp_router on a real Forwarder with loopback sockets: sender reports translated
 per subscription, receiver figures and round-trip times from report blocks, key-frame
 requests mapped to the publisher and rate-limited, malformed RTCP counted."""
+
 from __future__ import annotations
 
 import struct
@@ -105,9 +106,13 @@ def test_round_trip_time_from_lsr_and_dlsr(conference: Conference) -> None:
     # The subscriber holds the SR a while and says it held it 0.1 s.
     harness.wait(lambda: time.monotonic() > received + 0.25, "the hold time")
     dlsr = round(0.1 * 65536)
-    block = rtcp.ReportBlock(SUB_SSRC, fraction_lost=64, packets_lost=3, jitter=900, lsr=rtcp.ntp_middle(report.ntp_timestamp), dlsr=dlsr)
+    block = rtcp.ReportBlock(
+        SUB_SSRC, fraction_lost=64, packets_lost=3, jitter=900, lsr=rtcp.ntp_middle(report.ntp_timestamp), dlsr=dlsr
+    )
     answered = time.monotonic()  # before the router gets the RR
-    conference.subscriber.peer.send_raw(conference.subscriber.peer.protect_rtcp(bytes(rtcp.ReceiverReport(77, (block,)))))
+    conference.subscriber.peer.send_raw(
+        conference.subscriber.peer.protect_rtcp(bytes(rtcp.ReceiverReport(77, (block,))))
+    )
     harness.wait(lambda: conference.router.counts["rtt_measured"] == 1, "the RTT")
     seen = time.monotonic()  # after the router measured
 

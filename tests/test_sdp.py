@@ -1,4 +1,5 @@
 """charter.sdp: the session description of a participant, rendered and read back."""
+
 from __future__ import annotations
 
 import base64
@@ -125,7 +126,10 @@ def test_rendering_is_deterministic() -> None:
     ("changes", "message"),
     [
         ({"send_key": "not base64!"}, "send key: is not base64"),
-        ({"receive_key": base64.b64encode(b"short").decode()}, "receive key: is 5 bytes; AES_CM_128_HMAC_SHA1_80 needs 30"),
+        (
+            {"receive_key": base64.b64encode(b"short").decode()},
+            "receive key: is 5 bytes; AES_CM_128_HMAC_SHA1_80 needs 30",
+        ),
         ({"suite": "AEAD_AES_128_GCM"}, "send key: is 30 bytes; AEAD_AES_128_GCM needs 28"),
         ({"suite": "NULL"}, "unknown SRTP suite 'NULL'"),
         ({"media_address": ("daemon.example", 20000)}, "media address must be an IP address"),
@@ -176,7 +180,7 @@ def test_parses_what_ffmpeg_writes() -> None:
     assert (media.codec, media.direction, media.ssrcs) == ("VP8", "sendrecv", [])
     assert media.crypto[0].key == "4y9MUTwcB8obJX0oj2zIpGItS8X//fxVHHJq75/7"
     with pytest.raises(ValueError, match="0 SSRCs"):
-        media.ssrc
+        _ = media.ssrc
 
 
 def test_crypto_lifetime_and_mki_are_dropped_from_the_key() -> None:
@@ -206,7 +210,11 @@ def test_from_the_controllers_participant_message() -> None:
     participant = controller_pb2.Participant(
         conference_id="room-1",
         participant_id="alice",
-        tracks=[media_pb2.Track(ssrc=1111, kind=media_pb2.VIDEO, codec="VP8", payload_type=96, clock_rate=90000, name="camera")],
+        tracks=[
+            media_pb2.Track(
+                ssrc=1111, kind=media_pb2.VIDEO, codec="VP8", payload_type=96, clock_rate=90000, name="camera"
+            )
+        ],
         media_address=media_pb2.Address(ip="127.0.0.1", port=20000),
         receive_address=media_pb2.Address(ip="127.0.0.1", port=40000),
         suite=media_pb2.AES_CM_128_HMAC_SHA1_80,
@@ -251,9 +259,13 @@ def test_every_track_reads_back(all_tracks: list[Track], split: int, port: int) 
     )
     media = sdp.parse(sdp.render(described)).media
     assert len(media) == len(all_tracks)
-    for track, m in zip(all_tracks, media):
+    for track, m in zip(all_tracks, media, strict=False):
         assert (m.kind, m.codec, m.payload_type, m.clock_rate, m.ssrc) == (
-            track.kind, track.codec, track.payload_type, track.clock_rate, track.ssrc,
+            track.kind,
+            track.codec,
+            track.payload_type,
+            track.clock_rate,
+            track.ssrc,
         )
 
 

@@ -1,0 +1,130 @@
+"""The real thing for media peer tests: `charter up` (controller and media daemon
+processes) started as a user starts it, driven over gRPC."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from charter import processes
+from charter.processes import free_port
+from charter.sdp import ParticipantSession, from_participant
+from charter.tracks import Track
+from charter.v1 import controller_pb2, controller_pb2_grpc, mediad_pb2, mediad_pb2_grpc
+from media_processes import MediaProcess
+from waits import wait_until
+
+
+class CharterUp:
+    """`charter up` with one media daemon on free ports, as a user starts it."""
+
+    def __init__(self, workdir: Path, *, media_ports: str | None = None) -> None:
+        self.controller_address = f"127.0.0.1:{free_port()}"
+        self.mediad_address = f"127.0.0.1:{free_port()}"
+        if media_ports is None:
+            # A block of the default media range; ports another process holds are skipped.
+            first = random.randrange(16384, 32767 - 400, 100)
+            media_ports = f"{first}-{first + 399}"
+        argv = [
+            sys.executable,
+            "-m",
+            "cli",
+            "up",
+            "--daemons",
+            "1",
+            "--controller-port",
+            self.controller_address.rsplit(":", 1)[1],
+            "--mediad-port",
+            self.mediad_address.rsplit(":", 1)[1],
+            "--ports",
+            media_ports,
+            "--log-format",
+            "text",
+            "--log-level",
+            "warning",
+        ]
+        self.process = MediaProcess("charter-up", argv, workdir)
+        self.channel = grpc.insecure_channel(self.controller_address)
+        self.daemon_channel = grpc.insecure_channel(self.mediad_address)
+        self.conferences = controller_pb2_grpc.ConferenceServiceStub(self.channel)
+        self._registry = controller_pb2_grpc.DaemonRegistryStub(self.channel)
+        self._wait_daemon()
+
+    def _wait_daemon(self) -> None:
+        def registered() -> bool:
+            assert self.process.running, f"charter up exited:\n{self.process.describe()}"
+            try:
+                reply = self._registry.ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=2)
+            except grpc.RpcError:
+                return False
+            return len(reply.daemons) > 0
+
+        wait_until(registered, timeout=60.0, what="charter up to serve with a registered media daemon")
+
+    def create_conference(self, conference_id: str) -> None:
+        self.conferences.CreateConference(
+            controller_pb2.CreateConferenceRequest(conference_id=conference_id), timeout=10
+        )
+
+    def join(
+        self,
+        conference_id: str,
+        participant_id: str,
+        tracks: Sequence[Track] = (),
+        *,
+        receive_address: tuple[str, int] | None = None,
+    ) -> ParticipantSession:
+        request = controller_pb2.JoinRequest(
+            conference_id=conference_id,
+            participant_id=participant_id,
+            tracks=[t.to_proto() for t in tracks],
+        )
+        if receive_address is not None:
+            request.receive_address.ip, request.receive_address.port = receive_address
+        return from_participant(self.conferences.Join(request, timeout=10).participant)
+
+    def _participant(self, conference_id: str, participant_id: str) -> controller_pb2.Participant:
+        request = controller_pb2.GetParticipantRequest(conference_id=conference_id, participant_id=participant_id)
+        return self.conferences.GetParticipant(request, timeout=10)
+
+    def session(self, conference_id: str, participant_id: str) -> ParticipantSession:
+        return from_participant(self._participant(conference_id, participant_id))
+
+    def api_sdp(self, conference_id: str, participant_id: str) -> str:
+        """The SDP the API returns with the participant (Participant.sdp of GetParticipant)."""
+        return str(self._participant(conference_id, participant_id).sdp)
+
+    def endpoint_stats(self, conference_id: str, participant_id: str) -> Any:
+        """The daemon's EndpointStats of a participant (endpoint id "conference/participant")."""
+        daemon = mediad_pb2_grpc.MediaDaemonStub(self.daemon_channel)
+        stats = daemon.GetStats(mediad_pb2.GetStatsRequest(conference_id=conference_id), timeout=10)
+        for endpoint in stats.endpoints:
+            if endpoint.endpoint_id == f"{conference_id}/{participant_id}":
+                return endpoint
+        raise KeyError(f"the daemon has no endpoint for {conference_id}/{participant_id}")
+
+    def end_conference(self, conference_id: str) -> None:
+        self.conferences.EndConference(controller_pb2.EndConferenceRequest(conference_id=conference_id), timeout=10)
+
+    def close(self) -> int:
+        """SIGTERM, as Ctrl-C would; the exit code (0: every process stopped cleanly)."""
+        self.channel.close()
+        self.daemon_channel.close()
+        return processes.stop(self.process.process, 60)
+
+
+@contextlib.contextmanager
+def charter_up(workdir: Path) -> Iterator[CharterUp]:
+    """A CharterUp for the block; closed after it, and then it must have stopped cleanly."""
+    system = CharterUp(workdir)
+    try:
+        yield system
+    finally:
+        code = system.close()
+    assert code == 0, f"charter up did not stop cleanly (exit {code}):\n{system.process.log()}"

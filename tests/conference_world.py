@@ -1,0 +1,151 @@
+"""The controller's domain assembled in one process for tests: Conferences over a MemoryStore,
+a Registry on a clock the test moves, an EventHub and in-memory media daemons
+(tests/daemon_double.py). No socket, no gRPC: a scenario runs in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from charter.addresses import Address
+from charter.errors import CharterError
+from charter.subscriptions import SubscriptionSpec
+from charter.suites import DEFAULT_SUITE, SrtpSuite
+from charter.tracks import Track
+from controller import events
+from controller.conferences import Conferences, JoinSpec, endpoint_id
+from controller.model import Conference, Participant
+from controller.registry import DaemonLoad, Registry
+from controller.store import MemoryStore
+from daemon_double import DaemonDouble, DaemonDoubles
+
+LEASE_TTL = 10.0
+
+
+class Clock:
+    """Wall clock of the conferences and monotonic clock of the registry, moved by the test."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class World:
+    def __init__(self, lease_ttl: float = LEASE_TTL) -> None:
+        self.clock = Clock()
+        self.store = MemoryStore()
+        self.registry = Registry(lease_ttl, clock=self.clock)
+        self.daemons = DaemonDoubles()
+        self.hub = events.EventHub()
+        self.conferences = Conferences(self.store, self.registry, self.daemons, self.hub, clock=self.clock)
+        self.leases: dict[str, str] = {}
+
+    def daemon(self, daemon_id: str = "d1", **options: Any) -> DaemonDouble:
+        """A media daemon, registered."""
+        double = self.daemons.add(daemon_id, **options)
+        self.register(double)
+        return double
+
+    def register(self, double: DaemonDouble) -> None:
+        self.leases[double.daemon_id] = self.registry.register(double.info(), double.load()).lease_id
+
+    def renew(self, daemon_id: str, **load: Any) -> None:
+        """A lease renewal with this load (default: what the daemon holds)."""
+        reported = DaemonLoad(**load) if load else self.daemons.daemons[daemon_id].load()
+        self.registry.keep_alive(daemon_id, self.leases[daemon_id], reported)
+
+    async def join(
+        self,
+        conference_id: str,
+        participant_id: str,
+        *tracks: Track,
+        receive_address: Address | None = None,
+        suite: SrtpSuite = DEFAULT_SUITE,
+        send_key: bytes | None = None,
+    ) -> Participant:
+        spec = JoinSpec(
+            conference_id, participant_id, f"name of {participant_id}", tracks, receive_address, suite, send_key
+        )
+        return await self.conferences.join(spec)
+
+    async def conference(self, conference_id: str) -> Conference:
+        return await self.conferences.get(conference_id)
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+async def settle() -> None:
+    """Let every ready task run (event delivery, a watch starting)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def video(ssrc: int) -> Track:
+    return Track(ssrc=ssrc, kind="video", codec="VP8", payload_type=96, clock_rate=90000)
+
+
+def audio(ssrc: int) -> Track:
+    return Track(ssrc=ssrc, kind="audio", codec="opus", payload_type=111, clock_rate=48000, channels=2)
+
+
+def routes_of(conference: Conference) -> set[SubscriptionSpec]:
+    """The routes the daemon should hold for what the controller stored."""
+    return {
+        SubscriptionSpec(endpoint_id(conference.conference_id, publisher_id), track_ssrc, receiver.endpoint_id, s.ssrc)
+        for receiver in conference.participants.values()
+        for (publisher_id, track_ssrc), s in receiver.subscriptions.items()
+    }
+
+
+def summary(event: events.Event) -> tuple[Any, ...]:
+    """An event as a comparable tuple (without its sequence and time)."""
+    body = event.body
+    if isinstance(body, events.ParticipantJoined):
+        return ("joined", body.participant.participant_id)
+    if isinstance(body, events.ParticipantLeft):
+        return ("left", body.participant_id)
+    if isinstance(body, events.TrackAdded):
+        return ("track added", body.publisher_id, body.track.ssrc, dict(body.ssrcs))
+    if isinstance(body, events.TrackRemoved):
+        return ("track removed", body.publisher_id, body.track.ssrc, dict(body.ssrcs))
+    assert isinstance(body, events.ConferenceEnded)
+    return ("ended", body.reason)
+
+
+class Watch:
+    """A WatchConference stream read in the background into `events`."""
+
+    def __init__(self, conferences: Conferences, conference_id: str, participant_id: str = "") -> None:
+        self.events: list[events.Event] = []
+        self.error: CharterError | None = None
+        self.ended = False
+        self._task = asyncio.get_running_loop().create_task(self._read(conferences, conference_id, participant_id))
+
+    @classmethod
+    async def start(cls, conferences: Conferences, conference_id: str, participant_id: str = "") -> Watch:
+        watch = cls(conferences, conference_id, participant_id)
+        await settle()
+        return watch
+
+    async def _read(self, conferences: Conferences, conference_id: str, participant_id: str) -> None:
+        try:
+            async for event in conferences.watch(conference_id, participant_id):
+                self.events.append(event)
+        except CharterError as error:
+            self.error = error
+        self.ended = True
+
+    def summaries(self, initial: bool | None = None) -> list[tuple[Any, ...]]:
+        return [summary(e) for e in self.events if initial is None or e.initial == initial]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
