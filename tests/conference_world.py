@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from charter.addresses import Address
+from charter.endpoints import EndpointSpec
 from charter.errors import CharterError
 from charter.subscriptions import SubscriptionSpec
 from charter.suites import DEFAULT_SUITE, SrtpSuite
@@ -76,6 +77,40 @@ class World:
 
     async def conference(self, conference_id: str) -> Conference:
         return await self.conferences.get(conference_id)
+
+    async def watch(self, conference_id: str, participant_id: str = "") -> Watch:
+        """A watch of the conference (as this participant), started."""
+        return await Watch.start(self.conferences, conference_id, participant_id)
+
+
+def two_daemons(**options: Any) -> tuple[World, DaemonDouble, DaemonDouble]:
+    """A World with two media daemons, "d1" and "d2" (each made with these options), and no
+    conference yet."""
+    w = World()
+    return w, w.daemon("d1", **options), w.daemon("d2", **options)
+
+
+async def one_conference(*, persistent: bool = False, **daemon_options: Any) -> tuple[World, DaemonDouble]:
+    """A World with one media daemon, "d1" (made with these options), holding conference "c",
+    with nobody in it yet."""
+    w = World()
+    d1 = w.daemon("d1", **daemon_options)
+    await w.conferences.create("c", "", persistent=persistent)
+    return w, d1
+
+
+async def conference_with_a(
+    *, persistent: bool = False, **daemon_options: Any
+) -> tuple[World, DaemonDouble, Participant]:
+    """`one_conference`, in which participant "a" has joined publishing video(1)."""
+    w, d1 = await one_conference(persistent=persistent, **daemon_options)
+    a = await w.join("c", "a", video(1))
+    return w, d1, a
+
+
+def leftover(ep_id: str) -> EndpointSpec:
+    """An endpoint some earlier attempt left on a daemon (its conference is the id's prefix)."""
+    return EndpointSpec(ep_id, ep_id.split("/")[0], DEFAULT_SUITE, b"l" * 30, b"m" * 30, None)
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:

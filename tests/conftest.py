@@ -29,7 +29,7 @@ def harness() -> Iterator[Harness]:
 # The suite by layer (docs/architecture.md), with the time each took, in the summary.
 LAYERS = {
     "in process: the controller's domain and pure modules": (
-        "test_conferences.py", "test_placement.py", "test_registry.py", "test_store.py", "test_sdp.py",
+        "test_conference_", "test_placement.py", "test_registry.py", "test_store.py", "test_sdp.py",
         "test_rtcp_packets.py", "test_layers.py",
     ),
     "the forwarding core and the RTCP slow path (real sockets, one process)": ("test_forward_", "test_rtcp_router.py"),
