@@ -19,6 +19,8 @@ cdef enum:  # drop reasons, indexes of Counters.drop_counts and DROP_REASONS
     DROP_AUTH_FAILED
     DROP_REPLAYED
     DROP_SRTP_ERROR
+    DROP_NOT_KEYED
+    DROP_HANDSHAKE_FLOOD
     N_DROP_REASONS
 
 
@@ -40,6 +42,7 @@ cdef class Counters:
     """Packet counters of an endpoint, or the totals of a forwarder."""
     cdef readonly uint64_t packets_in, bytes_in, packets_out, bytes_out
     cdef readonly uint64_t rtcp_in, rtcp_out, rtcp_errors
+    cdef readonly uint64_t handshakes_in, handshake_errors   # STUN and DTLS given to the handler
     cdef uint64_t drop_counts[N_DROP_REASONS]
     cdef void add(self, Counters other) noexcept
 
@@ -96,6 +99,8 @@ cdef class Endpoint:
     cdef int rx_tag_len, rx_rtcp_tag_len
     cdef sockaddr_in remote_addr
     cdef bint has_remote, _latching, _closed
+    cdef bint _handshakes           # STUN and DTLS go to the forwarder's handshake handler
+    cdef double handshake_tokens, handshake_refilled   # its rate limit (a token bucket)
     cdef list _tracks               # owned
     cdef uint32_t *track_ssrcs      # owned flat copies of _tracks for the per-packet lookup
     cdef PyObject **track_ptrs
@@ -112,6 +117,7 @@ cdef class Forwarder:
     cdef list _endpoints            # owned
     cdef Counters _retired          # owned: what closed endpoints counted
     cdef object _rtcp_handler       # called with (endpoint, plaintext RTCP bytes)
+    cdef object _handshake_handler  # called with (endpoint, STUN or DTLS bytes, source address)
     cdef int batch
     cdef mmsghdr *rx_msgs           # owned packet buffers, shared by every endpoint
     cdef iovec *rx_iov
@@ -127,5 +133,6 @@ cdef class Forwarder:
     cdef PyObject *_accept(self, Endpoint ep, int i, double now) noexcept
     cdef void _accept_rtcp(self, Endpoint ep, int i, int length, double now) noexcept
     cdef void _deliver_rtcp(self, Endpoint ep, uint8_t *p, int length) noexcept
+    cdef void _accept_handshake(self, Endpoint ep, int i, int length, double now) noexcept
     cdef void _fan_out(self, int n, double now) noexcept
     cdef void _send_run(self, Track track, Subscription sub, int first, int n, double now) noexcept

@@ -36,6 +36,12 @@ class Counters:
     def rtcp_errors(self) -> int:
         """RTCP not sent (protect or send failed) or that the RTCP handler failed on."""
     @property
+    def handshakes_in(self) -> int:
+        """STUN and DTLS datagrams given to the handshake handler."""
+    @property
+    def handshake_errors(self) -> int:
+        """Of those, the ones the handler raised on."""
+    @property
     def drops(self) -> tuple[int, ...]:
         """Packets dropped, by reason: one count per name in DROP_REASONS."""
     def dropped(self, reason: str) -> int:
@@ -52,23 +58,33 @@ class Forwarder:
         self,
         sock: socket.socket,
         *,
-        rx_suite: str,
-        rx_key: bytes,
-        tx_suite: str,
-        tx_key: bytes,
+        rx_suite: str | None = None,
+        rx_key: bytes | None = None,
+        tx_suite: str | None = None,
+        tx_key: bytes | None = None,
         remote: tuple[str, int] | None = None,
         name: str = "",
         buffer_bytes: int = 1 << 20,
         description: object = None,
+        latch: bool = True,
+        handshakes: bool = False,
     ) -> Endpoint:
         """Start forwarding on a bound UDP socket (the endpoint owns and closes it).
 
         rx_* is the SRTP key and salt the remote peer protects with (inbound), tx_* the one
-        the endpoint protects with (outbound). Without `remote`, the endpoint latches onto the
-        source of the first packet that authenticates (and follows later authenticated ones).
+        the endpoint protects with (outbound); without keys (a DTLS-SRTP endpoint before its
+        handshake) media is dropped as not_keyed until Endpoint.set_keys. Without `remote`, the
+        endpoint latches onto the source of the first packet that authenticates (and follows
+        later authenticated ones), unless `latch` is False (ICE sets the remote instead).
+        With `handshakes`, its STUN and DTLS go to the handshake handler.
         The socket's receive and send buffers are raised to at least `buffer_bytes`.
         `description` is kept as Endpoint.description for the control side (opaque here).
         """
+    def set_handshake_handler(self, handler: Callable[[Endpoint, bytes, tuple[str, int]], None] | None) -> None:
+        """STUN and DTLS datagrams of endpoints made with `handshakes` are handed to `handler`
+        with their source address, on the event loop, at most 100 a second per endpoint (a
+        burst of 200); beyond that they are dropped as handshake_flood. An exception in the
+        handler is counted in handshake_errors and reported to the loop's exception handler."""
     def set_rtcp_handler(self, handler: Callable[[Endpoint, bytes], None] | None) -> None:
         """Every RTCP packet that authenticates is handed, decrypted, to `handler` on the
         event loop (the RTCP slow path); None stops it. An exception in the handler is
@@ -111,8 +127,17 @@ class Endpoint:
     @property
     def subscriptions(self) -> list[Subscription]:
         """Subscriptions that send to this endpoint."""
-    def set_remote(self, remote: tuple[str, int] | None) -> None:
-        """Fix the remote address, or None to latch again."""
+    def set_remote(self, remote: tuple[str, int] | None, *, latch: bool = True) -> None:
+        """Fix the remote address, or None: no remote, latching again unless `latch` is False."""
+    @property
+    def keyed(self) -> bool:
+        """False until SRTP keys are installed."""
+    @property
+    def handshakes(self) -> bool:
+        """True when its STUN and DTLS go to the handshake handler."""
+    def send_datagram(self, data: bytes, address: tuple[str, int]) -> bool:
+        """Send `data` as it is (a STUN answer, a DTLS record) to `address`; False when the
+        socket refuses it or the endpoint is closed."""
     def set_keys(self, *, rx_suite: str, rx_key: bytes, tx_suite: str, tx_key: bytes) -> None:
         """Install new SRTP sessions for both directions (rekey, or keys from DTLS later)."""
     def add_track(

@@ -57,9 +57,14 @@ cdef enum:
     CACHE_SLOT = 1500
     MAX_CACHE_PACKETS = 4096
 
+# STUN and DTLS reach Python at most at this rate per endpoint (a token bucket): a check
+# every few hundred ms and a handshake's few flights fit easily; a flood is cut off in C.
+cdef double HANDSHAKE_RATE = 100.0
+cdef double HANDSHAKE_BURST = 200.0
+
 DROP_REASONS = (
     "too_short", "oversize", "bad_version", "stun", "dtls", "malformed",
-    "unknown_ssrc", "auth_failed", "replayed", "srtp_error",
+    "unknown_ssrc", "auth_failed", "replayed", "srtp_error", "not_keyed", "handshake_flood",
 )
 
 # Authentication tag lengths per suite, (SRTP, SRTCP): what a packet needs beyond its
@@ -178,6 +183,8 @@ cdef class Counters:
         self.rtcp_in += other.rtcp_in
         self.rtcp_out += other.rtcp_out
         self.rtcp_errors += other.rtcp_errors
+        self.handshakes_in += other.handshakes_in
+        self.handshake_errors += other.handshake_errors
         for i in range(<int>N_DROP_REASONS):
             self.drop_counts[i] += other.drop_counts[i]
 
@@ -252,7 +259,7 @@ cdef class Subscription:
         if not 0 <= sequence <= 0xFFFF:
             raise ValueError(f"an RTP sequence number is in 0..65535, got {sequence}")
         if (not self._active or not self.rw.started or track.cache_packets == 0
-                or not target.has_remote):
+                or not target.has_remote or target.tx_ctx == NULL):
             self.retransmit_misses += 1
             return False
         in_seq = <uint16_t>(out_seq - self.rw.seq_offset)
@@ -461,10 +468,10 @@ cdef class Endpoint:
     def subscriptions(self):
         return list(self._subscriptions)
 
-    def set_remote(self, remote):
+    def set_remote(self, remote, *, latch=True):
         if remote is None:
             self.has_remote = 0
-            self._latching = 1
+            self._latching = 1 if latch else 0
         else:
             _parse_address(remote, &self.remote_addr)
             self.has_remote = 1
@@ -481,6 +488,26 @@ cdef class Endpoint:
         self.rx_ctx = <void *><uintptr_t>_srtp.session_pointer(rx)
         self.tx_ctx = <void *><uintptr_t>_srtp.session_pointer(tx)
         self.rx_tag_len, self.rx_rtcp_tag_len = _TAG_LENGTHS[rx_suite]
+
+    @property
+    def keyed(self):
+        """False until SRTP keys are installed (a DTLS-SRTP endpoint before its handshake)."""
+        return self.rx_ctx != NULL
+
+    @property
+    def handshakes(self):
+        """True when its STUN and DTLS go to the forwarder's handshake handler."""
+        return bool(self._handshakes)
+
+    def send_datagram(self, bytes data not None, address):
+        """Send `data` as it is (a STUN answer, a DTLS record) to `address` from this
+        endpoint's socket; False when the socket refuses it."""
+        cdef sockaddr_in to
+        cdef Py_ssize_t length = len(data)
+        if self._closed:
+            return False
+        _parse_address(address, &to)
+        return sendto(self.fd, <const char *>data, length, MSG_DONTWAIT, &to, sizeof(sockaddr_in)) == length
 
     cdef object _find_track(self, uint32_t ssrc):
         for track in self._tracks:
@@ -574,7 +601,7 @@ cdef class Endpoint:
         remote; False when there is no remote yet or the socket refuses it."""
         cdef uint8_t out[TX_SLOT]
         cdef int length = len(packet)
-        if self._closed or not self.has_remote:
+        if self._closed or not self.has_remote or self.tx_ctx == NULL:
             return False
         if not RTCP_HEADER <= length <= RX_SLOT:
             raise ValueError(f"an RTCP packet has 8 to {RX_SLOT} bytes, got {length}")
@@ -660,13 +687,19 @@ cdef class Forwarder:
     def endpoints(self):
         return list(self._endpoints)
 
+    def set_handshake_handler(self, handler):
+        if handler is not None and not callable(handler):
+            raise TypeError("the handshake handler must be callable or None")
+        self._handshake_handler = handler
+
     def set_rtcp_handler(self, handler):
         if handler is not None and not callable(handler):
             raise TypeError("the RTCP handler must be callable or None")
         self._rtcp_handler = handler
 
-    def create_endpoint(self, sock, *, rx_suite, rx_key, tx_suite, tx_key, remote=None, name="",
-                        int buffer_bytes=1 << 20, description=None):
+    def create_endpoint(self, sock, *, rx_suite=None, rx_key=None, tx_suite=None, tx_key=None, remote=None,
+                        name="", int buffer_bytes=1 << 20, description=None, bint latch=True,
+                        bint handshakes=False):
         cdef Endpoint ep
         if sock.family != _socket.AF_INET or sock.type != _socket.SOCK_DGRAM:
             raise ValueError("an endpoint needs an IPv4 UDP socket")
@@ -681,8 +714,11 @@ cdef class Forwarder:
         ep._tracks = []
         ep._subscriptions = []
         ep._rebuild_tracks()
-        ep.set_keys(rx_suite=rx_suite, rx_key=rx_key, tx_suite=tx_suite, tx_key=tx_key)
-        ep.set_remote(remote)
+        if rx_key is not None or tx_key is not None:
+            ep.set_keys(rx_suite=rx_suite, rx_key=rx_key, tx_suite=tx_suite, tx_key=tx_key)
+        ep.set_remote(remote, latch=latch)
+        ep._handshakes = handshakes
+        ep.handshake_tokens = HANDSHAKE_BURST
         sock.setblocking(False)
         ep._sock = sock
         ep.fd = sock.fileno()
@@ -747,12 +783,18 @@ cdef class Forwarder:
         first = p[0]
         if first < 128 or first > 191:
             # RFC 7983: 0-3 STUN, 20-63 DTLS; 128-191 RTP/RTCP (version 2).
-            if first <= 3:
-                ep.counters.drop_counts[DROP_STUN] += 1
-            elif 20 <= first <= 63:
-                ep.counters.drop_counts[DROP_DTLS] += 1
+            if first <= 3 or 20 <= first <= 63:
+                if ep._handshakes and self._handshake_handler is not None:
+                    self._accept_handshake(ep, i, length, now)
+                elif first <= 3:
+                    ep.counters.drop_counts[DROP_STUN] += 1
+                else:
+                    ep.counters.drop_counts[DROP_DTLS] += 1
             else:
                 ep.counters.drop_counts[DROP_BAD_VERSION] += 1
+            return NULL
+        if ep.rx_ctx == NULL:
+            ep.counters.drop_counts[DROP_NOT_KEYED] += 1
             return NULL
         if length >= 2 and 192 <= p[1] <= 223:
             self._accept_rtcp(ep, i, length, now)
@@ -825,6 +867,25 @@ cdef class Forwarder:
         if self._rtcp_handler is not None:
             self._deliver_rtcp(ep, p, length)
 
+    cdef void _accept_handshake(self, Endpoint ep, int i, int length, double now) noexcept:
+        # The handshake slow path (ICE, DTLS): Python per packet, bounded per endpoint by a
+        # token bucket so a flood costs one comparison per datagram, not a Python call.
+        cdef uint8_t *p = self.rx_buf + i * RX_SLOT
+        cdef sockaddr_in *source = &self.rx_from[i]
+        ep.handshake_tokens = min(HANDSHAKE_BURST,
+                                  ep.handshake_tokens + (now - ep.handshake_refilled) * HANDSHAKE_RATE)
+        ep.handshake_refilled = now
+        if ep.handshake_tokens < 1.0:
+            ep.counters.drop_counts[DROP_HANDSHAKE_FLOOD] += 1
+            return
+        ep.handshake_tokens -= 1.0
+        ep.counters.handshakes_in += 1
+        try:
+            self._handshake_handler(ep, p[:length], (_format_address(source), ntohs(source.sin_port)))
+        except Exception as error:
+            ep.counters.handshake_errors += 1
+            self._loop.call_exception_handler({"message": "handshake handler failed", "exception": error})
+
     cdef void _deliver_rtcp(self, Endpoint ep, uint8_t *p, int length) noexcept:
         # The RTCP slow path: a few percent of the traffic, and only packets that
         # authenticated get here, so one Python call per packet is affordable.
@@ -866,7 +927,7 @@ cdef class Forwarder:
             if sub.rw.paused:
                 sub.dropped_paused += 1
                 continue
-            if not target.has_remote:
+            if not target.has_remote or target.tx_ctx == NULL:
                 sub.dropped_no_remote += 1
                 continue
             src = self.rx_buf + j * RX_SLOT

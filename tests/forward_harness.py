@@ -124,12 +124,16 @@ class Participant:
 
 
 def processed(endpoint: Endpoint) -> int:
-    """Datagrams the endpoint has accounted for: forwarded, consumed as RTCP or dropped."""
+    """Datagrams the endpoint has accounted for: forwarded, consumed as RTCP or as a
+    handshake, or dropped."""
     counters = endpoint.counters
-    return counters.packets_in + counters.rtcp_in + sum(counters.drops)
+    return counters.packets_in + counters.rtcp_in + counters.handshakes_in + sum(counters.drops)
 
 
-COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out", "rtcp_errors")
+COUNTERS = (
+    "packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out", "rtcp_errors",
+    "handshakes_in", "handshake_errors",
+)
 SUBSCRIPTION_COUNTERS = (
     "packets", "bytes", "dropped_paused", "dropped_no_remote", "dropped_stale", "send_errors",
     "retransmitted", "retransmit_misses", "last_activity", "last_seq", "last_timestamp",

@@ -27,6 +27,8 @@ DROP_REASONS = (
     "auth_failed",
     "replayed",
     "srtp_error",
+    "not_keyed",
+    "handshake_flood",
 )
 MAX_DROPOUT = 3000
 RECEIVE_BUFFER = 2048

@@ -26,7 +26,7 @@ TOTAL_KEYS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "
 def test_drop_reasons_are_the_documented_ones() -> None:
     assert DROP_REASONS == (
         "too_short", "oversize", "bad_version", "stun", "dtls", "malformed",
-        "unknown_ssrc", "auth_failed", "replayed", "srtp_error",
+        "unknown_ssrc", "auth_failed", "replayed", "srtp_error", "not_keyed", "handshake_flood",
     )
 
 
