@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         "--relays",
         nargs="+",
         default=["charter", "reference", "python", "rtpengine", "scale"],
-        choices=["charter", "reference", "python", "rtpengine", "scale"],
+        choices=["charter", "webrtc", "reference", "python", "rtpengine", "scale"],
+        help="webrtc: Charter with endpoints keyed after a handshake and routes with the receiver's "
+        "payload type and no header extensions, as for browsers (default: all but webrtc)",
     )
     parser.add_argument("--duration", type=float, help="seconds per trial (1.5, quick 0.8)")
     parser.add_argument("--burst", type=int, default=8, help="packets per sendmmsg burst of the load (default 8)")
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             for fanout in fanouts:
                 kinds = [
                     kind
-                    for kind in ("reference", "charter", "python")
+                    for kind in ("reference", "charter", "webrtc", "python")
                     if kind in args.relays and not (kind == "python" and bench.quick and fanout != 1)
                 ]
                 if baseline is None:

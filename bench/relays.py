@@ -20,7 +20,12 @@ from bench.settings import PUBLISHER_SSRC, REPO
 from charter.processes import die_with_parent, stop
 from charter.suites import generate_key
 
-RELAY_MODULES = {"charter": "bench.charter_relay", "reference": "bench.ref_relay", "python": "bench.py_forwarder"}
+RELAY_MODULES = {
+    "charter": "bench.charter_relay",
+    "webrtc": "bench.webrtc_relay",  # Charter with endpoints and routes as a browser's
+    "reference": "bench.ref_relay",
+    "python": "bench.py_forwarder",
+}
 BASELINE = "charter@base"  # the name of the baseline checkout's Charter relay in the results
 
 

@@ -41,6 +41,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     # With a baseline checkout (--baseline): its Charter relay against the reference relay and
     # this checkout's Charter against it.
     pairs = [("charter", "reference", "charter_vs_reference"), ("charter", "python", "charter_vs_python")]
+    if any(r["relay"] == "webrtc" for r in results["relays"]):
+        out["webrtc_vs_charter"] = []
+        pairs.append(("webrtc", "charter", "webrtc_vs_charter"))
     if any(r["relay"] == BASELINE for r in results["relays"]):
         out["baseline_vs_reference"], out["charter_vs_baseline"] = [], []
         pairs += [(BASELINE, "reference", "baseline_vs_reference"), ("charter", BASELINE, "charter_vs_baseline")]
@@ -122,6 +125,9 @@ def print_report(results: dict[str, Any]) -> None:
             f"  {'Charter / ' + BASELINE:<27}{ratio_cells(x)}  ({base.get('charter_rev', 'this checkout')} "
             f"against {rev}){note}"
         )
+    for x in rt.get("webrtc_vs_charter", []):
+        print(f"  {'WebRTC routes / Charter':<27}{ratio_cells(x)}  (endpoints keyed after a handshake, "
+              "receiver's payload type, no extensions)")
     for x in rt["charter_vs_rtpengine"]:
         mark = "ok" if x["ratio"] >= TARGET_VS_RTPENGINE else "BELOW"
         print(

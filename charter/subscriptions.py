@@ -46,15 +46,36 @@ class SubscriptionSpec:
     ssrc: int
     """The SSRC it is sent with (unique among what endpoint_id receives)."""
     paused: bool = False
+    payload_type: int | None = None
+    """The receiver's payload type for the codec; None: the publisher's, unchanged."""
+    strip_extensions: bool = False
+    """Send without RTP header extensions (a WebRTC receiver reads them as its own)."""
+    rtx_ssrc: int = 0
+    """RFC 4588 retransmissions on this SSRC (0: reuse the lost packet's SSRC and sequence)."""
+    rtx_payload_type: int = 0
+    wait_for_key_frame: bool = False
+    """Forward nothing until the first key frame."""
 
     def to_proto(self) -> mediad_pb2.SubscriptionSpec:
-        return mediad_pb2.SubscriptionSpec(
+        message = mediad_pb2.SubscriptionSpec(
             track_endpoint_id=self.track_endpoint_id,
             track_ssrc=self.track_ssrc,
             endpoint_id=self.endpoint_id,
             ssrc=self.ssrc,
             paused=self.paused,
+            strip_extensions=self.strip_extensions,
+            rtx_ssrc=self.rtx_ssrc,
+            rtx_payload_type=self.rtx_payload_type,
+            wait_for_key_frame=self.wait_for_key_frame,
         )
+        if self.payload_type is not None:
+            message.payload_type = self.payload_type
+        return message
+
+    @property
+    def route(self) -> tuple[str, int, str]:
+        """What names the route: (track_endpoint_id, track_ssrc, endpoint_id)."""
+        return self.track_endpoint_id, self.track_ssrc, self.endpoint_id
 
 
 def check_id(field: str, value: str) -> str:
@@ -69,10 +90,23 @@ def check_id(field: str, value: str) -> str:
 def parse_subscription_spec(field: str, spec: mediad_pb2.SubscriptionSpec) -> SubscriptionSpec:
     if not 0 < spec.ssrc <= 0xFFFFFFFF:
         raise InvalidArgument(f"{field}.ssrc", "must be a non-zero 32-bit SSRC")
+    payload_type = spec.payload_type if spec.HasField("payload_type") else None
+    if payload_type is not None and payload_type > 127:
+        raise InvalidArgument(f"{field}.payload_type", f"is {payload_type}; RTP payload types are 0-127")
+    if spec.rtx_ssrc:
+        if spec.rtx_ssrc == spec.ssrc:
+            raise InvalidArgument(f"{field}.rtx_ssrc", "must differ from ssrc")
+        if not 96 <= spec.rtx_payload_type <= 127:
+            raise InvalidArgument(f"{field}.rtx_payload_type", "must be a dynamic payload type 96-127 with rtx_ssrc")
     return SubscriptionSpec(
         track_endpoint_id=check_id(f"{field}.track_endpoint_id", spec.track_endpoint_id),
         track_ssrc=spec.track_ssrc,
         endpoint_id=check_id(f"{field}.endpoint_id", spec.endpoint_id),
         ssrc=spec.ssrc,
         paused=spec.paused,
+        payload_type=payload_type,
+        strip_extensions=spec.strip_extensions,
+        rtx_ssrc=spec.rtx_ssrc,
+        rtx_payload_type=spec.rtx_payload_type if spec.rtx_ssrc else 0,
+        wait_for_key_frame=spec.wait_for_key_frame,
     )

@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: start the embedded one (charter up) for the demo",
     )
     parser.add_argument(
+        "--web-url", default=os.environ.get("CHARTER_WEB_URL", ""),
+        help="the page of the running Charter's web gateway, to join the demo from a browser [CHARTER_WEB_URL]; "
+        "default: the embedded one's, or http://127.0.0.1:8080/ with --controller",
+    )
+    parser.add_argument(
         "--refresh", type=float, default=0.5, help="seconds between table updates (default %(default)s)"
     )
 
@@ -92,11 +97,13 @@ class EmbeddedCharter:
     def __init__(self, workdir: str) -> None:
         self.controller = f"127.0.0.1:{processes.free_port()}"
         mediad_port = processes.free_port()
+        web_port = processes.free_port()
+        self.web_url = f"http://127.0.0.1:{web_port}/"
         self.log_path = os.path.join(workdir, "charter-up.log")
         self.argv = [
             sys.executable, "-m", "cli", "up", "--daemons", "1",
             "--controller-port", self.controller.rsplit(":", 1)[1], "--mediad-port", str(mediad_port),
-            "--log-format", "text", "--log-level", "warning",
+            "--web-port", str(web_port), "--log-format", "text", "--log-level", "warning",
         ]
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -152,9 +159,10 @@ async def wait_for_daemon(controller: str, timeout: float, embedded: EmbeddedCha
 
 
 class Demo:
-    def __init__(self, args: argparse.Namespace, controller: str, workdir: str) -> None:
+    def __init__(self, args: argparse.Namespace, controller: str, workdir: str, web_url: str = "") -> None:
         self.args = args
         self.controller = controller
+        self.web_url = web_url
         self.workdir = workdir
         self.conference_id = f"demo-{secrets.token_hex(3)}"
         self.participants: list[DemoParticipant] = []
@@ -176,6 +184,8 @@ class Demo:
             )
             try:
                 await self._join_all(conferences)
+                if self.web_url:
+                    print(f"join from your browser: {self.join_url()}", flush=True)
                 daemon_address = await self._daemon_address(channel, conference.daemon_id)
                 async with grpc.aio.insecure_channel(daemon_address) as daemon_channel:
                     daemon = mediad_pb2_grpc.MediaDaemonStub(daemon_channel)
@@ -201,6 +211,12 @@ class Demo:
                     self.failure = self.failure or f"EndConference failed: {error.details()}"
                 for participant in self.participants:
                     participant.receiver.close()
+
+    def join_url(self) -> str:
+        """The page of the web gateway (charter web) with this conference filled in."""
+        from urllib.parse import quote
+
+        return f"{self.web_url.rstrip('/')}/?conference={quote(self.conference_id)}"
 
     async def _join_all(self, conferences: Any) -> None:
         from charter.v1 import controller_pb2, media_pb2
@@ -409,6 +425,7 @@ async def demo(args: argparse.Namespace) -> int:
     workdir = tempfile.mkdtemp(prefix="charter-demo-")
     embedded: EmbeddedCharter | None = None
     controller = args.controller
+    web_url = args.web_url or ("" if not controller else "http://127.0.0.1:8080/")
     code = 0
     try:
         if not controller:
@@ -416,9 +433,10 @@ async def demo(args: argparse.Namespace) -> int:
             console.print(f"Starting Charter (charter up: controller {embedded.controller} and a media daemon) ...")
             await embedded.start()
             controller = embedded.controller
+            web_url = web_url or embedded.web_url
         else:
             await wait_for_daemon(controller, 10.0)
-        conference = Demo(args, controller, workdir)
+        conference = Demo(args, controller, workdir, web_url)
         source = (
             "ffmpeg test sources (VP8 + Opus)"
             if conference.use_ffmpeg

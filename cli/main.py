@@ -21,6 +21,7 @@ COMMANDS = [
     Command("controller", "run the controller (the gRPC API of conferences)", "controller.server"),
     Command("mediad", "run a media daemon (the SRTP forwarding unit)", "mediad.server"),
     Command("demo", "start Charter, run a conference of N participants with live statistics, stop", "cli.demo"),
+    Command("web", "serve the conference page for browsers: a gateway from WebSocket to the controller", "cli.web"),
     Command("sdp", "print a participant's media session as SDP (for ffmpeg, GStreamer, SIP)", "cli.sdp_command"),
 ]
 

@@ -1,7 +1,9 @@
-"""`charter up`: the embedded default. Starts the controller and N media daemons on this
-machine as child processes, waits until each reports SERVING, and on Ctrl-C or SIGTERM
-stops them in order: the controller first (it ends the conferences, so the daemons release
-every endpoint), then the daemons; exits 0 when every child exited 0."""
+"""`charter up`: the embedded default. Starts the controller, N media daemons and the web
+gateway (`charter web`, the page for browsers) on this machine as child processes, waits
+until each is ready (gRPC health SERVING; the gateway's /healthz), prints where they are,
+and on Ctrl-C or SIGTERM stops them in order: the gateway first (its browsers leave), then
+the controller (it ends the conferences, so the daemons release every endpoint), then the
+daemons; exits 0 when every child exited 0."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +30,8 @@ class Child:
     grpc_address: str
     argv: list[str]
     detail: str = ""
+    http_health: str = ""
+    """Ready when this URL answers 200 (the web gateway), instead of gRPC health at grpc_address."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -64,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mediad-port", type=int, default=int(_env("MEDIAD_PORT", 8443)),
                         help="gRPC port of the first media daemon; the next ones follow "
                         "[CHARTER_UP_MEDIAD_PORT, default %(default)s]")
+    parser.add_argument("--web-port", type=int, default=int(_env("WEB_PORT", 8080)),
+                        help="HTTP port of the web gateway (charter web, the conference page); 0: none "
+                        "[CHARTER_UP_WEB_PORT, default %(default)s]")
     parser.add_argument("--ports", default=_env("PORTS", "16384-32767"),
                         help="UDP media ports, split evenly among the daemons [CHARTER_UP_PORTS, default %(default)s]")
     parser.add_argument("--lease-ttl", type=float, default=float(_env("LEASE_TTL", 10.0)),
@@ -74,8 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[CHARTER_UP_LOG_LEVEL, default %(default)s]")
 
 
-def plan(args: argparse.Namespace) -> tuple[Child, list[Child]]:
-    """The processes to start, as a user would start them by hand."""
+def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
+    """The processes to start, as a user would start them by hand: the controller, the
+    daemons and the web gateway (None with --web-port 0)."""
     if args.daemons < 1:
         raise SystemExit("--daemons must be at least 1")
     try:
@@ -108,22 +116,42 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child]]:
                 detail=f"media {args.host}:{ports}",
             )
         )
-    return controller, daemons
+    web = None
+    if args.web_port:
+        url = web_url(args.host, args.web_port)
+        web = Child(
+            "web",
+            "",
+            [sys.executable, "-m", "cli", "web", "--listen", f"{args.host}:{args.web_port}",
+             "--controller", controller_address, *common],
+            detail=url,
+            http_health=url + "healthz",
+        )
+    return controller, daemons, web
+
+
+def web_url(host: str, port: int) -> str:
+    """The page's URL (a wildcard listen address is reached on this machine as 127.0.0.1)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
 
 
 async def up(args: argparse.Namespace) -> int:
-    controller, daemons = plan(args)
-    children = [controller, *daemons]
+    controller, daemons, web = plan(args)
+    children = [controller, *daemons, *([web] if web else [])]
     stop = stop_event()
     failed = False
     try:
         for child in children:
             child.start()
         for child in children:
-            await _wait_ready(child, stop)
+            if child is not web:
+                await _wait_ready(child, stop)
         if not stop.is_set():
             await _wait_registered(controller.grpc_address, [d.name for d in daemons], stop)
-            _print_summary(controller, daemons)
+            if web is not None:
+                await _wait_ready(web, stop)
+            _print_summary(controller, daemons, web)
         while not stop.is_set():
             for child in children:
                 code = child.exited()
@@ -138,8 +166,10 @@ async def up(args: argparse.Namespace) -> int:
     except (TimeoutError, RuntimeError) as error:
         log.error(str(error))
         failed = True
+    web_code = [await web.stop(STOP_TIMEOUT)] if web else []
     codes = [await controller.stop(STOP_TIMEOUT)]
     codes += await asyncio.gather(*(d.stop(STOP_TIMEOUT) for d in daemons))
+    codes += web_code
     bad = [f"{c.name}={code}" for c, code in zip(children, codes, strict=True) if code != 0]
     if bad:
         log.error("not every process exited cleanly: " + ", ".join(bad))
@@ -149,7 +179,10 @@ async def up(args: argparse.Namespace) -> int:
 
 
 async def _wait_ready(child: Child, stop: asyncio.Event) -> None:
-    ready = asyncio.create_task(wait_serving(child.grpc_address, timeout=30.0))
+    if child.http_health:
+        ready = asyncio.create_task(_wait_http(child.http_health, timeout=30.0))
+    else:
+        ready = asyncio.create_task(wait_serving(child.grpc_address, timeout=30.0))
     while not ready.done():
         if stop.is_set():
             ready.cancel()
@@ -159,6 +192,26 @@ async def _wait_ready(child: Child, stop: asyncio.Event) -> None:
             raise RuntimeError(f"{child.name} exited with code {child.exited()} before serving")
         await asyncio.wait([ready], timeout=0.2)
     ready.result()
+
+
+async def _wait_http(url: str, timeout: float) -> None:
+    """Poll `url` until it answers 200; TimeoutError otherwise."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last = "no answer"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+        while loop.time() < deadline:
+            try:
+                async with session.get(url) as reply:
+                    if reply.status == 200:
+                        return
+                    last = f"HTTP {reply.status}: {await reply.text()}"
+            except (aiohttp.ClientError, TimeoutError) as error:
+                last = str(error) or type(error).__name__
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})")
 
 
 async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio.Event, timeout: float = 30.0) -> None:
@@ -180,10 +233,13 @@ async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio
             await asyncio.sleep(0.1)
 
 
-def _print_summary(controller: Child, daemons: list[Child]) -> None:
+def _print_summary(controller: Child, daemons: list[Child], web: Child | None) -> None:
     lines = ["", "Charter is up:", f"  {controller.name:<11} {controller.grpc_address:<16} pid {controller.pid}"]
     for d in daemons:
         lines.append(f"  {d.name:<11} {d.grpc_address:<16} pid {d.pid}  {d.detail}")
+    if web is not None:
+        lines.append(f"  {web.name:<11} {web.detail:<16} pid {web.pid}  the conference page (charter web)")
+        lines += ["", f"  Join a conference from your browser: {web.detail}?conference=NAME"]
     lines += [
         "",
         f"  grpcurl -plaintext {controller.grpc_address} list",

@@ -11,14 +11,23 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from charter.addresses import Address
-from charter.endpoints import EndpointSpec
-from charter.errors import AlreadyExists, CharterError, NotFound, ResourceExhausted, Unavailable
+from charter.endpoints import EndpointSpec, WebRtcTransport
+from charter.errors import AlreadyExists, CharterError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from charter.subscriptions import Subscription, SubscriptionSpec
 from charter.suites import SrtpSuite, generate_key
 from charter.tracks import Track
+from charter.webrtc_sdp import (
+    BrowserOffer,
+    Route,
+    Transport,
+    check_answer,
+    new_ice_credentials,
+    render_answer,
+    render_offer,
+)
 from controller import events
 from controller.daemons import DaemonClient, DaemonClients
-from controller.model import Conference, Participant
+from controller.model import Conference, Participant, WebRtcSession
 from controller.placement import Candidate, describe, least_loaded
 from controller.registry import DaemonRecord, Registry
 from controller.store import ConferenceStore
@@ -37,6 +46,8 @@ class JoinSpec:
     suite: SrtpSuite
     send_key: bytes | None
     """None: generated."""
+    offer: BrowserOffer | None = None
+    """A browser's SDP offer: a WebRTC participant (its tracks are the offer's)."""
 
 
 def new_ssrc(taken: set[int]) -> int:
@@ -140,8 +151,11 @@ class Conferences:
             client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)
 
             suite = spec.suite
-            send_key = spec.send_key or generate_key(suite)
-            receive_key = generate_key(suite)
+            offer = spec.offer
+            # A browser's keys come from DTLS, so it has no SDES keys.
+            send_key = b"" if offer else spec.send_key or generate_key(suite)
+            receive_key = b"" if offer else generate_key(suite)
+            ice_ufrag, ice_pwd = new_ice_credentials()
             ep_id = endpoint_id(conference.conference_id, participant_id)
             participant = Participant(
                 conference_id=conference.conference_id,
@@ -157,7 +171,7 @@ class Conferences:
                 media_address=(record.info.media_ip, 0),
                 joined_at=self._clock(),
             )
-            routes, new_subscriptions = self._assign(conference, participant)
+            routes, new_subscriptions = self._assign(conference, participant, newcomer_webrtc=offer is not None)
             endpoint = EndpointSpec(
                 endpoint_id=ep_id,
                 conference_id=conference.conference_id,
@@ -167,13 +181,19 @@ class Conferences:
                 remote=spec.receive_address,
                 tracks=participant.tracks,
                 subscriptions=tuple(routes),
+                webrtc=WebRtcTransport(ice_ufrag, ice_pwd, offer.ice_ufrag, offer.fingerprints) if offer else None,
             )
 
             # One call: the daemon makes the endpoint, its tracks and every route to and from
             # it together or not at all. Replacing a leftover is safe: this runs under the
             # conference's lock and no participant owns ep_id.
             try:
-                port = await client.create_endpoint(endpoint, replace=True)
+                if offer is None:
+                    port = await client.create_endpoint(endpoint, replace=True)
+                else:
+                    port, fingerprint = await client.create_webrtc_endpoint(endpoint, replace=True)
+                    transport = Transport(ice_ufrag, ice_pwd, fingerprint, (record.info.media_ip, port))
+                    participant.webrtc = WebRtcSession(offer, transport, render_answer(offer, transport))
             except Unavailable:
                 # The daemon may have made it before the answer was lost: do not leave it.
                 await self._delete_quietly(client, ep_id)
@@ -196,6 +216,8 @@ class Conferences:
                     if q is not participant
                 }
                 added.append(events.TrackAdded(participant_id, track, ssrcs))
+            for receiver in conference.participants.values():
+                added += self._renegotiate(receiver)
             batch = self._number(conference, added)
             await self.store.put(conference)
             self.hub.publish(conference.conference_id, batch)
@@ -212,11 +234,13 @@ class Conferences:
             return participant
 
     def _assign(
-        self, conference: Conference, participant: Participant
+        self, conference: Conference, participant: Participant, *, newcomer_webrtc: bool
     ) -> tuple[list[SubscriptionSpec], list[tuple[str, Subscription]]]:
         """Subscriptions of the newcomer to every other participant's tracks, and of every
         other participant to the newcomer's, each with an SSRC new to its receiver.
-        The newcomer's own subscriptions are set on it; the others' are returned."""
+        The newcomer's own subscriptions are set on it; the others' are returned.
+        A route to a WebRTC participant starts paused: it forwards once the participant
+        has answered the offer that tells it of the route."""
         routes: list[SubscriptionSpec] = []
         taken = participant.own_ssrcs()
         for other in conference.participants.values():
@@ -226,7 +250,9 @@ class Conferences:
                 participant.subscriptions[(other.participant_id, track.ssrc)] = Subscription(
                     other.participant_id, track, ssrc
                 )
-                routes.append(SubscriptionSpec(other.endpoint_id, track.ssrc, participant.endpoint_id, ssrc))
+                route = SubscriptionSpec(other.endpoint_id, track.ssrc, participant.endpoint_id, ssrc,
+                                         paused=newcomer_webrtc)
+                routes.append(route)
         others: list[tuple[str, Subscription]] = []
         for other in conference.participants.values():
             taken = other.own_ssrcs() | other.received_ssrcs()
@@ -234,15 +260,20 @@ class Conferences:
                 ssrc = new_ssrc(taken)
                 taken.add(ssrc)
                 others.append((other.participant_id, Subscription(participant.participant_id, track, ssrc)))
-                routes.append(SubscriptionSpec(participant.endpoint_id, track.ssrc, other.endpoint_id, ssrc))
+                routes.append(
+                    SubscriptionSpec(
+                        participant.endpoint_id, track.ssrc, other.endpoint_id, ssrc, paused=other.webrtc is not None
+                    )
+                )
         return routes, others
 
     async def get_participant(self, conference_id: str, participant_id: str) -> Participant:
         conference = await self.get(conference_id)
         return self._participant(conference, participant_id)
 
-    async def leave(self, conference_id: str, participant_id: str) -> bool:
-        """Remove a participant; True when the conference ended with it."""
+    async def leave(self, conference_id: str, participant_id: str, reason: str = "left") -> bool:
+        """Remove a participant; True when the conference ended with it. `reason`: "left"
+        (it asked) or "gone" (its daemon closed its endpoint)."""
         async with self.store.lock(conference_id):
             conference = await self.get(conference_id)
             participant = self._participant(conference, participant_id)
@@ -260,11 +291,14 @@ class Conferences:
                     if subscription is not None:
                         ssrcs[other.participant_id] = subscription.ssrc
                 removed.append(events.TrackRemoved(participant_id, track, ssrcs))
-            removed.append(events.ParticipantLeft(participant_id))
+            removed.append(events.ParticipantLeft(participant_id, reason))
+            for other in conference.participants.values():
+                removed += self._renegotiate(other)
             batch = self._number(conference, removed)
             await self.store.put(conference)
             self.hub.publish(conference_id, batch)
-            log.info("participant left", extra={"conference_id": conference_id, "participant_id": participant_id})
+            log.info("participant left",
+                     extra={"conference_id": conference_id, "participant_id": participant_id, "reason": reason})
             if not conference.participants and not conference.persistent:
                 try:
                     await self._end_locked(conference, "empty")
@@ -277,6 +311,80 @@ class Conferences:
                     return False
                 return True
             return False
+
+    # --- WebRTC offer/answer ------------------------------------------------------------
+
+    async def answer(self, conference_id: str, participant_id: str, sdp: str, version: int) -> None:
+        """A WebRTC participant's answer to Charter's offer `version`: the routes it
+        describes start forwarding; changes made meanwhile go into the next offer."""
+        async with self.store.lock(conference_id):
+            conference = await self.get(conference_id)
+            participant = self._participant(conference, participant_id)
+            session = participant.webrtc
+            if session is None:
+                raise FailedPrecondition(
+                    f"participant {participant_id!r} joined without an SDP offer: Charter makes it no offers to answer"
+                )
+            if session.outstanding is None or version != session.version:
+                outstanding = f"offer {session.version} is" if session.outstanding is not None else "no offer is"
+                raise FailedPrecondition(f"version {version} is not the offer awaiting an answer ({outstanding} "
+                                         "outstanding): answer the newest session_offer of WatchConference")
+            check_answer(sdp, session.offer, session.outstanding)
+            publishers = {p.participant_id: p.endpoint_id for p in conference.participants.values()}
+            resume = [
+                SubscriptionSpec(publishers[r.publisher_id], r.track.ssrc, participant.endpoint_id, r.ssrc)
+                for r in session.outstanding
+                if r.active and (r.publisher_id, r.track.ssrc) in participant.subscriptions
+            ]
+            client = self._client(conference.daemon_id)
+            if resume and client is not None:
+                await client.update_subscriptions(resume)
+            session.answered, session.outstanding = session.outstanding, None
+            session.sdp = session.outstanding_sdp
+            batch = self._number(conference, self._renegotiate(participant))
+            await self.store.put(conference)
+            self.hub.publish(conference_id, batch)
+            log.info("offer answered", extra={"conference_id": conference_id, "participant_id": participant_id,
+                                              "version": version, "routes_resumed": len(resume)})
+
+    def _renegotiate(self, participant: Participant) -> list[events.Body]:
+        """A new offer for a WebRTC participant whose routes changed since its last answered
+        one, unless an offer is outstanding (the change then waits for its answer)."""
+        session = participant.webrtc
+        if session is None:
+            return []
+        live = {(r.publisher_id, r.track.ssrc): i for i, r in enumerate(session.routes) if r.active}
+        for key, subscription in participant.subscriptions.items():
+            if key not in live:
+                mid = f"r{len(session.routes)}"
+                session.routes.append(Route(mid, subscription.publisher_id, subscription.track, subscription.ssrc))
+        for key, index in live.items():
+            if key not in participant.subscriptions:
+                gone = session.routes[index]
+                session.routes[index] = Route(gone.mid, gone.publisher_id, gone.track, gone.ssrc, active=False)
+        if session.outstanding is not None or tuple(session.routes) == session.answered:
+            return []
+        session.version += 1
+        session.outstanding = tuple(session.routes)
+        session.outstanding_sdp = render_offer(session.offer, session.routes, session.transport, session.version + 1)
+        return [events.SessionOffer(participant.participant_id, session.outstanding_sdp, session.version)]
+
+    async def endpoints_closed(self, daemon_id: str, closed: list[tuple[str, str, str]]) -> None:
+        """(conference id, endpoint id, why) of endpoints a daemon closed by itself: their
+        participants are gone."""
+        for conference_id, ep_id, why in closed:
+            conference = await self.store.get(conference_id)
+            if conference is None or conference.daemon_id != daemon_id:
+                continue
+            owner = next((p for p in conference.participants.values() if p.endpoint_id == ep_id), None)
+            if owner is None:
+                continue
+            log.warning("participant gone: its daemon closed its endpoint",
+                        extra={"conference_id": conference_id, "participant_id": owner.participant_id, "why": why})
+            try:
+                await self.leave(conference_id, owner.participant_id, reason="gone")
+            except NotFound:
+                pass  # it left meanwhile
 
     # --- events --------------------------------------------------------------------------
 
@@ -298,6 +406,11 @@ class Conferences:
                     }
                     body = events.TrackAdded(p.participant_id, track, ssrcs)
                     initial.append(events.Event(conference.sequence, now, body, initial=True))
+            watching = conference.participants.get(participant_id)
+            session = watching.webrtc if watching is not None else None
+            if session is not None and session.outstanding is not None:
+                offer = events.SessionOffer(participant_id, session.outstanding_sdp, session.version)
+                initial.append(events.Event(conference.sequence, now, offer, initial=True))
             watcher = self.hub.watch(conference_id, participant_id, initial)
         try:
             async for event in watcher.events():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grpc
 
-from charter.endpoints import EndpointSpec
-from charter.errors import AlreadyExists, CharterError, Internal, ResourceExhausted, Unavailable
+from charter.endpoints import DtlsFingerprint, EndpointSpec
+from charter.errors import AlreadyExists, CharterError, Internal, NotFound, ResourceExhausted, Unavailable
+from charter.subscriptions import SubscriptionSpec
 from charter.v1 import mediad_pb2, mediad_pb2_grpc
 
 log = logging.getLogger("controller.daemons")
@@ -30,6 +32,15 @@ class DaemonClient(Protocol):
         With `replace`, an endpoint of that id with other parameters (left over by an
         earlier attempt whose answer was lost) is deleted and made again; the caller knows
         that no participant owns it."""
+        ...
+
+    async def create_webrtc_endpoint(self, spec: EndpointSpec, *, replace: bool = False) -> tuple[int, DtlsFingerprint]:
+        """As create_endpoint, for an endpoint with `spec.webrtc`: its UDP port and the
+        daemon's DTLS certificate fingerprint (for the SDP answer)."""
+        ...
+
+    async def update_subscriptions(self, specs: Sequence[SubscriptionSpec]) -> int:
+        """Pause or resume existing routes (all or none); how many changed."""
         ...
 
     async def delete_endpoint(self, endpoint_id: str) -> bool:
@@ -68,15 +79,30 @@ class MediaDaemonClient:
         await self._channel.close()
 
     async def create_endpoint(self, spec: EndpointSpec, *, replace: bool = False) -> int:
+        return int((await self._create(spec, replace)).local_address.port)
+
+    async def create_webrtc_endpoint(self, spec: EndpointSpec, *, replace: bool = False) -> tuple[int, DtlsFingerprint]:
+        reply = await self._create(spec, replace)
+        fingerprint = reply.dtls_fingerprint
+        if not fingerprint.value:
+            raise Internal(f"media daemon {self.daemon_id} made no WebRTC endpoint (no DTLS fingerprint): upgrade it")
+        return int(reply.local_address.port), DtlsFingerprint(fingerprint.algorithm, fingerprint.value)
+
+    async def _create(self, spec: EndpointSpec, replace: bool) -> mediad_pb2.Endpoint:
         request = spec.to_proto()
         try:
-            reply = await self._call("CreateEndpoint", request)
+            reply: mediad_pb2.Endpoint = await self._call("CreateEndpoint", request)
         except AlreadyExists:
             if not replace:
                 raise
             await self.delete_endpoint(spec.endpoint_id)
             reply = await self._call("CreateEndpoint", request)
-        return int(reply.local_address.port)
+        return reply
+
+    async def update_subscriptions(self, specs: Sequence[SubscriptionSpec]) -> int:
+        request = mediad_pb2.UpdateSubscriptionsRequest(subscriptions=[s.to_proto() for s in specs])
+        reply = await self._call("UpdateSubscriptions", request)
+        return int(reply.changed)
 
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         request = mediad_pb2.DeleteEndpointRequest(endpoint_id=endpoint_id, allow_missing=True)
@@ -112,6 +138,8 @@ def _translate(daemon_id: str, method: str, error: grpc.aio.AioRpcError) -> Char
         return AlreadyExists(f"media daemon {daemon_id}: {details}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return Unavailable(f"media daemon {daemon_id} takes no new endpoints: {details}")
+    if code == grpc.StatusCode.NOT_FOUND and method == "UpdateSubscriptions":
+        return NotFound(f"media daemon {daemon_id}: {details}")
     return Internal(f"media daemon {daemon_id} refused {method} ({code.name}): {details}")
 
 

@@ -30,6 +30,8 @@ class ParticipantJoined:
 @dataclass(frozen=True)
 class ParticipantLeft:
     participant_id: str
+    reason: str = "left"
+    """"left" (Leave) or "gone" (its daemon closed its endpoint: the browser went silent)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,16 @@ class ConferenceEnded:
     reason: str
 
 
-Body = ParticipantJoined | ParticipantLeft | TrackAdded | TrackRemoved | ConferenceEnded
+@dataclass(frozen=True)
+class SessionOffer:
+    """Charter's offer to one WebRTC participant: only its own watch streams carry it."""
+
+    participant_id: str
+    sdp: str
+    version: int
+
+
+Body = ParticipantJoined | ParticipantLeft | TrackAdded | TrackRemoved | ConferenceEnded | SessionOffer
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,12 @@ def participant_to_proto(p: Participant) -> pb.Participant:
     )
     if p.receive_address is not None:
         message.receive_address.CopyFrom(address_to_proto(p.receive_address))
+    if p.webrtc is not None:
+        # Its keys come from DTLS: the SDES fields stay empty.
+        message.send_key = message.receive_key = ""
+        message.webrtc = True
+        message.sdp = p.webrtc.sdp
+        return message
     message.sdp = sdp.render(sdp.from_participant(message))
     return message
 
@@ -152,6 +158,10 @@ def event_to_proto(event: events.Event, watcher_id: str) -> pb.ConferenceEvent:
         message.participant_joined.participant.CopyFrom(summary_to_proto(body.participant))
     elif isinstance(body, events.ParticipantLeft):
         message.participant_left.participant_id = body.participant_id
+        message.participant_left.reason = body.reason
+    elif isinstance(body, events.SessionOffer):
+        message.session_offer.sdp = body.sdp
+        message.session_offer.version = body.version
     elif isinstance(body, events.TrackAdded):
         message.track_added.publisher_id = body.publisher_id
         message.track_added.track.CopyFrom(body.track.to_proto())

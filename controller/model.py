@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from charter.subscriptions import Subscription
 from charter.suites import SrtpSuite
 from charter.tracks import Track
+from charter.webrtc_sdp import BrowserOffer, Route, Transport
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Participant:
     """Wall-clock seconds."""
     subscriptions: dict[tuple[str, int], Subscription] = field(default_factory=dict)
     """By (publisher_id, publisher's SSRC)."""
+    webrtc: WebRtcSession | None = None
+    """A browser's session (it joined with an SDP offer)."""
 
     def received_ssrcs(self) -> set[int]:
         return {s.ssrc for s in self.subscriptions.values()}
@@ -46,3 +49,28 @@ class Conference:
     """In the order they joined."""
     sequence: int = 0
     """Number of the last event of the conference."""
+
+
+@dataclass
+class WebRtcSession:
+    """A WebRTC participant's offer/answer state: what it offered, Charter's side of its
+    transport, and the m-lines of Charter's offers to it (one per route, kept once gone)."""
+
+    offer: BrowserOffer
+    transport: Transport
+    answer: str
+    """Charter's answer to its offer."""
+    routes: list[Route] = field(default_factory=list)
+    """The m-lines of the next offer, in order."""
+    version: int = 0
+    """Of Charter's last offer (0: none yet)."""
+    outstanding: tuple[Route, ...] | None = None
+    """The routes of the offer awaiting an answer; None: no offer is outstanding."""
+    outstanding_sdp: str = ""
+    answered: tuple[Route, ...] = ()
+    """The routes of the last offer the participant answered."""
+    sdp: str = ""
+    """The session as it stands: the answer, or the last offer answered."""
+
+    def __post_init__(self) -> None:
+        self.sdp = self.sdp or self.answer

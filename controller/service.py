@@ -15,6 +15,8 @@ from charter.suites import SrtpSuite, decode_key
 from charter.tracks import parse_tracks
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
+from charter.webrtc_sdp import parse_offer
+from controller import events
 from controller import messages as m
 from controller.conferences import Conferences, JoinSpec
 from controller.registry import Registry
@@ -69,6 +71,8 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def Join(
         self, request: pb.JoinRequest, context: ServicerContext[pb.JoinRequest, pb.JoinResponse]
     ) -> pb.JoinResponse:
+        if request.offer:
+            return await self._join_browser(request)
         suite = SrtpSuite.from_number("suite", request.suite)
         spec = JoinSpec(
             conference_id=m.parse_id("conference_id", request.conference_id),
@@ -85,6 +89,41 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         )
         participant = await self.conferences.join(spec)
         return pb.JoinResponse(participant=m.participant_to_proto(participant))
+
+    async def _join_browser(self, request: pb.JoinRequest) -> pb.JoinResponse:
+        """A WebRTC participant: its tracks, keys and address come from its offer."""
+        given = {"tracks": bool(request.tracks), "suite": bool(request.suite), "send_key": bool(request.send_key),
+                 "receive_address": request.HasField("receive_address")}
+        for name in (n for n, value in given.items() if value):
+            raise InvalidArgument(name, "is left out of a join with an offer: the offer describes the browser's media")
+        offer = parse_offer(request.offer)
+        spec = JoinSpec(
+            conference_id=m.parse_id("conference_id", request.conference_id),
+            participant_id=m.parse_id("participant_id", request.participant_id, required=False),
+            display_name=m.parse_text("display_name", request.display_name),
+            tracks=offer.tracks(),
+            receive_address=None,
+            suite=SrtpSuite.AES_CM_128_HMAC_SHA1_80,
+            send_key=None,
+            offer=offer,
+        )
+        participant = await self.conferences.join(spec)
+        return pb.JoinResponse(participant=m.participant_to_proto(participant))
+
+    async def Answer(
+        self, request: pb.AnswerRequest, context: ServicerContext[pb.AnswerRequest, pb.AnswerResponse]
+    ) -> pb.AnswerResponse:
+        if not request.sdp:
+            raise InvalidArgument("sdp", "is required: the SDP answer to the session_offer")
+        if not request.version:
+            raise InvalidArgument("version", "is required: SessionOffer.version of the offer answered")
+        await self.conferences.answer(
+            m.parse_id("conference_id", request.conference_id),
+            m.parse_id("participant_id", request.participant_id),
+            request.sdp,
+            request.version,
+        )
+        return pb.AnswerResponse()
 
     async def GetParticipant(
         self, request: pb.GetParticipantRequest, context: ServicerContext[pb.GetParticipantRequest, pb.Participant]
@@ -112,6 +151,9 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         conference_id = m.parse_id("conference_id", request.conference_id)
         watcher_id = m.parse_id("participant_id", request.participant_id, required=False)
         async for event in self.conferences.watch(conference_id, watcher_id):
+            body = event.body
+            if isinstance(body, events.SessionOffer) and body.participant_id != watcher_id:
+                continue  # an offer is for its participant's eyes only
             yield m.event_to_proto(event, watcher_id)
 
 
@@ -155,6 +197,11 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         if not request.lease_id:
             raise InvalidArgument("lease_id", "is required")
         self.registry.keep_alive(daemon_id, request.lease_id, m.parse_load(request.load))
+        if request.closed_endpoints:
+            closed = [(c.conference_id, c.endpoint_id, c.reason) for c in request.closed_endpoints]
+            task = asyncio.create_task(self.conferences.endpoints_closed(daemon_id, closed))
+            self._reconciling.add(task)
+            task.add_done_callback(self._reconciling.discard)
         return pb.KeepAliveResponse(lease_ttl=m.duration(self.registry.lease_ttl))
 
     async def Deregister(

@@ -26,6 +26,8 @@ class MediadConfig:
     capacity: int = 0
     """Endpoints taken at most; 0: one per port of the range."""
     drain_timeout: float = 10.0
+    consent_timeout: float = 30.0
+    """A WebRTC endpoint without an ICE check for this long is closed (RFC 7675: 30 s)."""
     grace: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
@@ -62,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=float(env(p, "DRAIN_TIMEOUT", d.drain_timeout)),
                         help=f"seconds a shutdown waits for endpoints to be released "
                         f"[{p}DRAIN_TIMEOUT, default %(default)s]")
+    parser.add_argument("--consent-timeout", type=float, default=float(env(p, "CONSENT_TIMEOUT", d.consent_timeout)),
+                        help=f"seconds without an ICE check after which a browser's endpoint is closed "
+                        f"(RFC 7675) [{p}CONSENT_TIMEOUT, default %(default)s]")
 
 
 def from_args(args: argparse.Namespace) -> MediadConfig:
@@ -71,6 +76,8 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
             raise ValueError
     except ValueError:
         raise SystemExit(f"--media-ip {args.media_ip!r} is not an IPv4 address") from None
+    if args.consent_timeout <= 0:
+        raise SystemExit("--consent-timeout must be more than 0")
     if args.capacity < 0:
         raise SystemExit("--capacity must be 0 or more")
     host, _, port = args.listen.rpartition(":")
@@ -86,6 +93,7 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
         port_last=ports[1],
         capacity=args.capacity,
         drain_timeout=args.drain_timeout,
+        consent_timeout=args.consent_timeout,
         grace=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,

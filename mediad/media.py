@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from charter.endpoints import EndpointSpec
 from charter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from charter.subscriptions import SubscriptionSpec
 from charter.tracks import Track
+from charter.v1 import controller_pb2
 from mediad import _forward
+from mediad.dtls import Certificate
 from mediad.ports import PortAllocator, PortsExhausted
 from mediad.rtcp_router import RtcpRouter
+from mediad.webrtc import WebRtcTransports
 
 log = logging.getLogger("mediad.media")
 
@@ -57,7 +60,15 @@ def subscription_spec(subscription: _forward.Subscription) -> SubscriptionSpec:
 
 
 class Media:
-    def __init__(self, forwarder: _forward.Forwarder, ports: PortAllocator, capacity: int) -> None:
+    def __init__(
+        self,
+        forwarder: _forward.Forwarder,
+        ports: PortAllocator,
+        capacity: int,
+        *,
+        consent_timeout: float = 30.0,
+        certificate: Certificate | None = None,
+    ) -> None:
         self.forwarder = forwarder
         self.ports = ports
         self.capacity = min(capacity, ports.size) if capacity > 0 else ports.size
@@ -66,6 +77,34 @@ class Media:
         """The core's open endpoints by id."""
         self.rtcp = RtcpRouter()
         forwarder.set_rtcp_handler(self.rtcp.handle)
+        self.webrtc = WebRtcTransports(certificate or Certificate.generate(), self._closed_by_transport,
+                                       on_connected=self._connected, consent_timeout=consent_timeout)
+        forwarder.set_handshake_handler(self.webrtc.handle)
+        self.closed_endpoints: list[controller_pb2.ClosedEndpoint] = []
+        """Endpoints this daemon closed by itself, for the next lease renewal."""
+        self.on_closed: Callable[[], None] = lambda: None
+        """Called when one is added (the lease renews at once to tell the controller)."""
+
+    def _closed_by_transport(self, endpoint: _forward.Endpoint, reason: str) -> None:
+        if self._endpoints.get(endpoint.name) is not endpoint:
+            return
+        conference_id = spec_of(endpoint).conference_id
+        self.delete_endpoint(endpoint.name, allow_missing=True)
+        self.closed_endpoints.append(
+            controller_pb2.ClosedEndpoint(endpoint_id=endpoint.name, conference_id=conference_id, reason=reason)
+        )
+        log.info("endpoint closed by the daemon", extra={"endpoint_id": endpoint.name, "reason": reason})
+        self.on_closed()
+
+    def _connected(self, endpoint: _forward.Endpoint) -> None:
+        # The key frame requests of its routes made before its handshake reached no one.
+        for track in endpoint.tracks:
+            if track.kind == "video" and track.subscriptions:
+                self.rtcp.request_key_frame(track)
+
+    def take_closed_endpoints(self) -> list[controller_pb2.ClosedEndpoint]:
+        taken, self.closed_endpoints = self.closed_endpoints, []
+        return taken
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -87,17 +126,25 @@ class Media:
         except PortsExhausted as error:
             raise ResourceExhausted(str(error)) from None
         port = sock.getsockname()[1]
+        description = dataclasses.replace(spec, tracks=(), subscriptions=())
         try:
-            endpoint = self.forwarder.create_endpoint(
-                sock,
-                rx_suite=spec.suite.value,
-                rx_key=spec.rx_key,
-                tx_suite=spec.suite.value,
-                tx_key=spec.tx_key,
-                remote=spec.remote,
-                name=spec.endpoint_id,
-                description=dataclasses.replace(spec, tracks=(), subscriptions=()),
-            )
+            if spec.webrtc is not None:
+                # Keys come from DTLS, the address from ICE (mediad/webrtc.py).
+                endpoint = self.forwarder.create_endpoint(
+                    sock, name=spec.endpoint_id, description=description, latch=False, handshakes=True
+                )
+                self.webrtc.open(endpoint, spec.webrtc)
+            else:
+                endpoint = self.forwarder.create_endpoint(
+                    sock,
+                    rx_suite=spec.suite.value,
+                    rx_key=spec.rx_key,
+                    tx_suite=spec.suite.value,
+                    tx_key=spec.tx_key,
+                    remote=spec.remote,
+                    name=spec.endpoint_id,
+                    description=description,
+                )
         except ValueError as error:
             sock.close()
             self.ports.release(port)
@@ -137,6 +184,7 @@ class Media:
                 return False
             raise NotFound(f"endpoint {endpoint_id!r} not found")
         port = port_of(endpoint)
+        self.webrtc.forget(endpoint_id)
         # Closing removes its tracks with their subscriptions, and the subscriptions sending
         # to it, from the forwarding core; then the socket is closed and the port is free.
         endpoint.close()
@@ -213,6 +261,33 @@ class Media:
             # A new video receiver can decode nothing before the next key frame: ask for one
             # (a publisher that has not sent yet has no remote and will start with one).
             publisher = track.endpoint  # never None: subscribe() refuses a removed track
+            if track.kind == "video" and publisher is not None and publisher.remote is not None:
+                self.rtcp.request_key_frame(track)
+        return len(plan)
+
+    def update_subscriptions(self, specs: Sequence[SubscriptionSpec]) -> int:
+        """Pause or resume existing routes, all or none: every route is found before any
+        changes. Resuming a video route asks its publisher for a key frame."""
+        plan: list[tuple[_forward.Subscription, bool]] = []
+        for i, spec in enumerate(specs):
+            source = self._endpoints.get(spec.track_endpoint_id)
+            target = self._endpoints.get(spec.endpoint_id)
+            track = source.find_track(spec.track_ssrc) if source is not None else None
+            subscription = track.find_subscription(target) if track is not None and target is not None else None
+            if subscription is None:
+                raise NotFound(
+                    f"subscriptions[{i}]: no route of track {spec.track_ssrc} of {spec.track_endpoint_id!r} "
+                    f"to {spec.endpoint_id!r}"
+                )
+            if subscription.paused != spec.paused:
+                plan.append((subscription, spec.paused))
+        for subscription, paused in plan:
+            if paused:
+                subscription.pause()
+                continue
+            subscription.resume()
+            track = subscription.track
+            publisher = track.endpoint
             if track.kind == "video" and publisher is not None and publisher.remote is not None:
                 self.rtcp.request_key_frame(track)
         return len(plan)

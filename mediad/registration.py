@@ -26,10 +26,14 @@ class Registration:
         controller: str,
         daemon: pb.Daemon,
         load: Callable[[], pb.DaemonLoad],
+        closed_endpoints: Callable[[], list[pb.ClosedEndpoint]] = list,
     ) -> None:
         self.controller = controller
         self.daemon = daemon
         self.load = load
+        self.closed_endpoints = closed_endpoints
+        """Endpoints the daemon closed by itself since the last call, told with the renewal."""
+        self._unsent: list[pb.ClosedEndpoint] = []
         self.lease_id = ""
         self.registered = asyncio.Event()
         self._channel = grpc.aio.insecure_channel(controller)
@@ -71,11 +75,14 @@ class Registration:
             await self._pause(ttl / 3)
             if self._stopped:
                 return
+            self._unsent += self.closed_endpoints()
             try:
                 reply = await self._stub.KeepAlive(
-                    pb.KeepAliveRequest(daemon_id=self.daemon.daemon_id, lease_id=self.lease_id, load=self.load()),
+                    pb.KeepAliveRequest(daemon_id=self.daemon.daemon_id, lease_id=self.lease_id, load=self.load(),
+                                        closed_endpoints=self._unsent),
                     timeout=min(CALL_TIMEOUT, ttl / 3),
                 )
+                self._unsent = []  # told; a failed renewal tells them again with the next
                 ttl = reply.lease_ttl.ToTimedelta().total_seconds() or ttl
                 expires = time.monotonic() + ttl
             except grpc.aio.AioRpcError as error:

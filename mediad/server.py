@@ -58,7 +58,9 @@ async def serve(config: MediadConfig) -> None:
     # on this 2-core machine, so gRPC costs nothing by sharing the loop the forwarding core
     # needs uvloop for (its socket readiness callbacks).
     forwarder = _forward.Forwarder(asyncio.get_running_loop())
-    media = Media(forwarder, PortAllocator(config.media_ip, config.port_first, config.port_last), config.capacity)
+    media = Media(forwarder, PortAllocator(config.media_ip, config.port_first, config.port_last), config.capacity,
+                  consent_timeout=config.consent_timeout)
+    consent = asyncio.create_task(media.webrtc.watch_consent())
     server = Server(config.listen, [SERVICE_NAME])
     server.add(mediad_pb2_grpc.add_MediaDaemonServicer_to_server, MediaDaemonService(media, config.media_ip))
     stop = stop_event()
@@ -85,7 +87,8 @@ async def serve(config: MediadConfig) -> None:
             port_range=media_pb2.PortRange(first=config.port_first, last=config.port_last),
             capacity=media.capacity,
         )
-        registration = Registration(config.controller, daemon, LoadMeter(media))
+        registration = Registration(config.controller, daemon, LoadMeter(media), media.take_closed_endpoints)
+        media.on_closed = registration.report_now
         registering = asyncio.create_task(registration.run())
 
     await stop.wait()
@@ -106,6 +109,7 @@ async def serve(config: MediadConfig) -> None:
         await registration.deregister()
         await registration.close()
     await server.stop(config.grace)
+    consent.cancel()
     media.close()
     log.info("media daemon stopped", extra={"daemon_id": config.daemon_id})
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from grpc.aio import ServicerContext
 
 from charter.addresses import address_to_proto
-from charter.endpoints import parse_endpoint_spec
+from charter.endpoints import DtlsFingerprint, parse_endpoint_spec
 from charter.errors import InvalidArgument
 from charter.subscriptions import check_id, parse_subscription_spec
 from charter.v1 import media_pb2, mediad_pb2, mediad_pb2_grpc
@@ -18,7 +18,9 @@ from mediad.media import Media, port_of, spec_of, subscription_spec, track_of
 MIN_INTERVAL = 0.1
 
 
-def endpoint_to_proto(endpoint: _forward.Endpoint, media_ip: str) -> mediad_pb2.Endpoint:
+def endpoint_to_proto(
+    endpoint: _forward.Endpoint, media_ip: str, fingerprint: DtlsFingerprint, transport_state: str = ""
+) -> mediad_pb2.Endpoint:
     spec = spec_of(endpoint)
     message = mediad_pb2.Endpoint(
         endpoint_id=spec.endpoint_id,
@@ -32,6 +34,9 @@ def endpoint_to_proto(endpoint: _forward.Endpoint, media_ip: str) -> mediad_pb2.
     remote = endpoint.remote
     if remote is not None:
         message.remote.CopyFrom(address_to_proto(remote))
+    if spec.webrtc is not None:
+        message.dtls_fingerprint.CopyFrom(fingerprint.to_proto())
+        message.transport_state = transport_state
     return message
 
 
@@ -52,19 +57,23 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
         self.media = media
         self.media_ip = media_ip
 
+    def _endpoint(self, endpoint: _forward.Endpoint) -> mediad_pb2.Endpoint:
+        webrtc = self.media.webrtc
+        return endpoint_to_proto(endpoint, self.media_ip, webrtc.certificate.fingerprint, webrtc.state(endpoint.name))
+
     async def CreateEndpoint(
         self,
         request: mediad_pb2.CreateEndpointRequest,
         context: ServicerContext[mediad_pb2.CreateEndpointRequest, mediad_pb2.Endpoint],
     ) -> mediad_pb2.Endpoint:
-        return endpoint_to_proto(self.media.create_endpoint(parse_endpoint_spec(request)), self.media_ip)
+        return self._endpoint(self.media.create_endpoint(parse_endpoint_spec(request)))
 
     async def GetEndpoint(
         self,
         request: mediad_pb2.GetEndpointRequest,
         context: ServicerContext[mediad_pb2.GetEndpointRequest, mediad_pb2.Endpoint],
     ) -> mediad_pb2.Endpoint:
-        return endpoint_to_proto(self.media.get_endpoint(check_id("endpoint_id", request.endpoint_id)), self.media_ip)
+        return self._endpoint(self.media.get_endpoint(check_id("endpoint_id", request.endpoint_id)))
 
     async def ListEndpoints(
         self,
@@ -72,7 +81,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
         context: ServicerContext[mediad_pb2.ListEndpointsRequest, mediad_pb2.ListEndpointsResponse],
     ) -> mediad_pb2.ListEndpointsResponse:
         endpoints = self.media.list_endpoints(request.conference_id)
-        return mediad_pb2.ListEndpointsResponse(endpoints=[endpoint_to_proto(e, self.media_ip) for e in endpoints])
+        return mediad_pb2.ListEndpointsResponse(endpoints=[self._endpoint(e) for e in endpoints])
 
     async def DeleteEndpoint(
         self,
@@ -97,6 +106,14 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
     ) -> mediad_pb2.SubscribeResponse:
         specs = [parse_subscription_spec(f"subscriptions[{i}]", s) for i, s in enumerate(request.subscriptions)]
         return mediad_pb2.SubscribeResponse(created=self.media.subscribe(specs))
+
+    async def UpdateSubscriptions(
+        self,
+        request: mediad_pb2.UpdateSubscriptionsRequest,
+        context: ServicerContext[mediad_pb2.UpdateSubscriptionsRequest, mediad_pb2.UpdateSubscriptionsResponse],
+    ) -> mediad_pb2.UpdateSubscriptionsResponse:
+        specs = [parse_subscription_spec(f"subscriptions[{i}]", s) for i, s in enumerate(request.subscriptions)]
+        return mediad_pb2.UpdateSubscriptionsResponse(changed=self.media.update_subscriptions(specs))
 
     async def GetStats(
         self,
@@ -135,6 +152,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
             subscription_count=subscriptions,
             draining=self.media.draining,
             rtcp={k: v for k, v in self.media.rtcp.counts.items() if v},
+            webrtc=self.media.webrtc.stats(),
         )
         now = time.monotonic()
         for endpoint in self.media.select(endpoint_id, conference_id):

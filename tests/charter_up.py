@@ -3,8 +3,10 @@ processes) started as a user starts it, driven over gRPC."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import random
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,8 +18,10 @@ from charter import processes
 from charter.processes import free_port
 from charter.sdp import ParticipantSession, from_participant
 from charter.tracks import Track
-from charter.v1 import controller_pb2, controller_pb2_grpc, mediad_pb2, mediad_pb2_grpc
+from charter.v1 import controller_pb2, controller_pb2_grpc, media_pb2, mediad_pb2, mediad_pb2_grpc
 from media_processes import MediaProcess
+from mediad import rtcp
+from rtp import sender_session
 from waits import wait_until
 
 
@@ -27,6 +31,9 @@ class CharterUp:
     def __init__(self, workdir: Path, *, media_ports: str | None = None) -> None:
         self.controller_address = f"127.0.0.1:{free_port()}"
         self.mediad_address = f"127.0.0.1:{free_port()}"
+        web_port = free_port()
+        self.web_url = f"http://127.0.0.1:{web_port}/"
+        """The conference page of its web gateway (charter web)."""
         if media_ports is None:
             # A block of the default media range; ports another process holds are skipped.
             first = random.randrange(16384, 32767 - 400, 100)
@@ -44,6 +51,8 @@ class CharterUp:
             self.mediad_address.rsplit(":", 1)[1],
             "--ports",
             media_ports,
+            "--web-port",
+            str(web_port),
             "--log-format",
             "text",
             "--log-level",
@@ -54,6 +63,7 @@ class CharterUp:
         self.daemon_channel = grpc.insecure_channel(self.mediad_address)
         self.conferences = controller_pb2_grpc.ConferenceServiceStub(self.channel)
         self._registry = controller_pb2_grpc.DaemonRegistryStub(self.channel)
+        self._rtcp_sessions: dict[bytes, Any] = {}
         self._wait_daemon()
 
     def _wait_daemon(self) -> None:
@@ -100,6 +110,19 @@ class CharterUp:
         """The SDP the API returns with the participant (Participant.sdp of GetParticipant)."""
         return str(self._participant(conference_id, participant_id).sdp)
 
+    def request_key_frame(self, conference_id: str, participant_id: str, ssrc: int) -> None:
+        """Send the daemon a PLI (RFC 4585) as the SDES participant does whose decoder starts on
+        the stream it receives with `ssrc`: SRTCP with the participant's send key, from its
+        receive address (a SIP phone asks so; GStreamer and ffmpeg receivers never do)."""
+        participant = self._participant(conference_id, participant_id)
+        key = base64.b64decode(participant.send_key)
+        # One session per key: SRTCP indexes must grow, or the daemon drops a repeat as a replay.
+        session = self._rtcp_sessions.setdefault(key, sender_session(media_pb2.SrtpSuite.Name(participant.suite), key))
+        packet = bytes(rtcp.PictureLossIndication(sender_ssrc=1, media_ssrc=ssrc))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(session.protect_rtcp(packet),
+                        (participant.media_address.ip, participant.media_address.port))
+
     def endpoint_stats(self, conference_id: str, participant_id: str) -> Any:
         """The daemon's EndpointStats of a participant (endpoint id "conference/participant")."""
         daemon = mediad_pb2_grpc.MediaDaemonStub(self.daemon_channel)
@@ -108,6 +131,12 @@ class CharterUp:
             if endpoint.endpoint_id == f"{conference_id}/{participant_id}":
                 return endpoint
         raise KeyError(f"the daemon has no endpoint for {conference_id}/{participant_id}")
+
+    def daemon_endpoints(self, conference_id: str) -> list[str]:
+        """The ids of the endpoints the daemon holds for a conference (ListEndpoints)."""
+        daemon = mediad_pb2_grpc.MediaDaemonStub(self.daemon_channel)
+        reply = daemon.ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id=conference_id), timeout=10)
+        return [e.endpoint_id for e in reply.endpoints]
 
     def end_conference(self, conference_id: str) -> None:
         self.conferences.EndConference(controller_pb2.EndConferenceRequest(conference_id=conference_id), timeout=10)

@@ -33,13 +33,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from charter.endpoints import EndpointSpec, parse_endpoint_spec
+from charter.endpoints import DtlsFingerprint, EndpointSpec, parse_endpoint_spec
 from charter.errors import (
     AlreadyExists,
     CharterError,
@@ -53,7 +53,9 @@ from charter.tracks import Track
 from controller.daemons import _translate
 from controller.registry import DaemonInfo, DaemonLoad
 
-METHODS = ("CreateEndpoint", "DeleteEndpoint", "ReleaseConference", "ListEndpoints")
+METHODS = ("CreateEndpoint", "DeleteEndpoint", "ReleaseConference", "ListEndpoints", "UpdateSubscriptions")
+DOUBLE_FINGERPRINT = DtlsFingerprint("sha-256", ":".join(["AB"] * 32))
+"""The DTLS certificate fingerprint of every double (a real daemon makes a certificate at start)."""
 
 
 @dataclass
@@ -181,6 +183,12 @@ class DaemonDouble:
             await self.delete_endpoint(spec.endpoint_id)
             port = await self._call("CreateEndpoint", spec)
         return int(port)
+
+    async def create_webrtc_endpoint(self, spec: EndpointSpec, *, replace: bool = False) -> tuple[int, DtlsFingerprint]:
+        return await self.create_endpoint(spec, replace=replace), DOUBLE_FINGERPRINT
+
+    async def update_subscriptions(self, specs: Sequence[SubscriptionSpec]) -> int:
+        return int(await self._call("UpdateSubscriptions", tuple(specs)))
 
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         return bool(await self._call("DeleteEndpoint", endpoint_id))
@@ -358,6 +366,8 @@ class DaemonDouble:
             for endpoint_id in ids:
                 self._delete(endpoint_id, allow_missing=True)
             return len(ids)
+        if method == "UpdateSubscriptions":
+            return self._update(request)
         if method == "ListEndpoints":
             return {k: self._endpoints[k].spec.conference_id for k in self.endpoint_ids(request)}
         raise AssertionError(method)
@@ -388,6 +398,20 @@ class DaemonDouble:
             self._delete(spec.endpoint_id)
             raise
         return port
+
+    def _update(self, specs: tuple[SubscriptionSpec, ...]) -> int:
+        """As Media.update_subscriptions: every route is found before any changes."""
+        for i, spec in enumerate(specs):
+            if spec.route not in self._routes:
+                raise NotFound(f"subscriptions[{i}]: no route of track {spec.track_ssrc} of "
+                               f"{spec.track_endpoint_id!r} to {spec.endpoint_id!r}")
+        changed = 0
+        for spec in specs:
+            held = self._routes[spec.route]
+            if held.paused != spec.paused:
+                self._routes[spec.route] = dataclasses.replace(held, paused=spec.paused)
+                changed += 1
+        return changed
 
     def _delete(self, endpoint_id: str, allow_missing: bool = False) -> bool:
         endpoint = self._endpoints.pop(endpoint_id, None)

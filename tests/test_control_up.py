@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -28,6 +29,7 @@ def charter_command() -> list[str]:
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signals) -> None:
     controller_port = free_port()
+    web_port = free_port()
     first, last = free_udp_range(20)
     argv = [
         *charter_command(),
@@ -40,6 +42,8 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
         str(free_tcp_ports(2)),
         "--ports",
         f"{first}-{last}",
+        "--web-port",
+        str(web_port),
         "--log-format",
         "json",
     ]
@@ -61,6 +65,14 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
                 timeout=10,
             )
             assert not udp_port_free(joined.participant.media_address.port)
+        page = f"http://127.0.0.1:{web_port}/"
+        assert page in log.read_text(), "charter up prints where the conference page is"
+        with urllib.request.urlopen(page, timeout=10) as reply:
+            assert b'id="join-form"' in reply.read()
+        with urllib.request.urlopen(page + "static/app.js", timeout=10) as reply:
+            assert b"window.charterTest" in reply.read()
+        with urllib.request.urlopen(page + "healthz", timeout=10) as reply:
+            assert json.loads(reply.read()) == {"gateway": "SERVING", "controller": "SERVING"}
         up.send_signal(stop_signal)
         assert up.wait(60) == 0, log.read_text()[-3000:]
     finally:

@@ -56,6 +56,9 @@ def test_demo_with_the_built_in_source_ends_cleanly_with_a_summary() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "built-in RTP source" in output
+    # Where a person joins the running demo from a browser: the embedded web gateway's page.
+    assert any(line.startswith("join from your browser: http://127.0.0.1:") and "?conference=demo-" in line
+               for line in output.splitlines()), output
     assert "Summary" in output
     for receiver, sender in [("alice", "bob"), ("bob", "carol"), ("carol", "alice")]:
         assert any(receiver in line and sender in line and "camera" in line for line in output.splitlines()), output

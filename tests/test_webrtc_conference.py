@@ -1,0 +1,183 @@
+"""WebRTC participants (aiortc, an independent WebRTC stack) in a conference of a real
+`charter up`: ICE-lite, DTLS-SRTP, Charter's offers on the watch stream and the answers to
+them, VP8 and Opus both ways, a late joiner, SDES participants (ffmpeg, GStreamer) beside
+them, and a peer that vanishes without Leave."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from socket import SOCK_DGRAM
+
+import grpc
+import pytest
+
+from aiortc_peer import AiortcParticipant, Received, allow_loopback
+from charter import sdp
+from charter.processes import free_port
+from charter.tracks import Track
+from charter.v1 import controller_pb2 as pb
+from charter.v1 import controller_pb2_grpc
+from charter_up import CharterUp, charter_up
+from media_processes import VIDEO_FPS, Running, Stream, ffmpeg_sender, missing_tools, random_ssrcs
+from media_receivers import GstReceiver
+from waits import settle
+
+pytestmark = pytest.mark.peers
+
+ENOUGH = 0.9
+"""Of the frames a publisher sent while a receiver was subscribed, the receiver decodes this many."""
+WINDOW = 6.0
+
+
+@pytest.fixture(scope="module")
+def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CharterUp]:
+    allow_loopback()
+    with charter_up(tmp_path_factory.mktemp("charter-up")) as system:
+        yield system
+
+
+def run(charter: CharterUp, scenario: Callable[[controller_pb2_grpc.ConferenceServiceStub], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(charter.controller_address) as channel:
+            await scenario(controller_pb2_grpc.ConferenceServiceStub(channel))
+
+    asyncio.run(main())
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def describe(*peers: AiortcParticipant) -> str:
+    return "; ".join(
+        f"{p.name}: {p.connection_state}, sent {p.frames_sent}, offers answered {p.offers_answered}, "
+        f"received {p.received}, errors {p.errors}" for p in peers
+    )
+
+
+async def decode_each_other(peers: list[AiortcParticipant]) -> None:
+    """Every peer decodes at least ENOUGH of the frames each other peer sends in a window."""
+    pairs = [(r, s) for r in peers for s in peers if r is not s]
+    await eventually(
+        lambda: all(s.participant_id in r.received and r.received[s.participant_id].video_frames > 0 for r, s in pairs),
+        f"every peer's first frame from every other ({describe(*peers)})",
+    )
+    sent = {p.name: p.frames_sent for p in peers}
+    got = {(r.name, s.name): r.received[s.participant_id].video_frames for r, s in pairs}
+    await asyncio.sleep(WINDOW)
+    for r, s in pairs:
+        frames_sent = s.frames_sent - sent[s.name]
+        decoded = r.received[s.participant_id].video_frames - got[(r.name, s.name)]
+        assert frames_sent > WINDOW * VIDEO_FPS / 3, f"{s.name} sent only {frames_sent} frames in {WINDOW} s"
+        assert decoded >= ENOUGH * frames_sent, (
+            f"{r.name} decoded {decoded} of the {frames_sent} frames {s.name} sent ({describe(*peers)})"
+        )
+
+
+def test_two_webrtc_participants_see_and_hear_each_other(charter: CharterUp) -> None:
+    async def scenario(api: controller_pb2_grpc.ConferenceServiceStub) -> None:
+        await api.CreateConference(pb.CreateConferenceRequest(conference_id="two-webrtc"), timeout=10)
+        peers = [AiortcParticipant(api, "two-webrtc", name) for name in ("ana", "bo")]
+        try:
+            for peer in peers:
+                participant = await peer.join()
+                assert participant.webrtc and "a=ice-lite" in participant.sdp
+            await decode_each_other(peers)
+            audio = {p.name: p.received[q.participant_id].audio_frames for p in peers for q in peers if p is not q}
+            await asyncio.sleep(1.0)
+            for p in peers:
+                for q in peers:
+                    if p is not q:
+                        assert p.received[q.participant_id].audio_frames > audio[p.name], f"{p.name} hears {q.name}"
+            assert all(not p.errors for p in peers), describe(*peers)
+        finally:
+            for peer in peers:
+                await peer.leave()
+
+    run(charter, scenario)
+
+
+def test_a_late_joiner_sees_everyone_and_everyone_sees_it(charter: CharterUp) -> None:
+    async def scenario(api: controller_pb2_grpc.ConferenceServiceStub) -> None:
+        await api.CreateConference(pb.CreateConferenceRequest(conference_id="late-webrtc"), timeout=10)
+        first = [AiortcParticipant(api, "late-webrtc", name) for name in ("cy", "di")]
+        late = AiortcParticipant(api, "late-webrtc", "ed")
+        try:
+            for peer in first:
+                await peer.join()
+            await decode_each_other(first)
+            await late.join()
+            await decode_each_other([*first, late])
+            # Each of the first two answered one more offer: the one with the newcomer's tracks.
+            assert all(p.offers_answered >= 2 for p in first), describe(*first)
+        finally:
+            for peer in [*first, late]:
+                await peer.leave()
+
+    run(charter, scenario)
+
+
+@pytest.mark.skipif(missing_tools() is not None, reason=f"{missing_tools()}: the mixed test needs ffmpeg and gst")
+def test_webrtc_and_sdes_participants_in_one_conference(charter: CharterUp, tmp_path: Path) -> None:
+    conference = "mixed"
+    frames = 12 * VIDEO_FPS
+    charter.create_conference(conference)
+    ssrcs = random_ssrcs()
+    # The SDES participants: an ffmpeg publisher, a GStreamer receiver.
+    camera = Track(next(ssrcs), "video", "VP8", 96, 90000, name="camera")
+    charter.join(conference, "ffmpeg-cam", [camera], receive_address=("127.0.0.1", free_port(SOCK_DGRAM)))
+    charter.join(conference, "gst-eye", [], receive_address=("127.0.0.1", free_port(SOCK_DGRAM)))
+
+    async def scenario(api: controller_pb2_grpc.ConferenceServiceStub) -> None:
+        peer = AiortcParticipant(api, conference, "web")
+        try:
+            await peer.join()
+            eye = charter.session(conference, "gst-eye")
+            with Running() as running:
+                streams = [
+                    Stream.from_media(m) for m in sdp.parse(sdp.render(eye, direction=sdp.RECV_ONLY)).media
+                    if m.kind == "video"
+                ]
+                assert len(streams) == 2, f"gst-eye receives the camera and the browser: {eye}"
+                receiver = running.add(GstReceiver("gst-eye", streams, tmp_path))
+                receiver.wait_ready()
+                (media,) = sdp.parse(sdp.render(charter.session(conference, "ffmpeg-cam"),
+                                                direction=sdp.SEND_ONLY)).media
+                web_ssrc = next(s.ssrc for s in streams if s.ssrc != charter_ssrc(eye, "ffmpeg-cam"))
+                sender = running.add(ffmpeg_sender("ffmpeg-cam", Stream.from_media(media), frames, tmp_path))
+                # GStreamer started after aiortc's first key frame: it asks for one, as a SIP phone would.
+                charter.request_key_frame(conference, "gst-eye", web_ssrc)
+                await eventually(lambda: receiver.frames(web_ssrc) > 0, f"GStreamer's first frame of aiortc's video "
+                                 f"({describe(peer)})")
+                # The browser's frames sent in a window, against GStreamer's decoded a second later
+                # (its pipeline's delay).
+                sent = [peer.frames_sent]
+                await asyncio.sleep(1.0)
+                decoded = [receiver.frames(web_ssrc)]
+                await eventually(lambda: not sender.running, "ffmpeg to send its frames", timeout=60)
+                sent.append(peer.frames_sent)
+                await asyncio.sleep(1.0)
+                decoded.append(receiver.frames(web_ssrc))
+                assert sender.wait(5) == 0, sender.describe()
+                assert decoded[1] - decoded[0] >= ENOUGH * (sent[1] - sent[0]), (
+                    f"GStreamer decoded {decoded[1] - decoded[0]} of the {sent[1] - sent[0]} frames aiortc sent"
+                )
+                await asyncio.to_thread(settle, lambda: [p.received.get("ffmpeg-cam", Received()).video_frames
+                                                          for p in (peer,)])
+                from_camera = peer.received.get("ffmpeg-cam")
+                assert from_camera is not None and from_camera.video_frames >= ENOUGH * frames, describe(peer)
+        finally:
+            await peer.leave()
+
+    run(charter, scenario)
+
+
+def charter_ssrc(session: sdp.ParticipantSession, publisher: str) -> int:
+    (track,) = [t for t in session.received_from(publisher) if t.track.kind == "video"]
+    return track.ssrc
