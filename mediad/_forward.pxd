@@ -3,7 +3,7 @@
 # in _forward.pyi instead. Ownership is noted on every object member: owned (this object
 # keeps it alive) or borrowed (another object owns it).
 from cpython.ref cimport PyObject
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from mediad._net cimport iovec, mmsghdr, sockaddr_in
 
@@ -22,6 +22,13 @@ cdef enum:  # drop reasons, indexes of Counters.drop_counts and DROP_REASONS
     DROP_NOT_KEYED
     DROP_HANDSHAKE_FLOOD
     N_DROP_REASONS
+
+
+cdef enum:  # codecs whose key frames the hot path recognizes (Track.codec_id)
+    CODEC_OTHER = 0                 # audio, unknown: a route never waits for a key frame
+    CODEC_VP8
+    CODEC_VP9
+    CODEC_H264
 
 
 cdef struct RewriteState:
@@ -58,8 +65,20 @@ cdef class Subscription:
     cdef uint32_t _ssrc
     cdef bint _active
     cdef RewriteState rw
+    # Options of the route (a WebRTC receiver's negotiated numbers). A route without them
+    # costs the per-packet loop two tests of a flag: `transform` and `waiting`.
+    cdef bint transform             # payload_type or strip_extensions is set
+    cdef int payload_type           # -1: the publisher's, unchanged
+    cdef readonly bint strip_extensions
+    cdef readonly uint32_t rtx_ssrc  # 0: retransmissions reuse the route's SSRC and sequence
+    cdef readonly uint8_t rtx_payload_type
+    cdef uint16_t rtx_seq           # sequence number of the next RTX packet (RFC 4588)
+    cdef bint wait_key_frame        # the option: wait for a key frame at the start and after resume
+    cdef bint waiting               # forwarding nothing until a packet starts a key frame
     cdef readonly uint64_t packets, bytes, dropped_paused, dropped_no_remote, dropped_stale, send_errors
     cdef readonly uint64_t retransmitted, retransmit_misses
+    cdef readonly uint64_t dropped_waiting_key_frame, rtx_sent
+    cdef bint _arm(self) noexcept
     cdef readonly double last_activity
 
 
@@ -68,7 +87,8 @@ cdef class Track:
     cdef uint32_t _ssrc
     cdef uint32_t source            # bumped when the publisher's SSRC changes
     cdef uint32_t _clock_rate
-    cdef str _kind, _name
+    cdef str _kind, _name, _codec
+    cdef int codec_id               # CODEC_*: how to recognize its key frames
     cdef readonly object description  # owned: what the control side made it from (opaque here)
     cdef list _subscriptions        # owned; what the control side adds to and removes from
     cdef PyObject **subs            # owned flat copy of _subscriptions for the per-packet loop
@@ -125,6 +145,7 @@ cdef class Forwarder:
     cdef uint8_t *rx_buf
     cdef int *rx_len
     cdef PyObject **rx_track        # track of each packet of the batch; NULL once handled
+    cdef int8_t *rx_key             # whether each packet starts a key frame; -1: not looked at yet
     cdef mmsghdr *tx_msgs
     cdef iovec *tx_iov
     cdef uint8_t *tx_buf

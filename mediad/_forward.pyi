@@ -13,6 +13,10 @@ from typing_extensions import disjoint_base
 DROP_REASONS: tuple[str, ...]
 """Names of the per-endpoint drop counters, in the order the hot path keeps them."""
 
+def is_key_frame(codec: str, packet: bytes) -> bool:
+    """Whether a plaintext RTP packet of `codec` (VP8, VP9, H264; any other never) starts a key
+    frame, as a route that waits for one decides. Exposed for table-driven tests."""
+
 @disjoint_base
 class Counters:
     """Packet counters of an endpoint (Endpoint.counters) or of a forwarder (Forwarder.totals())."""
@@ -149,11 +153,14 @@ class Endpoint:
         name: str = "",
         cache_packets: int = 0,
         description: object = None,
+        codec: str = "",
     ) -> Track:
         """An inbound stream of this endpoint, by SSRC. ValueError if the SSRC is taken.
         With `cache_packets` (up to 4096), the plaintext of that many recent packets is kept
         to answer NACKs (Subscription.retransmit); each takes 1500 bytes. `description` is
-        kept as Track.description."""
+        kept as Track.description. `codec` (an rtpmap encoding name, any case) tells the
+        routes that wait for a key frame how to recognize one: VP8, VP9 and H264 are known;
+        for any other (audio, unknown) a route never waits."""
     def find_track(self, ssrc: int) -> Track | None:
         """Its inbound track with this SSRC."""
     def find_subscription(self, ssrc: int) -> Subscription | None:
@@ -186,6 +193,9 @@ class Track:
     @property
     def kind(self) -> str: ...
     @property
+    def codec(self) -> str:
+        """As given to Endpoint.add_track."""
+    @property
     def name(self) -> str: ...
     @property
     def endpoint(self) -> Endpoint | None:
@@ -197,9 +207,29 @@ class Track:
     def set_ssrc(self, ssrc: int) -> None:
         """The publisher restarted with a new SSRC: its subscribers' outgoing streams stay
         continuous (sequence and timestamp carry on)."""
-    def subscribe(self, target: Endpoint, ssrc: int, *, paused: bool = False) -> Subscription:
+    def subscribe(
+        self,
+        target: Endpoint,
+        ssrc: int,
+        *,
+        paused: bool = False,
+        payload_type: int | None = None,
+        strip_extensions: bool = False,
+        rtx_ssrc: int = 0,
+        rtx_payload_type: int = 0,
+        wait_for_key_frame: bool = False,
+    ) -> Subscription:
         """Send this track to `target` with outgoing SSRC `ssrc`. ValueError if `target`
-        already sends that SSRC or already receives this track, or is this track's endpoint."""
+        already sends that SSRC (or `rtx_ssrc`, as a route's SSRC or RTX SSRC) or already
+        receives this track, or is this track's endpoint, or a payload type is not in 0..127.
+
+        The route's options, for a receiver with numbers of its own (a browser):
+        `payload_type` replaces the payload type of every packet sent (the marker bit kept;
+        None: the publisher's); `strip_extensions` sends packets without their RTP header
+        extension (RFC 8285); with `rtx_ssrc`, retransmissions go as RFC 4588 packets of that
+        SSRC with `rtx_payload_type`; `wait_for_key_frame` forwards nothing until a packet
+        that starts a key frame of the track's codec, at the start and after every resume
+        (a no-op for codecs other than VP8, VP9, H264)."""
     def unsubscribe(self, subscription: Subscription) -> None: ...
     def find_subscription(self, target: Endpoint) -> Subscription | None:
         """The subscription sending this track to `target`."""
@@ -222,7 +252,14 @@ class Subscription:
     @property
     def send_errors(self) -> int: ...
     @property
-    def retransmitted(self) -> int: ...
+    def dropped_waiting_key_frame(self) -> int:
+        """Not sent: the route waited for a key frame (wait_for_key_frame, skip_to_key_frame)."""
+    @property
+    def retransmitted(self) -> int:
+        """Packets sent again answering NACKs, RTX packets included."""
+    @property
+    def rtx_sent(self) -> int:
+        """Of those, the ones sent as RTX packets (rtx_ssrc)."""
     @property
     def retransmit_misses(self) -> int: ...
     @property
@@ -238,12 +275,38 @@ class Subscription:
     @property
     def active(self) -> bool:
         """False once unsubscribed or either endpoint closed."""
+    @property
+    def payload_type(self) -> int | None:
+        """The payload type every packet is sent with; None: the publisher's."""
+    @property
+    def strip_extensions(self) -> bool:
+        """Packets are sent without their RTP header extension."""
+    @property
+    def rtx_ssrc(self) -> int:
+        """The SSRC of the route's RFC 4588 retransmission stream; 0: none."""
+    @property
+    def rtx_payload_type(self) -> int: ...
+    @property
+    def wait_for_key_frame(self) -> bool:
+        """The option: the route waits for a key frame at the start and after every resume."""
+    @property
+    def waiting_for_key_frame(self) -> bool:
+        """True while the route forwards nothing until a packet that starts a key frame."""
     def pause(self) -> None: ...
     def resume(self) -> None:
-        """Resume; the outgoing sequence continues without a gap."""
+        """Resume; the outgoing sequence continues without a gap. With wait_for_key_frame,
+        from the next key frame on."""
+    def skip_to_key_frame(self) -> bool:
+        """Forward nothing more until a packet that starts a key frame (the outgoing sequence
+        then continues without a gap); False, and nothing changes, for a track whose codec's
+        key frames are not known here (see Endpoint.add_track)."""
     def retransmit(self, sequence: int) -> bool:
         """Send again the packet this subscription sent with outgoing sequence number
-        `sequence` (answering a NACK), from the track's plaintext cache, protected afresh.
+        `sequence` (answering a NACK), from the track's plaintext cache, protected afresh,
+        with the route's payload type and without its header extension if so set. With
+        rtx_ssrc, as an RFC 4588 packet: rtx_payload_type, rtx_ssrc, the RTX stream's own
+        sequence number, the original's timestamp, and its payload (padding removed) after
+        `sequence` as the original sequence number.
         False when it is not in the cache (any more): counted in retransmit_misses.
         ValueError unless 0 <= sequence <= 65535."""
     def map_timestamp(self, timestamp: int) -> int | None:

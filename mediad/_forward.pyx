@@ -5,7 +5,9 @@ Per received batch, with no Python object created: recvmmsg -> demultiplex by fi
 (RFC 7983) -> look up the track by SSRC -> SRTP unprotect with the endpoint's inbound
 session -> for every subscription of the track: copy, rewrite sequence number, timestamp
 and SSRC, SRTP protect with the subscriber endpoint's outbound session -> sendmmsg from
-the subscriber endpoint's socket.
+the subscriber endpoint's socket. A route may carry options of its receiver (a browser's
+negotiated numbers: payload type, no header extensions, an RFC 4588 RTX stream, forwarding
+only from a key frame); a route without them pays one test of a flag for each.
 
 Endpoint, Track and Subscription are owned here; the control side changes them only
 through the methods declared in _forward.pyi. Everything runs on one event loop thread,
@@ -14,10 +16,11 @@ libsrtp is called through C function pointers exported by pylibsrtp's cffi modul
 (its wheel links libsrtp 2.7 with OpenSSL), not through Python.
 """
 import asyncio as _asyncio
+import secrets as _secrets
 import socket as _socket
 
 from cpython.ref cimport Py_DECREF, Py_XINCREF, PyObject
-from libc.stdint cimport int16_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int8_t, int16_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
@@ -157,6 +160,181 @@ cdef class Rewriter:
             self.state.resync = 1
 
 
+# --- key frames -----------------------------------------------------------------------------
+# A receiver can decode from a key frame on: a route that waits for one reads the codec's
+# payload header of the decrypted packet, in C, at most once per packet (Forwarder.rx_key).
+
+_CODECS = {"VP8": CODEC_VP8, "VP9": CODEC_VP9, "H264": CODEC_H264}
+
+
+cdef int _payload_start(const uint8_t *p, int length, int *end) noexcept nogil:
+    """Offset of the payload of a plaintext RTP packet, its end (padding excluded) in
+    end[0]; -1 when the header does not fit the packet."""
+    cdef int start, padding
+    if length < RTP_HEADER:
+        return -1
+    start = RTP_HEADER + 4 * (p[0] & 0x0f)
+    if p[0] & 0x10:
+        if start + 4 > length:
+            return -1
+        start += 4 + 4 * load16(p + start + 2)
+    if start > length:
+        return -1
+    end[0] = length
+    if p[0] & 0x20:
+        padding = p[length - 1] if length > start else 0
+        if padding == 0 or start + padding > length:
+            return -1
+        end[0] = length - padding
+    return start
+
+
+cdef bint _vp8_key_frame(const uint8_t *d, int n) noexcept nogil:
+    # RFC 7741 4.2: the payload descriptor X|R|N|S|R|PID, its extensions (I: a 7 or 15-bit
+    # PictureID, L: TL0PICIDX, T or K: TID|Y|KEYIDX); at the start of partition 0 (S=1,
+    # PID=0) comes the VP8 payload header, whose P bit (bit 0) is 0 in a key frame (4.3).
+    cdef int i = 1
+    cdef uint8_t x
+    if n < 1 or not d[0] & 0x10 or d[0] & 0x07:
+        return 0
+    if d[0] & 0x80:
+        if n < 2:
+            return 0
+        x = d[1]
+        i = 2
+        if x & 0x80:
+            if i >= n:
+                return 0
+            i += 2 if d[i] & 0x80 else 1
+        if x & 0x40:
+            i += 1
+        if x & 0x30:
+            i += 1
+    return i < n and not d[i] & 0x01
+
+
+cdef bint _vp9_key_frame(const uint8_t *d, int n) noexcept nogil:
+    # RFC 9628 4.2: the descriptor I|P|L|F|B|E|V|Z; a key frame starts with B (start of a
+    # frame) set and P (inter-picture predicted) clear, in spatial layer 0: with L, the
+    # layer indices TID|U|SID|D follow the PictureID (I: 7 or 15 bits).
+    cdef int i = 1
+    if n < 1 or not d[0] & 0x08 or d[0] & 0x40:
+        return 0
+    if d[0] & 0x20:
+        if d[0] & 0x80:
+            if i >= n:
+                return 0
+            i += 2 if d[i] & 0x80 else 1
+        if i >= n or (d[i] >> 1) & 0x07:
+            return 0
+    return 1
+
+
+cdef inline bint _h264_key_nal(uint8_t header) noexcept nogil:
+    # An IDR slice (5) or a sequence parameter set (7), which opens a key frame.
+    return (header & 0x1f) == 5 or (header & 0x1f) == 7
+
+
+cdef bint _h264_key_frame(const uint8_t *d, int n) noexcept nogil:
+    # RFC 6184 5.2: a single NAL unit (types 1-23), an aggregation (STAP-A, 24, 5.7.1:
+    # 16-bit sizes each before a NAL unit) or a fragment (FU-A, 28, 5.8: the FU header's
+    # S bit starts the NAL unit, its type is the fragmented unit's).
+    cdef int t, i, size
+    if n < 1:
+        return 0
+    t = d[0] & 0x1f
+    if t == 24:
+        i = 1
+        while i + 2 < n:
+            size = load16(d + i)
+            if size == 0 or i + 2 + size > n:
+                return 0
+            if _h264_key_nal(d[i + 2]):
+                return 1
+            i += 2 + size
+        return 0
+    if t == 28:
+        return n >= 2 and d[1] & 0x80 and _h264_key_nal(d[1])
+    return _h264_key_nal(d[0])
+
+
+cdef bint _key_frame(int codec, const uint8_t *p, int length) noexcept nogil:
+    """Whether a plaintext RTP packet starts a key frame of `codec` (CODEC_*)."""
+    cdef int end
+    cdef int start = _payload_start(p, length, &end)
+    if start < 0:
+        return 0
+    if codec == CODEC_VP8:
+        return _vp8_key_frame(p + start, end - start)
+    if codec == CODEC_VP9:
+        return _vp9_key_frame(p + start, end - start)
+    if codec == CODEC_H264:
+        return _h264_key_frame(p + start, end - start)
+    return 0
+
+
+def is_key_frame(str codec not None, bytes packet not None):
+    """Whether a plaintext RTP packet of `codec` starts a key frame, as a route that waits for
+    one decides; exposed for table-driven tests."""
+    return bool(_key_frame(_CODECS.get(codec.upper(), CODEC_OTHER), <const uint8_t *><const char *>packet,
+                           <int>len(packet)))
+
+
+# --- per-route copies -------------------------------------------------------------------------
+
+cdef int _route_copy(Subscription sub, uint8_t *out, const uint8_t *src, int length) noexcept:
+    """Copy a plaintext packet for a route with options: with its payload type, without its
+    header extension (RFC 8285: the block after the CSRCs, one-byte or two-byte). The new
+    length, or -1 when the header does not fit the packet (never after Forwarder._accept,
+    which drops such packets as malformed)."""
+    cdef int start, size
+    if sub.strip_extensions and src[0] & 0x10:
+        start = RTP_HEADER + 4 * (src[0] & 0x0f)
+        if start + 4 > length:
+            return -1
+        size = 4 + 4 * load16(src + start + 2)
+        if start + size > length or (src[0] & 0x20 and start + size + src[length - 1] > length):
+            return -1
+        memcpy(out, src, start)
+        memcpy(out + start, src + start + size, length - start - size)
+        out[0] = src[0] & 0xEF
+        length -= size
+    else:
+        memcpy(out, src, length)
+    if sub.payload_type >= 0:
+        out[1] = (src[1] & 0x80) | sub.payload_type
+    return length
+
+
+cdef int _rtx_copy(Subscription sub, uint8_t *out, const uint8_t *src, int length, uint16_t osn) noexcept:
+    """An RFC 4588 (4) retransmission of a plaintext packet: its header (CSRCs, and its
+    extension unless the route strips it), the RTX payload type with its marker bit, the
+    original sequence number `osn` before its payload, no padding. Sequence number,
+    timestamp and SSRC are the caller's to set. The new length, or -1 as _route_copy."""
+    cdef int header = RTP_HEADER + 4 * (src[0] & 0x0f)
+    cdef int extension = 0, end = length, keep, size
+    if header > length:
+        return -1
+    if src[0] & 0x10:
+        if header + 4 > length:
+            return -1
+        extension = 4 + 4 * load16(src + header + 2)
+        if header + extension > length:
+            return -1
+    if src[0] & 0x20:
+        if length == header + extension or src[length - 1] == 0 or header + extension + src[length - 1] > length:
+            return -1
+        end = length - src[length - 1]
+    keep = header if sub.strip_extensions else header + extension
+    size = end - header - extension
+    memcpy(out, src, keep)
+    store16(out + keep, osn)
+    memcpy(out + keep + 2, src + header + extension, size)
+    out[0] = src[0] & (0xCF if sub.strip_extensions else 0xDF)
+    out[1] = (src[1] & 0x80) | sub.rtx_payload_type
+    return keep + 2 + size
+
+
 # --- counters -------------------------------------------------------------------------------
 
 cdef class Counters:
@@ -217,6 +395,7 @@ cdef class Subscription:
 
     def __cinit__(self):
         memset(&self.rw, 0, sizeof(RewriteState))
+        self.payload_type = -1
 
     @property
     def ssrc(self):
@@ -238,6 +417,18 @@ cdef class Subscription:
     def active(self):
         return bool(self._active)
 
+    @property
+    def payload_type(self):
+        return None if self.payload_type < 0 else self.payload_type
+
+    @property
+    def wait_for_key_frame(self):
+        return bool(self.wait_key_frame)
+
+    @property
+    def waiting_for_key_frame(self):
+        return bool(self.waiting)
+
     def pause(self):
         self.rw.paused = 1
 
@@ -245,16 +436,36 @@ cdef class Subscription:
         if self.rw.paused:
             self.rw.paused = 0
             self.rw.resync = 1
+            # What it missed while paused was lost: the receiver needs a key frame again.
+            if self.wait_key_frame:
+                self._arm()
+
+    def skip_to_key_frame(self):
+        """Forward nothing more until a packet that starts a key frame."""
+        return bool(self._arm())
+
+    cdef bint _arm(self) noexcept:
+        if self._track.codec_id == CODEC_OTHER:
+            return 0
+        self.waiting = 1
+        # The key frame starts a new mapping that continues the outgoing numbers without a
+        # gap: the receiver has nothing to ask again for what was skipped.
+        if self.rw.started:
+            self.rw.resync = 1
+        return 1
 
     def retransmit(self, int sequence):
         """Send again the packet this subscription sent with outgoing sequence number
         `sequence` (a NACK, RFC 4585 6.2.1), from the track's plaintext cache, protected
-        afresh with the target's key. False when it is not in the cache (any more)."""
+        afresh with the target's key; with an RTX stream, as an RFC 4588 packet of it.
+        False when it is not in the cache (any more)."""
         cdef Track track = self._track
         cdef Endpoint target = self._target
         cdef uint16_t out_seq = <uint16_t>sequence
         cdef uint16_t in_seq
         cdef int k, length
+        cdef const uint8_t *src
+        cdef uint32_t ts
         cdef uint8_t out[TX_SLOT]
         if not 0 <= sequence <= 0xFFFF:
             raise ValueError(f"an RTP sequence number is in 0..65535, got {sequence}")
@@ -272,17 +483,33 @@ cdef class Subscription:
             self.retransmit_misses += 1
             return False
         length = track.cache_len[k]
-        memcpy(out, track.cache + k * CACHE_SLOT, length)
-        store16(out + 2, out_seq)
-        store32(out + 4, <uint32_t>(load32(out + 4) + self.rw.ts_offset))
-        store32(out + 8, self._ssrc)
-        if _srtp_protect(target.tx_ctx, out, &length) != SRTP_OK:
+        src = track.cache + k * CACHE_SLOT
+        ts = <uint32_t>(load32(src + 4) + self.rw.ts_offset)
+        if self.rtx_ssrc:
+            length = _rtx_copy(self, out, src, length, out_seq)
+            store16(out + 2, self.rtx_seq)
+            store32(out + 8, self.rtx_ssrc)
+        elif self.transform:
+            length = _route_copy(self, out, src, length)
+            store16(out + 2, out_seq)
+            store32(out + 8, self._ssrc)
+        else:
+            memcpy(out, src, length)
+            store16(out + 2, out_seq)
+            store32(out + 8, self._ssrc)
+        store32(out + 4, ts)
+        if length < 0 or _srtp_protect(target.tx_ctx, out, &length) != SRTP_OK:
             self.send_errors += 1
             return False
+        if self.rtx_ssrc:
+            # The RTX stream's own sequence (RFC 4588 4): one number per packet protected.
+            self.rtx_seq += 1
         if sendto(target.fd, out, length, MSG_DONTWAIT, &target.remote_addr, sizeof(sockaddr_in)) != length:
             self.send_errors += 1
             return False
         self.retransmitted += 1
+        if self.rtx_ssrc:
+            self.rtx_sent += 1
         target.counters.packets_out += 1
         target.counters.bytes_out += length
         return True
@@ -345,6 +572,10 @@ cdef class Track:
         return self._kind
 
     @property
+    def codec(self):
+        return self._codec
+
+    @property
     def name(self):
         return self._name
 
@@ -377,8 +608,10 @@ cdef class Track:
         self.source += 1
         self._endpoint._rebuild_tracks()
 
-    def subscribe(self, Endpoint target not None, ssrc, *, paused=False):
+    def subscribe(self, Endpoint target not None, ssrc, *, paused=False, payload_type=None,
+                  strip_extensions=False, rtx_ssrc=0, rtx_payload_type=0, wait_for_key_frame=False):
         cdef uint32_t value = _check_ssrc(ssrc)
+        cdef uint32_t rtx = _check_ssrc(rtx_ssrc)
         cdef Subscription sub
         if self._endpoint is None:
             raise ValueError("track was removed")
@@ -386,17 +619,35 @@ cdef class Track:
             raise ValueError(f"endpoint {target._name!r} is closed")
         if target is self._endpoint:
             raise ValueError("an endpoint cannot subscribe to its own track")
+        if payload_type is not None:
+            _check_payload_type("payload_type", payload_type)
+        _check_payload_type("rtx_payload_type", rtx_payload_type)
+        if rtx and rtx == value:
+            raise ValueError("rtx_ssrc must differ from ssrc")
         for other in target._subscriptions:
-            if (<Subscription>other)._track is self:
+            sub = <Subscription>other
+            if sub._track is self:
                 raise ValueError(f"endpoint {target._name!r} already receives this track")
-            if (<Subscription>other)._ssrc == value:
+            if sub._ssrc == value or (sub.rtx_ssrc and sub.rtx_ssrc == value):
                 raise ValueError(f"endpoint {target._name!r} already sends SSRC {value}")
+            if rtx and (sub._ssrc == rtx or sub.rtx_ssrc == rtx):
+                raise ValueError(f"endpoint {target._name!r} already sends SSRC {rtx}")
         sub = Subscription.__new__(Subscription)
         sub._track = self
         sub._target = target
         sub._ssrc = value
         sub._active = 1
         sub.rw.paused = 1 if paused else 0
+        sub.payload_type = -1 if payload_type is None else payload_type
+        sub.strip_extensions = 1 if strip_extensions else 0
+        sub.transform = sub.payload_type >= 0 or sub.strip_extensions
+        sub.rtx_ssrc = rtx
+        sub.rtx_payload_type = rtx_payload_type
+        # RFC 3550 5.1: a random initial sequence number, for the RTX stream too.
+        sub.rtx_seq = _secrets.randbits(16)
+        sub.wait_key_frame = 1 if wait_for_key_frame else 0
+        if sub.wait_key_frame:
+            sub._arm()
         self._subscriptions.append(sub)
         target._subscriptions.append(sub)
         self._rebuild()
@@ -425,6 +676,11 @@ cdef uint32_t _check_ssrc(object ssrc) except? 0:
     if not isinstance(ssrc, int) or not 0 <= ssrc <= 0xFFFFFFFF:
         raise ValueError(f"SSRC must be an integer in 0..4294967295, got {ssrc!r}")
     return ssrc
+
+
+cdef void _check_payload_type(str name, object value) except *:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 127:
+        raise ValueError(f"{name} must be an RTP payload type in 0..127, got {value!r}")
 
 
 cdef class Endpoint:
@@ -532,7 +788,8 @@ cdef class Endpoint:
         self.track_ptrs = ptrs
         self.n_tracks = n
 
-    def add_track(self, ssrc, *, clock_rate=90000, kind="video", name="", int cache_packets=0, description=None):
+    def add_track(self, ssrc, *, clock_rate=90000, kind="video", name="", int cache_packets=0, description=None,
+                  codec=""):
         cdef uint32_t value = _check_ssrc(ssrc)
         cdef Track track
         if self._closed:
@@ -549,6 +806,8 @@ cdef class Endpoint:
         track._clock_rate = clock_rate
         track._kind = str(kind)
         track._name = str(name)
+        track._codec = str(codec)
+        track.codec_id = _CODECS.get(track._codec.upper(), CODEC_OTHER)
         track.description = description
         track._subscriptions = []
         track._rebuild()
@@ -649,11 +908,12 @@ cdef class Forwarder:
         self.rx_buf = <uint8_t *>malloc(batch_size * RX_SLOT)
         self.rx_len = <int *>calloc(batch_size, sizeof(int))
         self.rx_track = <PyObject **>calloc(batch_size, sizeof(PyObject *))
+        self.rx_key = <int8_t *>calloc(batch_size, sizeof(int8_t))
         self.tx_msgs = <mmsghdr *>calloc(batch_size, sizeof(mmsghdr))
         self.tx_iov = <iovec *>calloc(batch_size, sizeof(iovec))
         self.tx_buf = <uint8_t *>malloc(batch_size * TX_SLOT)
         if (self.rx_msgs == NULL or self.rx_iov == NULL or self.rx_from == NULL
-                or self.rx_buf == NULL or self.rx_len == NULL or self.rx_track == NULL
+                or self.rx_buf == NULL or self.rx_len == NULL or self.rx_track == NULL or self.rx_key == NULL
                 or self.tx_msgs == NULL or self.tx_iov == NULL or self.tx_buf == NULL):
             raise MemoryError()
         for i in range(batch_size):
@@ -679,6 +939,7 @@ cdef class Forwarder:
         free(self.rx_buf)
         free(self.rx_len)
         free(self.rx_track)
+        free(self.rx_key)
         free(self.tx_msgs)
         free(self.tx_iov)
         free(self.tx_buf)
@@ -758,6 +1019,7 @@ cdef class Forwarder:
             self.batch_packets += n
             for i in range(n):
                 self.rx_track[i] = self._accept(ep, i, now)
+                self.rx_key[i] = -1
                 # A strong reference until fan-out: the RTCP handler runs Python code
                 # between two packets of the batch and may remove a track.
                 Py_XINCREF(self.rx_track[i])
@@ -931,13 +1193,27 @@ cdef class Forwarder:
                 sub.dropped_no_remote += 1
                 continue
             src = self.rx_buf + j * RX_SLOT
+            if sub.waiting:
+                # Looked at once per packet, for the first route of its track that waits.
+                if self.rx_key[j] < 0:
+                    self.rx_key[j] = _key_frame(track.codec_id, src, self.rx_len[j])
+                if not self.rx_key[j]:
+                    sub.dropped_waiting_key_frame += 1
+                    continue
+                sub.waiting = 0
             if not _rewrite(&sub.rw, track.source, load16(src + 2), load32(src + 4), now,
                             track._clock_rate, &seq, &ts):
                 sub.dropped_stale += 1
                 continue
             length = self.rx_len[j]
             out = self.tx_buf + count * TX_SLOT
-            memcpy(out, src, length)
+            if sub.transform:
+                length = _route_copy(sub, out, src, length)
+                if length < 0:
+                    sub.send_errors += 1
+                    continue
+            else:
+                memcpy(out, src, length)
             store16(out + 2, seq)
             store32(out + 4, ts)
             store32(out + 8, sub._ssrc)

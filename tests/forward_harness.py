@@ -135,8 +135,8 @@ COUNTERS = (
     "handshakes_in", "handshake_errors",
 )
 SUBSCRIPTION_COUNTERS = (
-    "packets", "bytes", "dropped_paused", "dropped_no_remote", "dropped_stale", "send_errors",
-    "retransmitted", "retransmit_misses", "last_activity", "last_seq", "last_timestamp",
+    "packets", "bytes", "dropped_paused", "dropped_no_remote", "dropped_stale", "dropped_waiting_key_frame",
+    "send_errors", "retransmitted", "rtx_sent", "retransmit_misses", "last_activity", "last_seq", "last_timestamp",
 )
 
 

@@ -69,6 +69,11 @@ class Rewriter:
             self.paused = False
             self._rebase_pending = True
 
+    def rebase(self) -> None:
+        """The next packet starts a new mapping (a route that skipped to a key frame)."""
+        if self._started:
+            self._rebase_pending = True
+
     def rewrite(
         self, source: int, seq: int, timestamp: int, now: float, clock_rate: int = 90000
     ) -> tuple[int, int] | None:
@@ -122,18 +127,110 @@ class Sent:
     advanced: bool  # it moved the subscription's last sent sequence/timestamp
 
 
+KEY_FRAME_CODECS = ("VP8", "VP9", "H264")
+
+
+def payload_of(plain: bytes) -> bytes:
+    """The payload of a consistent plaintext RTP packet, padding excluded."""
+    start = 12 + 4 * (plain[0] & 0x0F)
+    if plain[0] & 0x10:
+        start += 4 + 4 * struct.unpack_from("!H", plain, start + 2)[0]
+    end = len(plain) - (plain[-1] if plain[0] & 0x20 else 0)
+    return plain[start:end]
+
+
+def _h264_key(nal_header: int) -> bool:
+    return nal_header & 0x1F in (5, 7)  # IDR slice, sequence parameter set
+
+
+def key_frame(codec: str, plain: bytes) -> bool:
+    """Whether a plaintext RTP packet starts a key frame (RFC 7741, RFC 9628, RFC 6184)."""
+    codec = codec.upper()
+    payload = payload_of(plain)
+    if not payload or codec not in KEY_FRAME_CODECS:
+        return False
+    first = payload[0]
+    if codec == "VP8":
+        if not first & 0x10 or first & 0x07:  # S, PID
+            return False
+        at = 1
+        if first & 0x80:  # X
+            if len(payload) < 2:
+                return False
+            x, at = payload[1], 2
+            if x & 0x80:  # I: PictureID, 15 bits when its M bit is set
+                if at >= len(payload):
+                    return False
+                at += 2 if payload[at] & 0x80 else 1
+            at += bool(x & 0x40) + bool(x & 0x30)  # L: TL0PICIDX; T or K: TID|Y|KEYIDX
+        return at < len(payload) and not payload[at] & 0x01
+    if codec == "VP9":
+        if not first & 0x08 or first & 0x40:  # B, P
+            return False
+        if first & 0x20:  # L: the spatial layer must be 0
+            at = 1
+            if first & 0x80:
+                if at >= len(payload):
+                    return False
+                at += 2 if payload[at] & 0x80 else 1
+            return at < len(payload) and not (payload[at] >> 1) & 0x07
+        return True
+    kind = first & 0x1F
+    if kind == 24:  # STAP-A
+        rest = payload[1:]
+        while len(rest) >= 3:
+            size = struct.unpack_from("!H", rest)[0]
+            if size == 0 or size + 2 > len(rest):
+                return False
+            if _h264_key(rest[2]):
+                return True
+            rest = rest[2 + size :]
+        return False
+    if kind == 28:  # FU-A
+        return len(payload) >= 2 and bool(payload[1] & 0x80) and _h264_key(payload[1])
+    return _h264_key(first)
+
+
+def strip_extension(plain: bytes) -> bytes:
+    """The packet without its header extension (X bit cleared)."""
+    if not plain[0] & 0x10:
+        return plain
+    start = 12 + 4 * (plain[0] & 0x0F)
+    size = 4 + 4 * struct.unpack_from("!H", plain, start + 2)[0]
+    return bytes([plain[0] & ~0x10]) + plain[1:start] + plain[start + size :]
+
+
 class RefSubscription:
-    def __init__(self, track: RefTrack, target: RefEndpoint, ssrc: int, paused: bool) -> None:
+    def __init__(
+        self,
+        track: RefTrack,
+        target: RefEndpoint,
+        ssrc: int,
+        paused: bool,
+        payload_type: int | None = None,
+        strip_extensions: bool = False,
+        wait_for_key_frame: bool = False,
+    ) -> None:
         self.track = track
         self.target = target
         self.ssrc = ssrc
         self.rewriter = Rewriter(ssrc)
         if paused:
             self.rewriter.pause()
+        self.payload_type = payload_type
+        self.strip_extensions = strip_extensions
+        self.wait_for_key_frame = wait_for_key_frame
+        self.waiting = False
         self.active = True
         self.counters = dict.fromkeys(
-            ("packets", "bytes", "dropped_paused", "dropped_no_remote", "dropped_stale", "send_errors"), 0
+            (
+                "packets", "bytes", "dropped_paused", "dropped_no_remote", "dropped_stale", "send_errors",
+                "dropped_waiting_key_frame",
+            ),
+            0,
         )
+        if wait_for_key_frame:
+            self.skip_to_key_frame()
 
     @property
     def paused(self) -> bool:
@@ -143,14 +240,32 @@ class RefSubscription:
         self.rewriter.pause()
 
     def resume(self) -> None:
+        if self.paused and self.wait_for_key_frame:
+            self.skip_to_key_frame()
         self.rewriter.resume()
+
+    def skip_to_key_frame(self) -> bool:
+        if self.track.codec.upper() not in KEY_FRAME_CODECS:
+            return False
+        self.waiting = True
+        self.rewriter.rebase()
+        return True
+
+    def copy(self, plain: bytes) -> bytes:
+        """The plaintext as this route sends it, before its header is rewritten."""
+        if self.strip_extensions:
+            plain = strip_extension(plain)
+        if self.payload_type is not None:
+            plain = plain[:1] + bytes([plain[1] & 0x80 | self.payload_type]) + plain[2:]
+        return plain
 
 
 class RefTrack:
-    def __init__(self, endpoint: RefEndpoint, ssrc: int, clock_rate: int) -> None:
+    def __init__(self, endpoint: RefEndpoint, ssrc: int, clock_rate: int, codec: str = "") -> None:
         self.endpoint = endpoint
         self.ssrc = ssrc
         self.clock_rate = clock_rate
+        self.codec = codec
         self.source = 0
         self.subscriptions: list[RefSubscription] = []
         self.packets = 0
@@ -162,8 +277,19 @@ class RefTrack:
         self.ssrc = ssrc
         self.source += 1
 
-    def subscribe(self, target: RefEndpoint, ssrc: int, *, paused: bool = False) -> RefSubscription:
-        subscription = RefSubscription(self, target, ssrc, paused)
+    def subscribe(
+        self,
+        target: RefEndpoint,
+        ssrc: int,
+        *,
+        paused: bool = False,
+        payload_type: int | None = None,
+        strip_extensions: bool = False,
+        wait_for_key_frame: bool = False,
+    ) -> RefSubscription:
+        subscription = RefSubscription(
+            self, target, ssrc, paused, payload_type, strip_extensions, wait_for_key_frame
+        )
         self.subscriptions.append(subscription)
         return subscription
 
@@ -186,10 +312,10 @@ class RefEndpoint:
         self.counters = dict.fromkeys(("packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in"), 0)
         self.drops = dict.fromkeys(DROP_REASONS, 0)
 
-    def add_track(self, ssrc: int, *, clock_rate: int = 90000) -> RefTrack:
+    def add_track(self, ssrc: int, *, clock_rate: int = 90000, codec: str = "") -> RefTrack:
         if ssrc in self.tracks:
             raise ValueError(f"SSRC {ssrc} is taken")
-        track = RefTrack(self, ssrc, clock_rate)
+        track = RefTrack(self, ssrc, clock_rate, codec)
         self.tracks[ssrc] = track
         return track
 
@@ -284,11 +410,17 @@ class ReferenceForwarder:
             if target.remote is None:
                 subscription.counters["dropped_no_remote"] += 1
                 continue
+            if subscription.waiting:
+                if not key_frame(track.codec, plain):
+                    subscription.counters["dropped_waiting_key_frame"] += 1
+                    continue
+                subscription.waiting = False
             mapped = subscription.rewriter.rewrite(track.source, seq, timestamp, now, track.clock_rate)
             if mapped is None:
                 subscription.counters["dropped_stale"] += 1
                 continue
-            out = plain[:2] + struct.pack("!HII", mapped[0], mapped[1], subscription.ssrc) + plain[12:]
+            copy = subscription.copy(plain)
+            out = copy[:2] + struct.pack("!HII", mapped[0], mapped[1], subscription.ssrc) + copy[12:]
             protected = target.tx.protect(out)
             subscription.counters["packets"] += 1
             subscription.counters["bytes"] += len(protected)

@@ -1,5 +1,6 @@
 """The compiled forwarder against tests/reference_forwarder.py: the same datagrams and
-control calls, the same decrypted output at every subscriber."""
+control calls, the same decrypted output at every subscriber. Subscriber E is a route with
+a browser's options: its own payload type, no header extensions, from key frames only."""
 from __future__ import annotations
 
 import asyncio
@@ -20,14 +21,20 @@ from rtp import (
 
 SSRC_1 = 0x11110000
 SSRC_2 = 0x22220000
-OUT = {"A": 0xA, "B": 0xB, "C": 0xC, "D": 0xD}
+OUT = {"A": 0xA, "B": 0xB, "C": 0xC, "D": 0xD, "E": 0xE}
 SUITES = {
     "publisher": "AES_CM_128_HMAC_SHA1_80",
     "A": "AES_CM_128_HMAC_SHA1_80",
     "B": "AEAD_AES_128_GCM",
     "C": "AES_CM_128_HMAC_SHA1_32",
     "D": "AEAD_AES_128_GCM",
+    "E": "AEAD_AES_128_GCM",
 }
+E_OPTIONS: dict[str, Any] = {"payload_type": 101, "strip_extensions": True, "wait_for_key_frame": True}
+# VP8 payload descriptors (RFC 7741 4.2) and payload headers: S=1, PID=0 and P=0 start a key
+# frame; the others are the middle of a frame.
+KEY_FRAME = bytes([0x10, 0x9C])
+INTER_FRAME = bytes([0x00, 0x9D])
 
 
 class Twin:
@@ -56,20 +63,23 @@ class Scenario:
             "B": Twin(harness, self.reference, "B", latching=False),
             "C": Twin(harness, self.reference, "C", latching=True),
             "D": Twin(harness, self.reference, "D", latching=False),
+            "E": Twin(harness, self.reference, "E", latching=False),
         }
-        self.track = self.publisher.participant.endpoint.add_track(SSRC_1)
-        self.ref_track = self.publisher.ref.add_track(SSRC_1)
+        self.track = self.publisher.participant.endpoint.add_track(SSRC_1, codec="VP8")
+        self.ref_track = self.publisher.ref.add_track(SSRC_1, codec="VP8")
         self.subscriptions: dict[str, Any] = {}
         self.ref_subscriptions: dict[str, ref.RefSubscription] = {}
         self.ref_sent: list[ref.Sent] = []
         self.sent_plain: dict[int, bytes] = {}
         self.started = time.monotonic()
 
-    def subscribe(self, name: str, paused: bool = False) -> None:
+    def subscribe(self, name: str, paused: bool = False, **options: Any) -> None:
         self.subscriptions[name] = self.track.subscribe(
-            self.subscribers[name].participant.endpoint, OUT[name], paused=paused
+            self.subscribers[name].participant.endpoint, OUT[name], paused=paused, **options
         )
-        self.ref_subscriptions[name] = self.ref_track.subscribe(self.subscribers[name].ref, OUT[name], paused=paused)
+        self.ref_subscriptions[name] = self.ref_track.subscribe(
+            self.subscribers[name].ref, OUT[name], paused=paused, **options
+        )
 
     def deliver(self, twin: Twin, datagrams: list[bytes], peer: Any = None) -> None:
         """The same datagrams to both forwarders, from the same address."""
@@ -85,7 +95,7 @@ class Scenario:
                 seq,
                 ts_base + 1500 * seq,
                 ssrc,
-                b"seq %d ssrc %x" % (seq, ssrc),
+                (KEY_FRAME if seq % 10 == 3 else INTER_FRAME) + b"seq %d ssrc %x" % (seq, ssrc),
                 marker=seq % 5 == 0,
                 csrcs=[seq] if seq % 3 == 0 else [],
                 extension=one_byte_extension([(5, bytes([seq & 0xFF]))]) if seq % 2 else None,
@@ -102,6 +112,7 @@ def run_scenario(s: Scenario) -> None:
     s.subscribe("A")
     s.subscribe("B")
     s.subscribe("C")
+    s.subscribe("E", **E_OPTIONS)
     # Up to the sequence wrap, across it, a gap and reordering.
     s.packets(list(range(65520, 65530)))
     s.packets([65530, 65531, 65532, 65533, 65534, 65535, 0, 1, 2])
@@ -121,11 +132,14 @@ def run_scenario(s: Scenario) -> None:
     s.deliver(s.publisher, [forged, replay, unknown, b"\x80\x60", b"\x00\x01\x00\x00"])
     s.packets([15, 16])
     # B pauses: its packets are dropped; after the resume its numbers carry on without a gap.
-    s.subscriptions["B"].pause()
-    s.ref_subscriptions["B"].pause()
+    # E pauses too, and waits for a key frame again after its resume.
+    for name in ("B", "E"):
+        s.subscriptions[name].pause()
+        s.ref_subscriptions[name].pause()
     s.packets([17, 18, 20])
-    s.subscriptions["B"].resume()
-    s.ref_subscriptions["B"].resume()
+    for name in ("B", "E"):
+        s.subscriptions[name].resume()
+        s.ref_subscriptions[name].resume()
     s.sleep(0.02)
     # 19 arrives late: stale for B (it predates B's new mapping), forwarded to the others.
     s.packets([21, 22, 19])
@@ -188,19 +202,27 @@ def test_compiled_forwarder_matches_the_reference(harness: Harness) -> None:
             if sent.advanced:
                 last_advanced = core_ts
 
-    # The rebases the reference saw, per subscriber: resume (B, A), restart, source change.
+    # The rebases the reference saw, per subscriber: resume (B, A), restart, source change;
+    # E's resume and the restart fall on one packet, the key frame it waited for.
     rebases = {name: sum(sent.rebased for _, sent in decrypt_reference(s, name)) for name in s.subscribers}
-    assert rebases == {"A": 3, "B": 3, "C": 2, "D": 1}
+    assert rebases == {"A": 3, "B": 3, "C": 2, "D": 1, "E": 2}
 
     compare_stats(counts(s.publisher.participant.endpoint), s.publisher.ref.stats())
     for name, twin in s.subscribers.items():
         compare_stats(counts(twin.participant.endpoint), twin.ref.stats())
         sub, ref_sub = counts(s.subscriptions[name]), s.ref_subscriptions[name].counters
-        for key in ("packets", "bytes", "dropped_paused", "dropped_no_remote", "dropped_stale", "send_errors"):
+        for key in ref_sub:
             assert sub[key] == ref_sub[key], (name, key)
     assert s.subscriptions["B"].dropped_stale == 1
     assert s.subscriptions["C"].dropped_no_remote > 0
     assert s.publisher.participant.endpoint.counters.dropped("unknown_ssrc") == 2
+    # E: from the first key frame on, again from the first after its resume; its own
+    # payload type and no extensions on every packet.
+    e = s.subscriptions["E"]
+    assert e.dropped_waiting_key_frame == 3 + 6  # 65520-65522; 21, 22, 19, 5000-5002
+    e_plain = s.subscribers["E"].participant.peer.plain
+    assert {p[1] & 0x7F for p in e_plain} == {101}
+    assert not any(p[0] & 0x10 for p in e_plain)
 
 
 def compare_stats(core: dict[str, Any], reference: dict[str, Any]) -> None:
