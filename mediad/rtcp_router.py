@@ -8,7 +8,10 @@ routed by SSRC to the track or subscription it concerns.
 - Key-frame requests (PLI, FIR) go to the publisher under the track's SSRC, at most one per
   track every KEY_FRAME_INTERVAL (one key frame serves every subscriber).
 - NACKs are answered from the track's plaintext retransmission cache (the forwarding core
-  protects a fresh copy for the subscriber); what is no longer cached is counted as missed.
+  protects a fresh copy for the subscriber, as an RFC 4588 RTX packet where the route has an
+  RTX stream); what is no longer cached is counted as missed.
+- Report blocks and NACKs about a route's RTX stream (its rtx_ssrc) are counted and
+  dropped: the route's figures and retransmissions are those of its media SSRC.
 - SDES, BYE, APP and other feedback are counted and dropped.
 """
 from __future__ import annotations
@@ -61,6 +64,12 @@ class _SubscriptionState:
 
 SubscriptionKey = tuple[str, int]
 """(subscriber endpoint name, subscription SSRC)."""
+
+
+def _is_rtx_ssrc(endpoint: _forward.Endpoint, ssrc: int) -> bool:
+    """Whether a route sending to `endpoint` retransmits on `ssrc` (only looked up for an SSRC
+    that is no route's: a few routes per endpoint, on the slow path)."""
+    return ssrc != 0 and any(s.rtx_ssrc == ssrc for s in endpoint.subscriptions)
 
 
 class RtcpRouter:
@@ -138,7 +147,7 @@ class RtcpRouter:
         for block in blocks:
             subscription = endpoint.find_subscription(block.ssrc)
             if subscription is None:
-                self.counts["report_unknown_ssrc"] += 1
+                self.counts["report_rtx" if _is_rtx_ssrc(endpoint, block.ssrc) else "report_unknown_ssrc"] += 1
                 continue
             self.counts["report_blocks"] += 1
             state = self._state(subscription)
@@ -192,7 +201,8 @@ class RtcpRouter:
     def _retransmit(self, endpoint: _forward.Endpoint, nack: rtcp.GenericNack) -> None:
         subscription = endpoint.find_subscription(nack.media_ssrc)
         if subscription is None:
-            self.counts["nack_unknown_ssrc"] += 1
+            # RFC 4588 retransmits only the media stream: a NACK about RTX asks for nothing.
+            self.counts["nack_rtx" if _is_rtx_ssrc(endpoint, nack.media_ssrc) else "nack_unknown_ssrc"] += 1
             return
         lost = list(dict.fromkeys(nack.lost))
         if len(lost) > MAX_RETRANSMISSIONS_PER_NACK:

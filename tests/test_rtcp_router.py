@@ -217,3 +217,43 @@ def test_one_nack_cannot_ask_for_unbounded_work(conference: Conference) -> None:
 
     assert router.counts["retransmit_refused"] == 36
     assert router.counts["retransmit_missed"] == MAX_RETRANSMISSIONS_PER_NACK
+
+
+def test_nack_on_an_rtx_route_is_answered_on_the_rtx_stream(conference: Conference) -> None:
+    harness, router = conference.harness, conference.router
+    track = conference.publisher.endpoint.add_track(0x3333, cache_packets=16)
+    subscription = track.subscribe(conference.subscriber.endpoint, 0x4444, rtx_ssrc=0x4445, rtx_payload_type=97)
+    peer = conference.subscriber.peer
+    before = len(peer.received)
+    for seq in (40, 41):
+        conference.publisher.peer.send(build_rtp(seq, seq * 3000, 0x3333, b"frame %d" % seq))
+    harness.wait(lambda: len(peer.received) == before + 2, "two packets")
+    lost = struct.unpack_from("!H", peer.received[-1].plain or b"", 2)[0]
+
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.GenericNack(77, 0x4444, (lost,))))
+    harness.wait(lambda: len(peer.received) == before + 3, "the retransmission")
+
+    rtx = peer.received[-1].plain or b""
+    assert struct.unpack_from("!I", rtx, 8)[0] == 0x4445 and rtx[12:14] == struct.pack("!H", lost)
+    assert (router.counts["retransmitted"], subscription.rtx_sent) == (1, 1)
+
+
+def test_reports_and_nacks_about_an_rtx_stream_are_counted_and_dropped(conference: Conference) -> None:
+    harness, router = conference.harness, conference.router
+    track = conference.publisher.endpoint.add_track(0x3333, cache_packets=16)
+    subscription = track.subscribe(conference.subscriber.endpoint, 0x4444, rtx_ssrc=0x4445, rtx_payload_type=97)
+    conference.publisher.peer.send(build_rtp(40, 3000, 0x3333, b"frame"))
+    harness.wait(lambda: subscription.packets == 1, "a packet")
+    rtx_block = rtcp.ReportBlock(0x4445, fraction_lost=128, packets_lost=3, jitter=9, lsr=0, dlsr=0)
+
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.ReceiverReport(77, (rtx_block,))))
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.GenericNack(77, 0x4445, (1, 2, 3))))
+    # Media and reports about the media SSRC go on as before.
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.ReceiverReport(77, (rtcp.ReportBlock(0x4444),))))
+
+    assert (router.counts["report_rtx"], router.counts["nack_rtx"]) == (1, 1)
+    assert (router.counts["report_unknown_ssrc"], router.counts["nack_unknown_ssrc"]) == (0, 0)
+    assert (subscription.retransmitted, subscription.retransmit_misses) == (0, 0)
+    figures = router.figures(subscription)
+    assert figures is not None and figures.reports == 1 and figures.fraction_lost == 0
+    assert conference.subscriber.endpoint.counters.rtcp_errors == 0
