@@ -47,7 +47,7 @@ def port_of(endpoint: _forward.Endpoint) -> int:
 
 
 def subscription_spec(subscription: _forward.Subscription) -> SubscriptionSpec:
-    """The ids of a route as the forwarding core holds it (endpoints are named by their ids)."""
+    """A route as the forwarding core holds it (endpoints are named by their ids)."""
     publisher = subscription.track.endpoint
     assert publisher is not None, "a subscription's track is removed with its subscriptions"
     return SubscriptionSpec(
@@ -56,6 +56,11 @@ def subscription_spec(subscription: _forward.Subscription) -> SubscriptionSpec:
         endpoint_id=subscription.target.name,
         ssrc=subscription.ssrc,
         paused=subscription.paused,
+        payload_type=subscription.payload_type,
+        strip_extensions=subscription.strip_extensions,
+        rtx_ssrc=subscription.rtx_ssrc,
+        rtx_payload_type=subscription.rtx_payload_type,
+        wait_for_key_frame=subscription.wait_for_key_frame,
     )
 
 
@@ -219,12 +224,13 @@ class Media:
             name=track.name,
             cache_packets=VIDEO_CACHE_PACKETS if track.kind == "video" else 0,
             description=track,
+            codec=track.codec,
         )
 
     def subscribe(self, specs: Sequence[SubscriptionSpec]) -> int:
         """Create every route that does not exist yet; all are checked before any is made."""
         plan: list[tuple[_forward.Track, _forward.Endpoint, SubscriptionSpec]] = []
-        planned: set[tuple[str, int]] = set()
+        planned: set[tuple[str, int]] = set()  # (endpoint id, SSRC), RTX streams included
         for i, spec in enumerate(specs):
             field_name = f"subscriptions[{i}]"
             source = self._endpoints.get(spec.track_endpoint_id)
@@ -249,15 +255,27 @@ class Media:
                         f"already receives this track with SSRC {existing.ssrc}"
                     )
                 continue
-            key = (spec.endpoint_id, spec.ssrc)
-            if key in planned or any(s.ssrc == spec.ssrc for s in target.subscriptions):
-                raise AlreadyExists(
-                    f"{field_name}.ssrc: endpoint {spec.endpoint_id!r} already receives SSRC {spec.ssrc}"
-                )
-            planned.add(key)
+            # The SSRCs the route sends to its endpoint: its own, and its RTX stream's.
+            sends = {"ssrc": spec.ssrc, "rtx_ssrc": spec.rtx_ssrc} if spec.rtx_ssrc else {"ssrc": spec.ssrc}
+            taken = {ssrc for s in target.subscriptions for ssrc in (s.ssrc, s.rtx_ssrc) if ssrc}
+            for name, ssrc in sends.items():
+                if (spec.endpoint_id, ssrc) in planned or ssrc in taken:
+                    raise AlreadyExists(
+                        f"{field_name}.{name}: endpoint {spec.endpoint_id!r} already receives SSRC {ssrc}"
+                    )
+            planned.update((spec.endpoint_id, ssrc) for ssrc in sends.values())
             plan.append((track, target, spec))
         for track, target, spec in plan:
-            track.subscribe(target, spec.ssrc, paused=spec.paused)
+            track.subscribe(
+                target,
+                spec.ssrc,
+                paused=spec.paused,
+                payload_type=spec.payload_type,
+                strip_extensions=spec.strip_extensions,
+                rtx_ssrc=spec.rtx_ssrc,
+                rtx_payload_type=spec.rtx_payload_type,
+                wait_for_key_frame=spec.wait_for_key_frame,
+            )
             # A new video receiver can decode nothing before the next key frame: ask for one
             # (a publisher that has not sent yet has no remote and will start with one).
             publisher = track.endpoint  # never None: subscribe() refuses a removed track

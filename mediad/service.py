@@ -173,6 +173,8 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
                     dropped_paused=subscription.dropped_paused,
                     dropped_no_remote=subscription.dropped_no_remote,
                     send_errors=subscription.send_errors,
+                    dropped_waiting_key_frame=subscription.dropped_waiting_key_frame,
+                    rtx_sent=subscription.rtx_sent,
                 )
                 figures = self.media.rtcp.figures(subscription)
                 if figures is None:

@@ -477,12 +477,15 @@ class DaemonDouble:
                         f"already receives this track with SSRC {existing.ssrc}"
                     )
                 continue
-            key = (spec.endpoint_id, spec.ssrc)
-            if key in planned or any(r.ssrc == spec.ssrc for r in self.routes_to(spec.endpoint_id)):
-                raise AlreadyExists(
-                    f"{field_name}.ssrc: endpoint {spec.endpoint_id!r} already receives SSRC {spec.ssrc}"
-                )
-            planned.add(key)
+            # As Media.subscribe: the route's SSRC and its RTX stream's are new to the endpoint.
+            sends = {"ssrc": spec.ssrc, "rtx_ssrc": spec.rtx_ssrc} if spec.rtx_ssrc else {"ssrc": spec.ssrc}
+            taken = {ssrc for r in self.routes_to(spec.endpoint_id) for ssrc in (r.ssrc, r.rtx_ssrc) if ssrc}
+            for name, ssrc in sends.items():
+                if (spec.endpoint_id, ssrc) in planned or ssrc in taken:
+                    raise AlreadyExists(
+                        f"{field_name}.{name}: endpoint {spec.endpoint_id!r} already receives SSRC {ssrc}"
+                    )
+            planned.update((spec.endpoint_id, ssrc) for ssrc in sends.values())
             plan.append(spec)
         for spec in plan:
             self._routes[(spec.track_endpoint_id, spec.track_ssrc, spec.endpoint_id)] = spec

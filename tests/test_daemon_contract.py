@@ -363,3 +363,25 @@ def test_the_double_records_its_calls_as_rpcs() -> None:
         assert double.created_specs() == [spec("c/a"), spec("c/a", key=2)]
 
     asyncio.run(scenario())
+
+
+def test_route_options_are_kept_and_rtx_ssrcs_are_taken(run: Callable[[Scenario], None]) -> None:
+    async def scenario(t: Target) -> None:
+        await t.client.create_endpoint(spec("c/a", tracks=(video(1), audio(3))))
+        browser = SubscriptionSpec(
+            "c/a", 1, "c/b", 10, payload_type=102, strip_extensions=True, rtx_ssrc=11, rtx_payload_type=103,
+            wait_for_key_frame=True,
+        )
+        await t.client.create_endpoint(spec("c/b", key=2, routes=(browser,)))
+        assert (await t.view("c/b")).receives == {browser}  # type: ignore[union-attr]
+        # A route's RTX SSRC is one the receiver gets: no other route may send it.
+        with pytest.raises(AlreadyExists, match=r"subscriptions\[0\]\.ssrc: endpoint 'c/b' already receives SSRC 11"):
+            await t.client.create_endpoint(spec("c/b", key=2, routes=(route("c/a", 3, "c/b", 11),)))
+        clash = SubscriptionSpec("c/a", 3, "c/c", 21, rtx_ssrc=20, rtx_payload_type=97)
+        refusal = r"subscriptions\[1\]\.rtx_ssrc: endpoint 'c/c' already receives SSRC 20"
+        with pytest.raises(AlreadyExists, match=refusal):
+            await t.client.create_endpoint(spec("c/c", key=3, routes=(route("c/a", 1, "c/c", 20), clash)))
+        assert await t.client.list_endpoints() == {"c/a": "c", "c/b": "c"}
+        assert (await t.view("c/b")).receives == {browser}  # type: ignore[union-attr]
+
+    run(scenario)
