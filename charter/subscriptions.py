@@ -28,6 +28,25 @@ class Subscription:
     """As published: track.ssrc is the publisher's SSRC."""
     ssrc: int
     """The SSRC the receiver gets it with."""
+    payload_type: int | None = None
+    """The receiver's own payload type for the codec (a WebRTC receiver's); None: the track's."""
+    rtx_ssrc: int = 0
+    """RFC 4588 retransmissions to the receiver on this SSRC (0: none negotiated)."""
+    rtx_payload_type: int = 0
+
+    def spec(self, track_endpoint_id: str, endpoint_id: str, *, paused: bool = False) -> SubscriptionSpec:
+        """The route a media daemon applies for it. A WebRTC receiver's (one with a payload
+        type of its own) goes without the publisher's RTP header extensions (their ids mean
+        other things to the receiver, which tells streams apart by the SSRCs Charter
+        signalled), and its video starts at a key frame: a browser's decoder can start only
+        there, and asks again and again until it gets one."""
+        webrtc = self.payload_type is not None
+        return SubscriptionSpec(
+            track_endpoint_id, self.track.ssrc, endpoint_id, self.ssrc, paused=paused,
+            payload_type=self.payload_type if self.payload_type != self.track.payload_type else None,
+            strip_extensions=webrtc, rtx_ssrc=self.rtx_ssrc, rtx_payload_type=self.rtx_payload_type,
+            wait_for_key_frame=webrtc and self.track.kind == "video",
+        )
 
     def to_proto(self) -> controller_pb2.Subscription:
         return controller_pb2.Subscription(publisher_id=self.publisher_id, track=self.track.to_proto(), ssrc=self.ssrc)

@@ -7,8 +7,13 @@ codec per m-line it receives. Later Charter offers what the browser receives
 (`render_offer`): the browser's own m-lines again, then one sendonly m-line per route with
 its SSRC and msid "<publisher id> <track id>", and `check_answer` checks the browser's answer
 to it. Charter is always the DTLS server (a=setup:passive; offers say actpass and Charter
-stays passive). No header extension is negotiated, so what one browser sends another reads
-by SSRC alone."""
+stays passive).
+
+Each route carries the receiver's own numbers: its payload type for the codec and, where it
+offered RTX for that codec, an RTX stream (RFC 4588: a=ssrc-group:FID) that the daemon
+answers NACKs on. The one header extension negotiated is the MID (RFC 8843), on the
+browser's own m-lines; the daemon forwards to browsers without header extensions, so what
+one browser sends another tells apart by the SSRCs signalled here."""
 from __future__ import annotations
 
 import secrets
@@ -27,6 +32,8 @@ VIDEO_CODECS = ("VP8", "H264")
 AUDIO_CODECS = ("opus",)
 FEEDBACK = {"video": (("nack", None), ("nack", "pli"), ("ccm", "fir"), ("goog-remb", None)), "audio": ()}
 MAX_SDP = 64 * 1024
+MID_EXTENSION = "urn:ietf:params:rtp-hdrext:sdes:mid"
+DYNAMIC_PAYLOAD_TYPES = range(96, 128)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ class OfferedMedia:
     ssrc: int = 0
     """The media SSRC the browser sends on it (0: it sends nothing)."""
     msid: str = ""
+    extensions: tuple[tuple[int, str], ...] = ()
+    """Its a=extmap lines: (id, URI)."""
 
     @property
     def sends(self) -> bool:
@@ -90,6 +99,35 @@ class BrowserOffer:
                         return codec
         return None
 
+    def rtx_for(self, payload_type: int) -> int:
+        """The payload type of the RTX (RFC 4588) it offered to repair `payload_type`; 0: none."""
+        for media in self.media:
+            for codec in media.codecs:
+                if codec.name.lower() == "rtx" and codec.fmtp.replace(" ", "") == f"apt={payload_type}":
+                    return codec.payload_type
+        return 0
+
+    def receiving(self, track: Track) -> tuple[int, int]:
+        """How this browser receives `track`: (payload type, RTX payload type or 0). Its own
+        numbers for the codec where it offered it, so that one payload type means one codec
+        across the BUNDLE group (RFC 8843 7.5); else a dynamic one it does not use."""
+        own = self.codec_for(track.kind, track.codec)
+        if own is not None:
+            return own.payload_type, self.rtx_for(own.payload_type)
+        used = {codec.payload_type for media in self.media for codec in media.codecs}
+        if track.payload_type not in used:
+            return track.payload_type, 0
+        return next((p for p in DYNAMIC_PAYLOAD_TYPES if p not in used), track.payload_type), 0
+
+    @property
+    def mid_extension(self) -> int:
+        """The id it gave the MID header extension (RFC 8843 15.2); 0: it offered none."""
+        for media in self.media:
+            for ext_id, uri in media.extensions:
+                if uri == MID_EXTENSION:
+                    return ext_id
+        return 0
+
 
 @dataclass(frozen=True)
 class Route:
@@ -100,6 +138,11 @@ class Route:
     track: Track
     ssrc: int
     """The SSRC the receiver gets it with."""
+    payload_type: int
+    """The receiver's payload type for the codec."""
+    rtx_ssrc: int = 0
+    """The RTX stream repairing it (0: none)."""
+    rtx_payload_type: int = 0
     active: bool = True
     """False: the route is gone (the m-line stays, inactive, as JSEP requires)."""
 
@@ -197,8 +240,9 @@ def parse_offer(text: str, field: str = "offer") -> BrowserOffer:
                                   "every m-line on one port")
         if "rtcpMux" not in media:
             raise InvalidArgument(field, f"m-line {index} (mid {mid}) has no a=rtcp-mux")
+        extensions = tuple((int(e["value"]), str(e["uri"])) for e in media.get("ext", []))
         offered = OfferedMedia(mid, kind, str(media.get("direction", "sendrecv")), _codecs(media),
-                               _media_ssrc(media), str(media.get("msid", "")))
+                               _media_ssrc(media), str(media.get("msid", "")), extensions)
         if offered.direction in ("sendonly", "sendrecv") and media.get("port") != 0:
             if offered.ssrc == 0:
                 raise InvalidArgument(field, f"m-line {index} (mid {mid}) sends but has no a=ssrc: Charter "
@@ -249,26 +293,33 @@ def _transport_lines(transport: Transport, setup: str) -> dict[str, Any]:
     }
 
 
-def _codec_lines(kind: str, codec: Codec | None) -> dict[str, Any]:
+def _codec_lines(kind: str, codec: Codec | None, rtx_payload_type: int = 0) -> dict[str, Any]:
     if codec is None:
         return {"payloads": "0", "rtp": [], "fmtp": [], "rtcpFb": []}
-    rtp = {"payload": codec.payload_type, "codec": codec.name, "rate": codec.clock_rate}
+    rtp: list[dict[str, Any]] = [{"payload": codec.payload_type, "codec": codec.name, "rate": codec.clock_rate}]
     if codec.channels:
-        rtp["encoding"] = codec.channels
+        rtp[0]["encoding"] = codec.channels
+    fmtp = [{"payload": codec.payload_type, "config": codec.fmtp}] if codec.fmtp else []
+    payloads = [codec.payload_type]
+    if rtx_payload_type:
+        payloads.append(rtx_payload_type)
+        rtp.append({"payload": rtx_payload_type, "codec": "rtx", "rate": codec.clock_rate})
+        fmtp.append({"payload": rtx_payload_type, "config": f"apt={codec.payload_type}"})
     feedback = [{"payload": codec.payload_type, "type": t, **({"subtype": s} if s else {})} for t, s in FEEDBACK[kind]]
-    return {
-        "payloads": str(codec.payload_type),
-        "rtp": [rtp],
-        "fmtp": [{"payload": codec.payload_type, "config": codec.fmtp}] if codec.fmtp else [],
-        "rtcpFb": feedback,
-    }
+    return {"payloads": " ".join(map(str, payloads)), "rtp": rtp, "fmtp": fmtp, "rtcpFb": feedback}
 
 
-def _own_mline(media: OfferedMedia, transport: Transport, setup: str) -> dict[str, Any]:
+def _extension_lines(offer: BrowserOffer) -> dict[str, Any]:
+    """The MID extension with the browser's id for it (the same on every m-line of the bundle)."""
+    ext_id = offer.mid_extension
+    return {"ext": [{"value": ext_id, "uri": MID_EXTENSION}]} if ext_id else {}
+
+
+def _own_mline(offer: BrowserOffer, media: OfferedMedia, transport: Transport, setup: str) -> dict[str, Any]:
     """One of the browser's own m-lines: Charter receives on it what the browser sends."""
     codec = media.chosen()
     line = {"type": media.kind, "mid": media.mid, **_transport_lines(transport, setup),
-            **_codec_lines(media.kind, codec)}
+            **_codec_lines(media.kind, codec), **_extension_lines(offer)}
     line["direction"] = "recvonly" if media.sends and codec is not None else "inactive"
     if codec is None:
         line["port"] = 0  # rejected (RFC 8843: a bundled m-line with port 0 is removed)
@@ -279,33 +330,36 @@ def render_answer(offer: BrowserOffer, transport: Transport) -> str:
     """Charter's answer to a browser's offer: it receives every m-line the browser sends on."""
     session = _session(1, [m.mid for m in offer.media if m.chosen() is not None or not m.sends])
     for media in offer.media:
-        session["media"].append(_own_mline(media, transport, "passive"))
+        session["media"].append(_own_mline(offer, media, transport, "passive"))
     return str(sdp_transform.write(session))
 
 
 def route_codec(route: Route, receiver: BrowserOffer) -> Codec:
-    """The codec of a route as the receiver gets it: its publisher's payload type, with the
-    receiver's own fmtp for it when it offered the codec (H.264 profile and mode)."""
+    """The codec of a route as the receiver gets it: its own payload type, with its own fmtp
+    for it when it offered the codec (H.264 profile and mode)."""
     track = route.track
     own = receiver.codec_for(track.kind, track.codec)
-    return Codec(track.codec, track.payload_type, track.clock_rate, track.channels, own.fmtp if own else "")
+    return Codec(track.codec, route.payload_type, track.clock_rate, track.channels, own.fmtp if own else "")
 
 
 def render_offer(offer: BrowserOffer, routes: Sequence[Route], transport: Transport, version: int) -> str:
     """Charter's offer to a browser: its own m-lines, then one per route (inactive once gone)."""
     session = _session(version, [m.mid for m in offer.media] + [r.mid for r in routes])
     for media in offer.media:
-        session["media"].append(_own_mline(media, transport, "actpass"))
+        session["media"].append(_own_mline(offer, media, transport, "actpass"))
     for route in routes:
         codec = route_codec(route, offer)
         line = {"type": route.track.kind, "mid": route.mid, **_transport_lines(transport, "actpass"),
-                **_codec_lines(route.track.kind, codec)}
+                **_codec_lines(route.track.kind, codec, route.rtx_payload_type), **_extension_lines(offer)}
         if route.active:
             line["direction"] = "sendonly"
             msid = f"{route.publisher_id} {route.track.name or route.track.ssrc}"
             line["msid"] = msid
-            line["ssrcs"] = [{"id": route.ssrc, "attribute": "cname", "value": route.publisher_id},
-                             {"id": route.ssrc, "attribute": "msid", "value": msid}]
+            ssrcs = [route.ssrc, route.rtx_ssrc] if route.rtx_ssrc else [route.ssrc]
+            line["ssrcs"] = [{"id": ssrc, "attribute": attribute, "value": value}
+                             for ssrc in ssrcs for attribute, value in (("cname", route.publisher_id), ("msid", msid))]
+            if route.rtx_ssrc:
+                line["ssrcGroups"] = [{"semantics": "FID", "ssrcs": f"{route.ssrc} {route.rtx_ssrc}"}]
         else:
             line["direction"] = "inactive"
         session["media"].append(line)
@@ -329,8 +383,8 @@ def check_answer(text: str, offer: BrowserOffer, routes: Sequence[Route], field:
         direction = str(media.get("direction", "sendrecv"))
         if route.active and media.get("port") != 0 and direction not in ("recvonly", "inactive"):
             raise InvalidArgument(field, f"m-line mid {route.mid} is {direction}; it answers a sendonly m-line")
-        codec = route.track.payload_type
-        payloads = [int(r["payload"]) for r in media.get("rtp", [])]
+        codec = route.payload_type
+        payloads = [int(p) for p in str(media.get("payloads", "")).split() if p.isdigit()]
         if route.active and media.get("port") != 0 and payloads and codec not in payloads:
             raise InvalidArgument(field, f"m-line mid {route.mid} answers payload types {payloads}; "
                                   f"the offer has {codec}")

@@ -4,6 +4,7 @@ happens under its lock and publishes its events before the lock is released."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -56,6 +57,22 @@ def new_ssrc(taken: set[int]) -> int:
         ssrc = secrets.randbits(32)
         if ssrc and ssrc not in taken:
             return ssrc
+
+
+def new_subscription(receiver: BrowserOffer | None, publisher_id: str, track: Track, taken: set[int]) -> Subscription:
+    """`track` as a receiver gets it, with SSRCs not in `taken` (which gets them). A browser
+    (`receiver`, its offer) gets its own payload type, and an RTX stream for video where it
+    offered RTX for the codec."""
+    ssrc = new_ssrc(taken)
+    taken.add(ssrc)
+    if receiver is None:
+        return Subscription(publisher_id, track, ssrc)
+    payload_type, rtx_payload_type = receiver.receiving(track)
+    if not rtx_payload_type or track.kind != "video":
+        return Subscription(publisher_id, track, ssrc, payload_type)
+    rtx_ssrc = new_ssrc(taken)
+    taken.add(rtx_ssrc)
+    return Subscription(publisher_id, track, ssrc, payload_type, rtx_ssrc, rtx_payload_type)
 
 
 def endpoint_id(conference_id: str, participant_id: str) -> str:
@@ -171,7 +188,7 @@ class Conferences:
                 media_address=(record.info.media_ip, 0),
                 joined_at=self._clock(),
             )
-            routes, new_subscriptions = self._assign(conference, participant, newcomer_webrtc=offer is not None)
+            routes, new_subscriptions = self._assign(conference, participant, offer)
             endpoint = EndpointSpec(
                 endpoint_id=ep_id,
                 conference_id=conference.conference_id,
@@ -234,36 +251,29 @@ class Conferences:
             return participant
 
     def _assign(
-        self, conference: Conference, participant: Participant, *, newcomer_webrtc: bool
+        self, conference: Conference, participant: Participant, offer: BrowserOffer | None
     ) -> tuple[list[SubscriptionSpec], list[tuple[str, Subscription]]]:
-        """Subscriptions of the newcomer to every other participant's tracks, and of every
-        other participant to the newcomer's, each with an SSRC new to its receiver.
-        The newcomer's own subscriptions are set on it; the others' are returned.
-        A route to a WebRTC participant starts paused: it forwards once the participant
-        has answered the offer that tells it of the route."""
+        """Subscriptions of the newcomer (`offer`: a browser's) to every other participant's
+        tracks, and of every other participant to the newcomer's, each with an SSRC new to
+        its receiver. The newcomer's own subscriptions are set on it; the others' are
+        returned. A route to a WebRTC participant starts paused: it forwards once the
+        participant has answered the offer that tells it of the route."""
         routes: list[SubscriptionSpec] = []
         taken = participant.own_ssrcs()
         for other in conference.participants.values():
             for track in other.tracks:
-                ssrc = new_ssrc(taken)
-                taken.add(ssrc)
-                participant.subscriptions[(other.participant_id, track.ssrc)] = Subscription(
-                    other.participant_id, track, ssrc
-                )
-                route = SubscriptionSpec(other.endpoint_id, track.ssrc, participant.endpoint_id, ssrc,
-                                         paused=newcomer_webrtc)
-                routes.append(route)
+                subscription = new_subscription(offer, other.participant_id, track, taken)
+                participant.subscriptions[(other.participant_id, track.ssrc)] = subscription
+                routes.append(subscription.spec(other.endpoint_id, participant.endpoint_id, paused=offer is not None))
         others: list[tuple[str, Subscription]] = []
         for other in conference.participants.values():
             taken = other.own_ssrcs() | other.received_ssrcs()
+            other_offer = other.webrtc.offer if other.webrtc is not None else None
             for track in participant.tracks:
-                ssrc = new_ssrc(taken)
-                taken.add(ssrc)
-                others.append((other.participant_id, Subscription(participant.participant_id, track, ssrc)))
+                subscription = new_subscription(other_offer, participant.participant_id, track, taken)
+                others.append((other.participant_id, subscription))
                 routes.append(
-                    SubscriptionSpec(
-                        participant.endpoint_id, track.ssrc, other.endpoint_id, ssrc, paused=other.webrtc is not None
-                    )
+                    subscription.spec(participant.endpoint_id, other.endpoint_id, paused=other_offer is not None)
                 )
         return routes, others
 
@@ -357,11 +367,13 @@ class Conferences:
         for key, subscription in participant.subscriptions.items():
             if key not in live:
                 mid = f"r{len(session.routes)}"
-                session.routes.append(Route(mid, subscription.publisher_id, subscription.track, subscription.ssrc))
+                track = subscription.track
+                payload_type = track.payload_type if subscription.payload_type is None else subscription.payload_type
+                session.routes.append(Route(mid, subscription.publisher_id, track, subscription.ssrc, payload_type,
+                                            subscription.rtx_ssrc, subscription.rtx_payload_type))
         for key, index in live.items():
             if key not in participant.subscriptions:
-                gone = session.routes[index]
-                session.routes[index] = Route(gone.mid, gone.publisher_id, gone.track, gone.ssrc, active=False)
+                session.routes[index] = dataclasses.replace(session.routes[index], active=False)
         if session.outstanding is not None or tuple(session.routes) == session.answered:
             return []
         session.version += 1

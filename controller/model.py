@@ -32,7 +32,10 @@ class Participant:
     """A browser's session (it joined with an SDP offer)."""
 
     def received_ssrcs(self) -> set[int]:
-        return {s.ssrc for s in self.subscriptions.values()}
+        """The SSRCs it receives on, RTX streams included."""
+        return {s.ssrc for s in self.subscriptions.values()} | {
+            s.rtx_ssrc for s in self.subscriptions.values() if s.rtx_ssrc
+        }
 
     def own_ssrcs(self) -> set[int]:
         return {t.ssrc for t in self.tracks}

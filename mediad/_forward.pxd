@@ -3,7 +3,7 @@
 # in _forward.pyi instead. Ownership is noted on every object member: owned (this object
 # keeps it alive) or borrowed (another object owns it).
 from cpython.ref cimport PyObject
-from libc.stdint cimport int8_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from mediad._net cimport iovec, mmsghdr, sockaddr_in
 
@@ -43,6 +43,17 @@ cdef struct RewriteState:
     uint32_t ts_offset
     uint32_t last_out_ts
     double last_time
+
+
+cdef struct ReceptionState:
+    bint started
+    uint16_t max_seq               # highest sequence number received
+    uint32_t cycles                # its wrap-arounds, times 65536
+    uint32_t base_seq              # extended sequence number the statistics start at
+    uint32_t bad_seq               # a jump waits for this number to confirm a restart
+    uint64_t base_packets          # Track.packets before base_seq
+    int32_t transit                # arrival minus RTP timestamp of the last packet, clock units
+    double jitter                  # interarrival jitter estimate, clock units
 
 
 cdef class Counters:
@@ -95,6 +106,7 @@ cdef class Track:
     cdef int n_subs
     cdef readonly uint64_t packets, bytes
     cdef readonly double last_activity
+    cdef ReceptionState rx          # RFC 3550 A.1/A.8 of what the publisher sends (its RRs)
     # Retransmission cache: plaintext of the last packets by sequence number, so a NACK
     # is answered by protecting a fresh copy (never re-encrypting a protected packet).
     cdef int cache_packets
@@ -121,6 +133,7 @@ cdef class Endpoint:
     cdef bint has_remote, _latching, _closed
     cdef bint _handshakes           # STUN and DTLS go to the forwarder's handshake handler
     cdef double handshake_tokens, handshake_refilled   # its rate limit (a token bucket)
+    cdef double remote_tokens, remote_refilled         # the nominated remote's own bucket
     cdef list _tracks               # owned
     cdef uint32_t *track_ssrcs      # owned flat copies of _tracks for the per-packet lookup
     cdef PyObject **track_ptrs

@@ -204,6 +204,20 @@ class Track:
     def subscriptions(self) -> list[Subscription]: ...
     @property
     def cache_packets(self) -> int: ...
+    @property
+    def highest_seq(self) -> int | None:
+        """The extended highest sequence number received (wrap-arounds counted, RFC 3550
+        A.1); None before the first packet."""
+    @property
+    def expected(self) -> int:
+        """Packets expected since the statistics started (the first packet, or the last
+        restart of the publisher's sequence): highest - first + 1."""
+    @property
+    def received(self) -> int:
+        """Packets received since then (expected - received is the cumulative loss)."""
+    @property
+    def jitter(self) -> int:
+        """Interarrival jitter (RFC 3550 A.8), in RTP timestamp units."""
     def set_ssrc(self, ssrc: int) -> None:
         """The publisher restarted with a new SSRC: its subscribers' outgoing streams stay
         continuous (sequence and timestamp carry on)."""

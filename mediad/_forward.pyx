@@ -534,6 +534,43 @@ cdef class Subscription:
         return f"<Subscription ssrc={self._ssrc:#010x} active={bool(self._active)}>"
 
 
+cdef enum:
+    # RFC 3550 A.1: a sequence number this far behind the highest is late or repeated.
+    MAX_MISORDER = 100
+
+
+cdef inline void _receive(ReceptionState *rx, uint16_t seq, uint32_t timestamp, double now, uint32_t clock_rate,
+                          uint64_t packets) noexcept:
+    """Reception statistics of one packet of a track (RFC 3550 A.1 sequence, A.8 jitter);
+    `packets` counts it already."""
+    cdef uint16_t delta
+    cdef int32_t transit, d
+    if not rx.started or rx.bad_seq == seq:
+        # The first packet, or a second one confirming a jump: the publisher restarted.
+        rx.started = 1
+        rx.max_seq = seq
+        rx.cycles = 0
+        rx.base_seq = seq
+        rx.bad_seq = 0x10000
+        rx.base_packets = packets - 1
+        rx.transit = <int32_t>(<uint32_t><uint64_t>(now * clock_rate) - timestamp)
+        return
+    delta = seq - rx.max_seq
+    if delta < MAX_DROPOUT:
+        if seq < rx.max_seq:
+            rx.cycles += 0x10000
+        rx.max_seq = seq
+        rx.bad_seq = 0x10000
+    elif delta <= 0x10000 - MAX_MISORDER:
+        rx.bad_seq = <uint16_t>(seq + 1)  # a jump: wait for the next one to tell
+        return
+    # else late or repeated: counts, changes nothing of the order
+    transit = <int32_t>(<uint32_t><uint64_t>(now * clock_rate) - timestamp)
+    d = transit - rx.transit
+    rx.transit = transit
+    rx.jitter += ((d if d >= 0 else -d) - rx.jitter) / 16.0
+
+
 cdef class Track:
     """An inbound stream of an endpoint, by SSRC: the producer side."""
 
@@ -558,6 +595,26 @@ cdef class Track:
     @property
     def cache_packets(self):
         return self.cache_packets
+
+    @property
+    def highest_seq(self):
+        if not self.rx.started:
+            return None
+        return (self.rx.cycles + self.rx.max_seq) & 0xFFFFFFFF
+
+    @property
+    def expected(self):
+        if not self.rx.started:
+            return 0
+        return self.rx.cycles + self.rx.max_seq - self.rx.base_seq + 1
+
+    @property
+    def received(self):
+        return self.packets - self.rx.base_packets if self.rx.started else 0
+
+    @property
+    def jitter(self):
+        return int(self.rx.jitter)
 
     @property
     def ssrc(self):
@@ -606,6 +663,7 @@ cdef class Track:
             raise ValueError(f"endpoint {self._endpoint._name!r} already has a track with SSRC {value}")
         self._ssrc = value
         self.source += 1
+        self.rx.started = 0  # a new stream: its reception statistics start again
         self._endpoint._rebuild_tracks()
 
     def subscribe(self, Endpoint target not None, ssrc, *, paused=False, payload_type=None,
@@ -979,7 +1037,7 @@ cdef class Forwarder:
             ep.set_keys(rx_suite=rx_suite, rx_key=rx_key, tx_suite=tx_suite, tx_key=tx_key)
         ep.set_remote(remote, latch=latch)
         ep._handshakes = handshakes
-        ep.handshake_tokens = HANDSHAKE_BURST
+        ep.handshake_tokens = ep.remote_tokens = HANDSHAKE_BURST
         sock.setblocking(False)
         ep._sock = sock
         ep.fd = sock.fileno()
@@ -1103,6 +1161,7 @@ cdef class Forwarder:
         track.packets += 1
         track.bytes += length
         track.last_activity = now
+        _receive(&track.rx, load16(p + 2), load32(p + 4), now, track._clock_rate, track.packets)
         if track.cache_packets and track.n_subs and length <= CACHE_SLOT:
             k = load16(p + 2) % track.cache_packets
             memcpy(track.cache + k * CACHE_SLOT, p, length)
@@ -1132,15 +1191,26 @@ cdef class Forwarder:
     cdef void _accept_handshake(self, Endpoint ep, int i, int length, double now) noexcept:
         # The handshake slow path (ICE, DTLS): Python per packet, bounded per endpoint by a
         # token bucket so a flood costs one comparison per datagram, not a Python call.
+        # The nominated remote has a bucket of its own: a stranger's flood must not starve the
+        # browser's consent checks (RFC 7675), or anyone who knows the port could end its call.
         cdef uint8_t *p = self.rx_buf + i * RX_SLOT
         cdef sockaddr_in *source = &self.rx_from[i]
-        ep.handshake_tokens = min(HANDSHAKE_BURST,
-                                  ep.handshake_tokens + (now - ep.handshake_refilled) * HANDSHAKE_RATE)
-        ep.handshake_refilled = now
-        if ep.handshake_tokens < 1.0:
-            ep.counters.drop_counts[DROP_HANDSHAKE_FLOOD] += 1
-            return
-        ep.handshake_tokens -= 1.0
+        if (ep.has_remote and source.sin_addr.s_addr == ep.remote_addr.sin_addr.s_addr
+                and source.sin_port == ep.remote_addr.sin_port):
+            ep.remote_tokens = min(HANDSHAKE_BURST, ep.remote_tokens + (now - ep.remote_refilled) * HANDSHAKE_RATE)
+            ep.remote_refilled = now
+            if ep.remote_tokens < 1.0:
+                ep.counters.drop_counts[DROP_HANDSHAKE_FLOOD] += 1
+                return
+            ep.remote_tokens -= 1.0
+        else:
+            ep.handshake_tokens = min(HANDSHAKE_BURST,
+                                      ep.handshake_tokens + (now - ep.handshake_refilled) * HANDSHAKE_RATE)
+            ep.handshake_refilled = now
+            if ep.handshake_tokens < 1.0:
+                ep.counters.drop_counts[DROP_HANDSHAKE_FLOOD] += 1
+                return
+            ep.handshake_tokens -= 1.0
         ep.counters.handshakes_in += 1
         try:
             self._handshake_handler(ep, p[:length], (_format_address(source), ntohs(source.sin_port)))

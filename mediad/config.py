@@ -28,6 +28,8 @@ class MediadConfig:
     drain_timeout: float = 10.0
     consent_timeout: float = 30.0
     """A WebRTC endpoint without an ICE check for this long is closed (RFC 7675: 30 s)."""
+    publish_bitrate: int = 2_500_000
+    """Bits per second a browser may send per video track (its REMB); 0: no REMB."""
     grace: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
@@ -64,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=float(env(p, "DRAIN_TIMEOUT", d.drain_timeout)),
                         help=f"seconds a shutdown waits for endpoints to be released "
                         f"[{p}DRAIN_TIMEOUT, default %(default)s]")
+    parser.add_argument("--publish-bitrate", type=int,
+                        default=int(env(p, "PUBLISH_BITRATE", d.publish_bitrate)),
+                        help=f"bits/s a browser may send per video track, told to it as REMB; 0: none "
+                        f"[{p}PUBLISH_BITRATE, default %(default)s]")
     parser.add_argument("--consent-timeout", type=float, default=float(env(p, "CONSENT_TIMEOUT", d.consent_timeout)),
                         help=f"seconds without an ICE check after which a browser's endpoint is closed "
                         f"(RFC 7675) [{p}CONSENT_TIMEOUT, default %(default)s]")
@@ -76,6 +82,8 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
             raise ValueError
     except ValueError:
         raise SystemExit(f"--media-ip {args.media_ip!r} is not an IPv4 address") from None
+    if args.publish_bitrate < 0:
+        raise SystemExit("--publish-bitrate must be 0 or more")
     if args.consent_timeout <= 0:
         raise SystemExit("--consent-timeout must be more than 0")
     if args.capacity < 0:
@@ -94,6 +102,7 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
         capacity=args.capacity,
         drain_timeout=args.drain_timeout,
         consent_timeout=args.consent_timeout,
+        publish_bitrate=args.publish_bitrate,
         grace=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,

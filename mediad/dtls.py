@@ -86,8 +86,11 @@ class SrtpKeys:
 def _context(certificate: Certificate) -> SSL.Context:
     context = SSL.Context(SSL.DTLS_METHOD)
     context.set_min_proto_version(DTLS1_2_VERSION)
-    context.use_certificate(certificate.cert)
-    context.use_privatekey(certificate.key)
+    # cryptography's objects: pyOpenSSL's X509 and PKey are deprecated as arguments here.
+    private = certificate.key.to_cryptography_key()
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    context.use_certificate(certificate.cert.to_cryptography())
+    context.use_privatekey(private)
     # The browser's certificate is self-signed: what vouches for it is its fingerprint in
     # the SDP, checked once the handshake is done.
     context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: True)
@@ -163,17 +166,22 @@ class DtlsServer:
         return SrtpKeys(suite, rx_key=client_key + client_salt, tx_key=server_key + server_salt)
 
     def _pending(self) -> list[bytes]:
-        """What OpenSSL wrote, as whole records packed into datagrams."""
-        data = b""
-        while True:
-            try:
-                chunk = self._connection.bio_read(65536)
-            except SSL.WantReadError:
-                break
-            if not chunk:
-                break
-            data += chunk
-        return pack_records(data)
+        return pending_datagrams(self._connection)
+
+
+def pending_datagrams(connection: SSL.Connection) -> list[bytes]:
+    """What OpenSSL wrote to the memory BIO, as whole records packed into datagrams (a memory
+    BIO keeps no datagram boundaries)."""
+    data = b""
+    while True:
+        try:
+            chunk = connection.bio_read(65536)
+        except SSL.WantReadError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return pack_records(data)
 
 
 def pack_records(data: bytes) -> list[bytes]:

@@ -8,6 +8,7 @@ endpoint's remote; every valid check renews consent (RFC 7675).
 STUN parsing and building is aioice's `stun` module; this module only decides."""
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass
 
@@ -34,13 +35,14 @@ class IceLite:
         self.nominated: tuple[str, int] | None = None
         self.validated: set[tuple[str, int]] = set()
         """Addresses that sent a valid check: only they may start DTLS."""
-        self.last_check = 0.0
-        """time.monotonic() of the last valid check (0.0: none yet)."""
+        self.last_check: float | None = None
+        """The clock's time of the last valid check (None: none yet)."""
 
     def handle(self, data: bytes, address: tuple[str, int], now: float) -> IceOutcome:
         try:
             message = stun.parse_message(data)
-        except ValueError as error:
+        except (ValueError, struct.error) as error:
+            # aioice raises struct.error, not ValueError, for an attribute of the wrong length.
             self.counts["stun_bad_fingerprint" if "fingerprint" in str(error) else "stun_malformed"] += 1
             return IceOutcome()
         if message.message_method != stun.Method.BINDING or message.message_class != stun.Class.REQUEST:
@@ -73,4 +75,4 @@ class IceLite:
 
     def consent_expired(self, now: float, opened: float, timeout: float = CONSENT_SECONDS) -> bool:
         """No valid check for `timeout` seconds (counted from `opened` until the first)."""
-        return now - (self.last_check or opened) > timeout
+        return now - (opened if self.last_check is None else self.last_check) > timeout

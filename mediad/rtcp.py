@@ -1,5 +1,6 @@
 """RTCP packets of the slow path: parse and build (RFC 3550 sender and receiver reports,
-RFC 4585 PLI and generic NACK, RFC 5104 FIR); any other packet is kept as raw bytes.
+RFC 4585 PLI and generic NACK, RFC 5104 FIR, REMB of draft-alvestrand-rmcat-remb); any
+other packet is kept as raw bytes.
 
 Parsers raise ValueError on bad bytes; `bytes(packet)` builds the wire form again, so
 `b"".join(bytes(p) for p in parse_compound(data)) == data` for unpadded compounds.
@@ -20,6 +21,8 @@ PSFB = 206  # RFC 4585 6.3: payload-specific feedback
 FMT_NACK = 1  # RTPFB generic NACK
 FMT_PLI = 1  # PSFB picture loss indication
 FMT_FIR = 4  # PSFB full intra request (RFC 5104 4.3.1)
+FMT_AFB = 15  # PSFB application layer feedback: REMB when its FCI starts with "REMB"
+REMB_ID = b"REMB"
 
 HEADER = struct.Struct("!BBH")
 REPORT_BLOCK = struct.Struct("!IIIIII")
@@ -168,6 +171,28 @@ class GenericNack:
 
 
 @dataclasses.dataclass(frozen=True)
+class Remb:
+    """Receiver estimated maximum bitrate (draft-alvestrand-rmcat-remb 2.2): how many bits
+    per second the sender of `ssrcs` may send in all, as the receiver estimates it."""
+
+    sender_ssrc: int
+    bitrate: int
+    ssrcs: tuple[int, ...]
+
+    def __bytes__(self) -> bytes:
+        if not 0 < len(self.ssrcs) <= 255:
+            raise ValueError(f"a REMB names 1-255 SSRCs, not {len(self.ssrcs)}")
+        # An 18-bit mantissa and a 6-bit exponent: the largest mantissa that fits, rounded down.
+        exponent = max(0, self.bitrate.bit_length() - 18)
+        if exponent > 63:
+            raise ValueError(f"bitrate {self.bitrate} does not fit a REMB")
+        mantissa = self.bitrate >> exponent
+        fci = REMB_ID + struct.pack("!BBH", len(self.ssrcs), exponent << 2 | mantissa >> 16, mantissa & 0xFFFF)
+        fci += b"".join(struct.pack("!I", ssrc) for ssrc in self.ssrcs)
+        return _packet(FMT_AFB, PSFB, FEEDBACK.pack(self.sender_ssrc, 0) + fci)
+
+
+@dataclasses.dataclass(frozen=True)
 class OtherPacket:
     """Any other RTCP packet (SDES, BYE, APP, other feedback), kept as raw bytes."""
 
@@ -179,7 +204,9 @@ class OtherPacket:
         return _packet(self.count, self.packet_type, self.body)
 
 
-RtcpPacket = SenderReport | ReceiverReport | PictureLossIndication | FullIntraRequest | GenericNack | OtherPacket
+RtcpPacket = (
+    SenderReport | ReceiverReport | PictureLossIndication | FullIntraRequest | GenericNack | Remb | OtherPacket
+)
 
 
 def _packet(count: int, packet_type: int, body: bytes) -> bytes:
@@ -248,6 +275,14 @@ def parse_packet(count: int, packet_type: int, body: bytes) -> RtcpPacket:
                 raise ValueError(f"full intra request with {len(fci)} bytes of FCI (8 per entry)")
             entries = tuple((s, n) for s, n in (struct.unpack_from("!IB", fci, i) for i in range(0, len(fci), 8)))
             return FullIntraRequest(sender, entries)
+        if packet_type == PSFB and count == FMT_AFB and fci[:4] == REMB_ID:
+            if len(fci) < 8:
+                raise ValueError(f"REMB with {len(fci)} bytes of FCI (at least 8)")
+            number, exponent_and_high, low = struct.unpack_from("!BBH", fci, 4)
+            if len(fci) != 8 + 4 * number:
+                raise ValueError(f"REMB naming {number} SSRCs in {len(fci)} bytes of FCI")
+            bitrate = ((exponent_and_high & 0x03) << 16 | low) << (exponent_and_high >> 2)
+            return Remb(sender, bitrate, struct.unpack_from(f"!{number}I", fci, 8))
         if packet_type == RTPFB and count == FMT_NACK:
             if not fci or len(fci) % 4:
                 raise ValueError(f"generic NACK with {len(fci)} bytes of FCI (4 per entry)")

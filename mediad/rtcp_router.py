@@ -12,10 +12,11 @@ routed by SSRC to the track or subscription it concerns.
   RTX stream); what is no longer cached is counted as missed.
 - Report blocks and NACKs about a route's RTX stream (its rtx_ssrc) are counted and
   dropped: the route's figures and retransmissions are those of its media SSRC.
-- SDES, BYE, APP and other feedback are counted and dropped.
+- SDES, BYE, APP, REMB and other feedback are counted and dropped.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
@@ -82,6 +83,10 @@ class RtcpRouter:
         self.counts: Counter[str] = Counter()
         self._subscriptions: dict[SubscriptionKey, _SubscriptionState] = {}
         self._key_frame_sent: dict[_forward.Track, float] = {}  # time of the last request sent
+        self._key_frame_deferred: dict[_forward.Track, asyncio.TimerHandle] = {}
+        """Requests merged into one sent when the track's interval ends."""
+        self._sender_reports: dict[_forward.Track, tuple[int, float]] = {}
+        """Of each publisher's track: the LSR of its last SR and when it came."""
 
     # --- the handler ---------------------------------------------------------------------
 
@@ -114,6 +119,10 @@ class RtcpRouter:
             elif isinstance(item, rtcp.GenericNack):
                 self.counts["nack"] += 1
                 self._retransmit(endpoint, item)
+            elif isinstance(item, rtcp.Remb):
+                # A browser's estimate of what it can receive: Charter forwards one layer, so
+                # there is nothing to choose yet; counted.
+                self.counts["remb"] += 1
             else:
                 self.counts[OTHER_NAMES.get(item.packet_type, "other")] += 1
 
@@ -121,6 +130,9 @@ class RtcpRouter:
 
     def _translate(self, track: _forward.Track, report: rtcp.SenderReport, now: float) -> None:
         lsr = rtcp.ntp_middle(report.ntp_timestamp)
+        if len(self._sender_reports) > 4096:  # tracks removed since: their entries go
+            self._sender_reports = {t: r for t, r in self._sender_reports.items() if t.endpoint is not None}
+        self._sender_reports[track] = (lsr, now)
         for subscription in track.subscriptions:
             if not subscription.active:
                 continue
@@ -140,6 +152,27 @@ class RtcpRouter:
                     sent.popitem(last=False)
             else:
                 self.counts["sr_not_sent"] += 1
+
+    def last_sender_report(self, track: _forward.Track, now: float) -> tuple[int, int]:
+        """LSR and DLSR (1/65536 s) of a report block about `track` (RFC 3550 6.4.1); (0, 0)
+        before its publisher's first SR."""
+        lsr, received = self._sender_reports.get(track, (0, now))
+        return lsr, int((now - received) * 65536) if lsr else 0
+
+    def _defer_key_frame(self, track: _forward.Track, delay: float) -> None:
+        if track in self._key_frame_deferred:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # called outside the daemon's loop (a test): nothing to defer to
+        self._key_frame_deferred[track] = loop.call_later(delay, self._deferred_key_frame, track)
+
+    def _deferred_key_frame(self, track: _forward.Track) -> None:
+        self._key_frame_deferred.pop(track, None)
+        if track.endpoint is not None:
+            self.counts["key_frame_deferred"] += 1
+            self.request_key_frame(track)
 
     # --- receiver reports ----------------------------------------------------------------
 
@@ -230,7 +263,10 @@ class RtcpRouter:
         now = self.clock() if now is None else now
         last = self._key_frame_sent.get(track)
         if last is not None and now - last < KEY_FRAME_INTERVAL:
+            # Merged, not lost: a route resumed just after a request may have missed the key
+            # frame it brought, and waits for the next.
             self.counts["key_frame_suppressed"] += 1
+            self._defer_key_frame(track, KEY_FRAME_INTERVAL - (now - last))
             return False
         publisher = track.endpoint
         if (

@@ -18,6 +18,7 @@ from mediad import config as config_module
 from mediad.config import MediadConfig
 from mediad.media import Media
 from mediad.ports import PortAllocator
+from mediad.publisher_reports import PublisherReports
 from mediad.registration import Registration
 from mediad.service import MediaDaemonService
 
@@ -61,6 +62,7 @@ async def serve(config: MediadConfig) -> None:
     media = Media(forwarder, PortAllocator(config.media_ip, config.port_first, config.port_last), config.capacity,
                   consent_timeout=config.consent_timeout)
     consent = asyncio.create_task(media.webrtc.watch_consent())
+    reports = asyncio.create_task(PublisherReports(media.rtcp, config.publish_bitrate).run(media.list_endpoints))
     server = Server(config.listen, [SERVICE_NAME])
     server.add(mediad_pb2_grpc.add_MediaDaemonServicer_to_server, MediaDaemonService(media, config.media_ip))
     stop = stop_event()
@@ -110,6 +112,7 @@ async def serve(config: MediadConfig) -> None:
         await registration.close()
     await server.stop(config.grace)
     consent.cancel()
+    reports.cancel()
     media.close()
     log.info("media daemon stopped", extra={"daemon_id": config.daemon_id})
 

@@ -37,6 +37,9 @@ class Session:
     state: str = "new"
     """"new" (no check yet), "checking" (ICE chose an address, DTLS under way), "connected" (keyed), "closed"."""
     handshake_started: float = 0.0
+    dtls_from: tuple[str, int] | None = None
+    """Where the browser's last DTLS datagram came from: where a retransmitted flight goes
+    (ICE may not have nominated that address yet)."""
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -91,10 +94,16 @@ class WebRtcTransports:
         if session is None or session.state == "closed":
             self.counts["no_session"] += 1
             return
-        if data[0] < 4:
-            self._stun(session, data, address)
-        else:
-            self._dtls(session, data, address)
+        try:
+            if data[0] < 4:
+                self._stun(session, data, address)
+            else:
+                self._dtls(session, data, address)
+        except Exception:
+            # A bug, not bad input (that is dropped and counted by name): counted here so that
+            # Stats.webrtc shows it, and raised on for the core to count and report with its traceback.
+            self.counts["handler_errors"] += 1
+            raise
 
     def _stun(self, session: Session, data: bytes, address: tuple[str, int]) -> None:
         outcome = session.ice.handle(data, address, self.clock())
@@ -114,6 +123,7 @@ class WebRtcTransports:
             return
         if not session.handshake_started:
             session.handshake_started = self.clock()
+        session.dtls_from = address
         started = time.perf_counter()
         try:
             replies = session.dtls.feed(data)
@@ -163,10 +173,10 @@ class WebRtcTransports:
 
     def _retransmit(self, session: Session) -> None:
         session.timer = None
-        if session.state == "closed" or session.endpoint.closed or session.endpoint.remote is None:
+        if session.state == "closed" or session.endpoint.closed or session.dtls_from is None:
             return
         for datagram in session.dtls.retransmit():
-            session.endpoint.send_datagram(datagram, session.endpoint.remote)
+            session.endpoint.send_datagram(datagram, session.dtls_from)
         self._arm_timer(session)
 
     def _close(self, session: Session, reason: str) -> None:

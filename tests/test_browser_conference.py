@@ -99,11 +99,34 @@ def test_two_browsers_see_and_hear_each_other(charter: CharterUp, browsers: Brow
         after = int(remote(b.stats(), ids[o.name])["audio"].get("totalSamplesReceived", 0))
         assert after > before, f"{b.name} receives {o.name}'s audio: {before} -> {after} samples"
     for b in (ada, ben):
-        video = b.stats()["local"]["video"]
-        print(f"{b.name} sends {video.get('frameWidth')}x{video.get('frameHeight')} at "
-              f"{(video.get('bitrate') or 0) / 1e3:.0f} kbit/s ({video.get('qualityLimitationReason')})")
+        sent = sending(b)
+        print(f"{b.name} sends {sent['size']} at {sent['kbps']:.0f} kbit/s; its encoder aims at "
+              f"{sent['target_kbps']:.0f} kbit/s, its bandwidth estimate is {sent['estimate_kbps']:.0f} kbit/s "
+              f"(quality limited by: {sent['limited_by']})")
+        # Chrome starts at 300 kbit/s and goes higher only with feedback (Charter's REMB).
+        assert sent["estimate_kbps"] > 2 * CHROME_START_KBPS, sent
         tiles = remote(b.stats(), ids[(ben if b is ada else ada).name])
         assert tiles["name"] == (ben if b is ada else ada).name
+
+
+CHROME_START_KBPS = 300
+
+
+def sending(browser: Browser, seconds: float = 2.0) -> dict[str, Any]:
+    """What the browser's camera sends: bit rate over `seconds` (from bytesSent), the
+    encoder's target and the bandwidth estimate, from getStats."""
+    first = browser.stats()
+    time.sleep(seconds)
+    second = browser.stats()
+    before, after = first["local"].get("video", {}), second["local"].get("video", {})
+    elapsed = (second["now"] - first["now"]) / 1000
+    return {
+        "size": f"{after.get('frameWidth')}x{after.get('frameHeight')}",
+        "kbps": 8 * (after.get("bytesSent", 0) - before.get("bytesSent", 0)) / elapsed / 1000,
+        "target_kbps": after.get("targetBitrate", 0) / 1000,
+        "estimate_kbps": (second["local"].get("availableOutgoingBitrate") or 0) / 1000,
+        "limited_by": after.get("qualityLimitationReason"),
+    }
 
 
 @needs_browsers

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,3 +133,73 @@ def test_create_join_watch_and_end_from_the_command_line(charter: Cluster) -> No
     assert events[4]["conference_ended"]["reason"] == "ended"
     listed = objects(grpcurl(address, f"{service}/ListConferences", data={}))[0]
     assert "cli" not in [c["conference_id"] for c in listed.get("conferences", [])]
+
+
+def test_a_webrtc_participant_joins_and_answers_from_the_command_line(charter: Cluster) -> None:
+    """A browser's signalling as grpcurl does it: Join with the offer (a captured Chromium
+    offer), the answer in participant.sdp, Charter's offer on the watch stream when someone
+    else joins, and ConferenceService/Answer with the browser's answer to it."""
+    address = charter.controller.address
+    service = "charter.v1.ConferenceService"
+    grpcurl(address, f"{service}/CreateConference", data={"conference_id": "web"})
+    offer = (Path(__file__).with_name("data") / "chromium_offer.sdp").read_text()
+    joined = objects(grpcurl(address, f"{service}/Join",
+                             data={"conference_id": "web", "participant_id": "chromium", "offer": offer}))[0]
+    participant = joined["participant"]
+    assert participant["webrtc"] and "a=ice-lite" in participant["sdp"] and not participant.get("send_key")
+
+    watch = subprocess.Popen(
+        [GRPCURL, "-plaintext", "-max-time", "60", "-d",
+         json.dumps({"conference_id": "web", "participant_id": "chromium"}), address, f"{service}/WatchConference"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout))  # type: ignore[arg-type]
+    reader.start()
+    try:
+        wait_until(lambda: any("participant_joined" in line for line in lines), what="the watch's initial events")
+        track = {"ssrc": 4343, "kind": "VIDEO", "codec": "VP8", "payload_type": 96, "clock_rate": 90000}
+        grpcurl(address, f"{service}/Join", data={"conference_id": "web", "participant_id": "cam", "tracks": [track]})
+        wait_until(lambda: any("session_offer" in e for e in objects("".join(lines))), what="Charter's offer")
+        (offered,) = [e["session_offer"] for e in objects("".join(lines)) if "session_offer" in e]
+        assert "a=msid:cam " in offered["sdp"] and "a=sendonly" in offered["sdp"]
+        stale = subprocess.run(
+            [GRPCURL, "-plaintext", "-d", json.dumps({"conference_id": "web", "participant_id": "chromium",
+                                                      "sdp": browser_answer(offered["sdp"]), "version": 99}),
+             address, f"{service}/Answer"], capture_output=True, text=True, timeout=30)
+        assert stale.returncode != 0 and "FailedPrecondition" in stale.stderr
+        answered = objects(grpcurl(address, f"{service}/Answer", data={
+            "conference_id": "web", "participant_id": "chromium", "sdp": browser_answer(offered["sdp"]),
+            "version": offered["version"]}))[0]
+        assert answered == {}
+        grpcurl(address, f"{service}/EndConference", data={"conference_id": "web"})
+        assert watch.wait(30) == 0, watch.stderr.read() if watch.stderr else ""
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        reader.join(10)
+
+
+CHROMIUM_FINGERPRINT = (
+    "a=fingerprint:sha-256 F6:88:A0:09:78:5E:73:E5:71:CB:49:57:29:D7:01:A4:57:8D:4F:9F:58:70:E4:DF:D6:BE:EE:1C:B8"
+    ":13:03:AE"
+)
+
+
+def browser_answer(offer: str) -> str:
+    """What a browser answers to Charter's offer: its m-lines with directions turned around,
+    a=setup:active, its own ICE credentials and fingerprint (those of the captured offer)."""
+    lines = []
+    for line in offer.splitlines():
+        if line.startswith(("a=ice-lite", "a=candidate", "a=end-of-candidates")):
+            continue
+        line = {"a=sendonly": "a=recvonly", "a=recvonly": "a=sendonly", "a=setup:actpass": "a=setup:active"}.get(
+            line, line)
+        if line.startswith("a=ice-ufrag:"):
+            line = "a=ice-ufrag:roDP"
+        elif line.startswith("a=ice-pwd:"):
+            line = "a=ice-pwd:NnPg8MD3fSxWySGF0VGCNlaN"
+        elif line.startswith("a=fingerprint:"):
+            line = CHROMIUM_FINGERPRINT
+        lines.append(line)
+    return "\r\n".join(lines) + "\r\n"

@@ -40,6 +40,7 @@ def roundtrip(packet: rtcp.RtcpPacket) -> rtcp.RtcpPacket:
         PictureLossIndication(4, 5),
         FullIntraRequest(6, ((7, 1), (8, 255))),
         GenericNack(9, 10, (100, 101, 116, 117)),
+        rtcp.Remb(11, 2_000_000 >> 3 << 3, (12, 13)),
         OtherPacket(rtcp.SDES, 1, b"\x00\x00\x00\x01\x01\x03abc\x00\x00\x00"),
         OtherPacket(rtcp.BYE, 1, b"\x00\x00\x00\x01"),
     ],
@@ -58,6 +59,20 @@ def test_sender_report_wire_layout() -> None:
 
 def test_pli_matches_rfc_4585_layout() -> None:
     assert bytes(PictureLossIndication(1, 42)) == struct.pack("!BBHII", 0x81, 206, 2, 1, 42)
+
+
+def test_remb_matches_the_draft_layout() -> None:
+    # draft-alvestrand-rmcat-remb 2.2: PSFB, FMT 15, media SSRC 0, "REMB", count, exponent and
+    # 18-bit mantissa. 1,000,000 = 250,000 << 2 (250,000 needs 18 bits).
+    data = bytes(rtcp.Remb(0xAABBCCDD, 1_000_000, (0x01020304,)))
+    assert data[:4] == bytes([0x80 | 15, 206, 0, 5])
+    assert data[8:12] == b"\x00\x00\x00\x00" and data[12:16] == b"REMB"
+    assert data[16] == 1 and data[17] >> 2 == 2
+    assert ((data[17] & 3) << 16 | int.from_bytes(data[18:20], "big")) << 2 == 1_000_000
+    assert data[20:24] == bytes([1, 2, 3, 4])
+    # Rounded down where the mantissa cannot hold every bit.
+    (parsed,) = rtcp.parse_compound(bytes(rtcp.Remb(1, (1 << 30) + 1, (2,))))
+    assert isinstance(parsed, rtcp.Remb) and parsed.bitrate == 1 << 30
 
 
 def test_nack_packs_following_losses_into_the_bitmask() -> None:

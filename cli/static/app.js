@@ -44,6 +44,7 @@ const owners = new Map(); // mid -> {publisher, track}: from the a=msid of Chart
 const previous = new Map(); // stats id -> {bytes, timestamp}: for bitrates
 let local = {};
 let rttMs = null;
+let availableOutgoingBitrate = null; // the browser's bandwidth estimate of the path to Charter
 
 // --------------------------------------------------------------------------------------
 // Phase, errors, the form
@@ -310,11 +311,13 @@ async function updateStats() {
   const byId = new Map();
   report.forEach((stat) => byId.set(stat.id, stat));
   rttMs = null;
+  availableOutgoingBitrate = null;
   const found = { video: {}, audio: {}, remoteInbound: {} };
   for (const stat of byId.values()) {
     if (stat.type === "transport" && stat.selectedCandidatePairId) {
       const pair = byId.get(stat.selectedCandidatePairId);
       if (pair && pair.currentRoundTripTime !== undefined) rttMs = 1000 * pair.currentRoundTripTime;
+      if (pair && pair.availableOutgoingBitrate !== undefined) availableOutgoingBitrate = pair.availableOutgoingBitrate;
     } else if (stat.type === "candidate-pair" && stat.nominated && stat.state === "succeeded" && rttMs === null) {
       if (stat.currentRoundTripTime !== undefined) rttMs = 1000 * stat.currentRoundTripTime;
     }
@@ -348,6 +351,7 @@ async function updateStats() {
         bitrate: bitrate(stat, stat.bytesSent || 0), ssrc: stat.ssrc };
       if (stat.kind === "video") {
         Object.assign(out, { framesEncoded: stat.framesEncoded || 0, framesSent: stat.framesSent || 0,
+          targetBitrate: stat.targetBitrate || 0,
           frameWidth: stat.frameWidth || 0, frameHeight: stat.frameHeight || 0,
           framesPerSecond: stat.framesPerSecond || 0, qualityLimitationReason: stat.qualityLimitationReason || "" });
       }
@@ -358,7 +362,7 @@ async function updateStats() {
         roundTripTimeMs: stat.roundTripTime !== undefined ? 1000 * stat.roundTripTime : null };
     }
   }
-  local = { ...found, rttMs, connection: pc.connectionState };
+  local = { ...found, rttMs, availableOutgoingBitrate, connection: pc.connectionState };
   render();
 }
 
@@ -376,7 +380,8 @@ function render() {
   const a = local.audio || {};
   $("local-stats").textContent =
     `sending ${v.frameWidth || 0}x${v.frameHeight || 0} ${(v.framesPerSecond || 0).toFixed(0)} fps ` +
-    `${fmtRate(v.bitrate)}, audio ${fmtRate(a.bitrate)}\nRTT ${fmtRtt()}, media ${local.connection}`;
+    `${fmtRate(v.bitrate)}, audio ${fmtRate(a.bitrate)}\nRTT ${fmtRtt()}, estimate ${fmtRate(availableOutgoingBitrate)}, ` +
+    `media ${local.connection}`;
   for (const remote of remotes.values()) {
     const v = remote.videoStats;
     const a = remote.audioStats;
