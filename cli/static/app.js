@@ -295,10 +295,17 @@ function removeRemote(publisher) {
 // Statistics (getStats): inbound-rtp by mid -> publisher, outbound-rtp, the selected pair
 
 function bitrate(stat, bytes) {
+  // Over the last second or more: getStats is asked more often than that (the tile timer,
+  // tests), and a report it cached has the same timestamp as the one before.
   const before = previous.get(stat.id);
-  previous.set(stat.id, { bytes, timestamp: stat.timestamp });
-  if (!before || stat.timestamp <= before.timestamp) return null;
-  return (8 * (bytes - before.bytes) * 1000) / (stat.timestamp - before.timestamp);
+  if (!before) {
+    previous.set(stat.id, { bytes, timestamp: stat.timestamp, rate: null });
+    return null;
+  }
+  if (stat.timestamp - before.timestamp < STATS_INTERVAL_MS) return before.rate;
+  const rate = (8 * (bytes - before.bytes) * 1000) / (stat.timestamp - before.timestamp);
+  previous.set(stat.id, { bytes, timestamp: stat.timestamp, rate });
+  return rate;
 }
 
 function lossPercent(lost, received) {
