@@ -48,6 +48,9 @@ def counters_to_proto(counters: _forward.Counters) -> mediad_pb2.Counters:
         bytes_out=counters.bytes_out,
         rtcp_in=counters.rtcp_in,
         rtcp_out=counters.rtcp_out,
+        rtcp_errors=counters.rtcp_errors,
+        handshakes_in=counters.handshakes_in,
+        handshake_errors=counters.handshake_errors,
         drops={reason: count for reason, count in zip(_forward.DROP_REASONS, counters.drops, strict=True) if count},
     )
 

@@ -149,6 +149,9 @@ def test_stun_that_does_not_verify_is_counted_and_unanswered(charter: CharterUp)
             "stun_bad_ufrag": 1, "stun_bad_integrity": 1, "stun_bad_fingerprint": 1,
         }
         assert after["stun_checks"] > before.get("stun_checks", 0)
+        # Every one reached the slow path (four datagrams; the slow path raised on none).
+        counters = charter.endpoint_stats("bad-stun", browser.participant_id).counters
+        assert (counters.handshakes_in, counters.handshake_errors) == (4, 0)
         # Still serving: the controller and the daemon answer, the participant is there.
         assert charter.daemon_endpoints("bad-stun") == [f"bad-stun/{browser.participant_id}"]
     finally:
