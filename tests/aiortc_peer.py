@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,8 @@ class AiortcParticipant:
     """mid -> publisher participant id, from Charter's offers."""
     left_reason: str = ""
     errors: list[str] = field(default_factory=list)
+    rewrite: Callable[[str], str] = str
+    """Applied to Charter's SDP before aiortc reads it (tests/loss_shim.py puts a shim between)."""
     _pc: Any = None
     _video: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -128,7 +131,7 @@ class AiortcParticipant:
         reply = await self.api.Join(request, timeout=10)
         participant = reply.participant
         self.participant_id = participant.participant_id
-        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=participant.sdp, type="answer"))
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=self.rewrite(participant.sdp), type="answer"))
         self.joined_at = time.monotonic()
         self._tasks.append(asyncio.create_task(self._watch()))
         return participant
@@ -143,7 +146,8 @@ class AiortcParticipant:
                 if kind == "session_offer":
                     offer = event.session_offer
                     self._learn_owners(offer.sdp)
-                    await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+                    charters = RTCSessionDescription(sdp=self.rewrite(offer.sdp), type="offer")
+                    await self._pc.setRemoteDescription(charters)
                     await self._pc.setLocalDescription(await self._pc.createAnswer())
                     await self.api.Answer(
                         pb.AnswerRequest(conference_id=self.conference_id, participant_id=self.participant_id,

@@ -32,9 +32,17 @@ def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CharterUp]:
         yield system
 
 
+EVENTS = ("participant_joined", "participant_left", "offer")
+"""What the watch stream tells the page meanwhile, in no set order with the replies."""
+
+
 async def reply_to(ws: aiohttp.ClientWebSocketResponse, message: Any) -> dict[str, Any]:
+    """The gateway's reply to `message`, events of the watch stream that come between skipped."""
     await (ws.send_str(message) if isinstance(message, str) else ws.send_json(message))
-    return dict(await ws.receive_json(timeout=15))
+    while True:
+        reply = dict(await ws.receive_json(timeout=15))
+        if reply.get("type") not in EVENTS:
+            return reply
 
 
 async def browser_offer() -> tuple[Any, str]:

@@ -18,8 +18,9 @@ from charter import sdp
 from charter.processes import free_port
 from charter.tracks import Track
 from charter.v1 import controller_pb2 as pb
-from charter.v1 import controller_pb2_grpc
+from charter.v1 import controller_pb2_grpc, mediad_pb2, mediad_pb2_grpc
 from charter_up import CharterUp, charter_up
+from loss_shim import LossShim
 from media_processes import VIDEO_FPS, Running, Stream, ffmpeg_sender, missing_tools, random_ssrcs
 from media_receivers import GstReceiver
 from waits import settle
@@ -181,3 +182,48 @@ def test_webrtc_and_sdes_participants_in_one_conference(charter: CharterUp, tmp_
 def charter_ssrc(session: sdp.ParticipantSession, publisher: str) -> int:
     (track,) = [t for t in session.received_from(publisher) if t.track.kind == "video"]
     return track.ssrc
+
+
+def test_a_lossy_leg_is_repaired_with_rtx(charter: CharterUp) -> None:
+    """Every 10th video packet to a receiver is lost on its leg: it NACKs them, and the
+    daemon answers on the receiver's RTX stream (RFC 4588) from its cache."""
+    async def scenario(api: controller_pb2_grpc.ConferenceServiceStub) -> None:
+        await api.CreateConference(pb.CreateConferenceRequest(conference_id="lossy"), timeout=10)
+        shim = LossShim(drop=lambda payload_type, count: payload_type == AIORTC_VP8 and count % 10 == 9)
+        await shim.start()
+        source = AiortcParticipant(api, "lossy", "source", send_audio=False)
+        sink = AiortcParticipant(api, "lossy", "sink", send_audio=False, rewrite=shim.through)
+        try:
+            await source.join()
+            await sink.join()
+            await eventually(lambda: source.participant_id in sink.received
+                             and sink.received[source.participant_id].video_frames > 0,
+                             f"the sink's first frame ({describe(source, sink)})")
+            sent, got = source.frames_sent, sink.received[source.participant_id].video_frames
+            await asyncio.sleep(WINDOW)
+            frames_sent = source.frames_sent - sent
+            decoded = sink.received[source.participant_id].video_frames - got
+            route = rtx_route_to(charter, "lossy", sink.participant_id)
+            print(f"the sink's leg lost {shim.dropped} video packets; the daemon sent {route.rtx_sent} on RTX; "
+                  f"the sink decoded {decoded} of {frames_sent} frames")
+            assert shim.dropped >= 5 and route.rtx_sent >= shim.dropped // 2, (shim.dropped, route)
+            assert decoded >= ENOUGH * frames_sent, describe(source, sink)
+        finally:
+            await sink.leave()
+            await source.leave()
+            shim.close()
+
+    run(charter, scenario)
+
+
+AIORTC_VP8 = 97
+"""aiortc's payload type for VP8 (its RTX is 98): what the daemon sends it VP8 with."""
+
+
+def rtx_route_to(charter: CharterUp, conference: str, receiver: str) -> mediad_pb2.SubscriptionStats:
+    """The daemon's figures of the one route to `receiver` with an RTX stream (its video)."""
+    daemon = mediad_pb2_grpc.MediaDaemonStub(charter.daemon_channel)
+    stats = daemon.GetStats(mediad_pb2.GetStatsRequest(endpoint_id=f"{conference}/{receiver}"), timeout=10)
+    (endpoint,) = stats.endpoints
+    (route,) = [r for r in endpoint.subscriptions if r.subscription.rtx_ssrc]
+    return route
