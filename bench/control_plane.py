@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,6 +198,10 @@ def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], st
         str(mediad_port),
         "--ports",
         f"{first}-{first + ports_per_daemon * args.daemons - 1}",
+        "--state-dir",
+        tempfile.mkdtemp(prefix="charter-bench-"),
+        "--web-port",
+        "0",
         "--log-level",
         "warning",
     ]

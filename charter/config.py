@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_FORMATS = ["json", "text"]
@@ -24,3 +25,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, prefix: str, *, listen
                         help=f"[{prefix}LOG_LEVEL, default %(default)s]")
     parser.add_argument("--log-format", default=env(prefix, "LOG_FORMAT", "json"), choices=LOG_FORMATS,
                         help=f"[{prefix}LOG_FORMAT, default %(default)s]")
+
+
+def default_state_dir() -> Path:
+    """Where Charter keeps its state by default: $XDG_STATE_HOME/charter (~/.local/state/charter)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "charter"

@@ -78,6 +78,8 @@ class BrowserOffer:
     ice_pwd: str
     fingerprints: tuple[DtlsFingerprint, ...]
     media: tuple[OfferedMedia, ...]
+    sdp: str = ""
+    """The offer as the browser wrote it (what a durable store keeps, to read it again)."""
 
     def tracks(self, name: str = "") -> tuple[Track, ...]:
         """The tracks the browser publishes: one per m-line it sends on."""
@@ -255,7 +257,7 @@ def parse_offer(text: str, field: str = "offer") -> BrowserOffer:
     ssrcs = [m.ssrc for m in media_list if m.sends]
     if len(set(ssrcs)) != len(ssrcs):
         raise InvalidArgument(field, "sends two m-lines with the same SSRC")
-    return BrowserOffer(str(ufrag), str(pwd), fingerprints, tuple(media_list))
+    return BrowserOffer(str(ufrag), str(pwd), fingerprints, tuple(media_list), text)
 
 
 # --- writing ---------------------------------------------------------------------------

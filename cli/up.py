@@ -2,8 +2,8 @@
 gateway (`charter web`, the page for browsers) on this machine as child processes, waits
 until each is ready (gRPC health SERVING; the gateway's /healthz), prints where they are,
 and on Ctrl-C or SIGTERM stops them in order: the gateway first (its browsers leave), then
-the controller (it ends the conferences, so the daemons release every endpoint), then the
-daemons; exits 0 when every child exited 0."""
+the controller (its conferences stay in its SQLite file under --state-dir for the next
+start), then the daemons; exits 0 when every child exited 0."""
 from __future__ import annotations
 
 import argparse
@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from charter import logs, processes
-from charter.config import env
+from charter.config import default_state_dir, env
 from charter.serving import stop_event, wait_serving
 
 log = logging.getLogger("cli.up")
@@ -73,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "[CHARTER_UP_WEB_PORT, default %(default)s]")
     parser.add_argument("--ports", default=_env("PORTS", "16384-32767"),
                         help="UDP media ports, split evenly among the daemons [CHARTER_UP_PORTS, default %(default)s]")
+    parser.add_argument("--state-dir", default=_env("STATE_DIR", str(default_state_dir())),
+                        help="where the controller keeps its conferences (controller.sqlite3), so that they "
+                        "outlive a restart [CHARTER_UP_STATE_DIR, default %(default)s]")
     parser.add_argument("--lease-ttl", type=float, default=float(_env("LEASE_TTL", 10.0)),
                         help="seconds of a media daemon's lease [CHARTER_UP_LEASE_TTL, default %(default)s]")
     parser.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["json", "text"],
@@ -100,7 +104,7 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
         controller_address,
         [
             sys.executable, "-m", "controller", "--listen", controller_address,
-            "--lease-ttl", str(args.lease_ttl), *common,
+            "--store", str(Path(args.state_dir) / "controller.sqlite3"), "--lease-ttl", str(args.lease_ttl), *common,
         ],
     )
     daemons = []
@@ -111,8 +115,11 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
             Child(
                 f"mediad-{i}",
                 address,
+                # Stopping charter up stops the whole service: there is no other daemon for a
+                # daemon's conferences to move to, and they stay in the controller's store.
                 [sys.executable, "-m", "mediad", "--listen", address, "--daemon-id", f"mediad-{i}",
-                 "--controller", controller_address, "--media-ip", args.host, "--ports", ports, *common],
+                 "--controller", controller_address, "--media-ip", args.host, "--ports", ports,
+                 "--drain-timeout", "1", *common],
                 detail=f"media {args.host}:{ports}",
             )
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from charter.config import add_server_arguments, env
+from charter.config import add_server_arguments, default_state_dir, env
 
 ENV_PREFIX = "CHARTER_CONTROLLER_"
 
@@ -13,6 +13,8 @@ ENV_PREFIX = "CHARTER_CONTROLLER_"
 @dataclass(frozen=True)
 class ControllerConfig:
     listen: str = "127.0.0.1:50051"
+    store: str = ""
+    """A SQLite file of the conferences, or "memory" (lost when the controller stops)."""
     lease_ttl: float = 10.0
     daemon_timeout: float = 5.0
     grace: float = 5.0
@@ -24,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ControllerConfig()
     p = ENV_PREFIX
     add_server_arguments(parser, p, listen=d.listen, grace=d.grace)
+    parser.add_argument(
+        "--store", default=env(p, "STORE", str(default_state_dir() / "controller.sqlite3")),
+        help=f"where conferences live: a SQLite file (made on first start; its keys sealed under FILE.key "
+        f"beside it), or 'memory' to keep them only while the controller runs [{p}STORE, default %(default)s]",
+    )
     parser.add_argument(
         "--lease-ttl", type=float, default=float(env(p, "LEASE_TTL", d.lease_ttl)),
         help=f"seconds a media daemon's lease lasts without renewal [{p}LEASE_TTL, default %(default)s]",
@@ -37,8 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace) -> ControllerConfig:
     if args.lease_ttl <= 0:
         raise SystemExit("--lease-ttl must be positive")
+    if not args.store:
+        raise SystemExit("--store needs a SQLite file or 'memory'")
     return ControllerConfig(
         listen=args.listen,
+        store=args.store,
         lease_ttl=args.lease_ttl,
         daemon_timeout=args.daemon_timeout,
         grace=args.grace,

@@ -1,7 +1,8 @@
 """The controller process: ConferenceService and DaemonRegistry on one grpc.aio server, with
 health, reflection, structured logs and an ordered shutdown on SIGTERM or SIGINT:
 health NOT_SERVING -> watch streams end -> stop with grace -> conferences released on the
-daemons (the in-memory state would be lost anyway) -> daemon channels closed."""
+daemons (only with --store memory: that state would be lost anyway; a durable store keeps
+them for the next start, and media flows on meanwhile) -> daemon channels closed."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,8 @@ from controller.daemons import MediaDaemonClients
 from controller.events import EventHub
 from controller.registry import Registry
 from controller.service import ConferenceService, DaemonRegistryService
-from controller.store import MemoryStore
+from controller.sqlite_store import SqliteStore, StoreError
+from controller.store import ConferenceStore, MemoryStore
 
 log = logging.getLogger("controller")
 
@@ -28,10 +30,20 @@ SERVICE_NAMES = [
 ]
 
 
+def open_store(config: ControllerConfig) -> ConferenceStore:
+    if config.store == "memory":
+        return MemoryStore()
+    try:
+        return SqliteStore(config.store)
+    except StoreError as error:
+        raise SystemExit(f"charter controller: {error}") from None
+
+
 async def serve(config: ControllerConfig) -> None:
     registry = Registry(config.lease_ttl)
     daemons = MediaDaemonClients(config.daemon_timeout)
-    conferences = Conferences(MemoryStore(), registry, daemons, EventHub())
+    store = open_store(config)
+    conferences = Conferences(store, registry, daemons, EventHub())
 
     server = Server(config.listen, SERVICE_NAMES)
     server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, ConferenceService(conferences))
@@ -40,7 +52,8 @@ async def serve(config: ControllerConfig) -> None:
     stop = stop_event()
     port = await server.start()
     sweeper = asyncio.create_task(registry.sweep())
-    log.info("controller serving", extra={"listen": config.listen, "port": port, "lease_ttl": config.lease_ttl})
+    log.info("controller serving", extra={"listen": config.listen, "port": port, "lease_ttl": config.lease_ttl,
+                                          "store": config.store})
 
     await stop.wait()
     await server.stop_serving()
@@ -51,6 +64,7 @@ async def serve(config: ControllerConfig) -> None:
     sweeper.cancel()
     await asyncio.gather(sweeper, return_exceptions=True)
     await daemons.close()
+    store.close()
     log.info("controller stopped")
 
 

@@ -1,14 +1,15 @@
-"""Where conference state lives: a small interface, and its in-memory implementation.
+"""Where conference state lives: a small interface, and its in-memory implementation (the
+durable one is controller/sqlite_store.py).
 
 Everything the controller knows about a conference goes through ConferenceStore, so a shared
-implementation (Redis) can replace MemoryStore without touching the domain. Changes to one
+implementation (Redis) can replace these without touching the domain. Changes to one
 conference happen under `lock(conference_id)`: read, change, `put`.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,15 +40,13 @@ class ConferenceStore(Protocol):
     async def daemon_usage(self) -> dict[str, DaemonUsage]:
         """Conferences and endpoints (participants) placed on each daemon."""
         ...
+    def close(self) -> None: ...
 
 
-class MemoryStore:
-    """The embedded default: state in this process, lost when it stops."""
-
-    durable = False
+class ConferenceLocks:
+    """One asyncio lock per conference, for stores that one controller process owns."""
 
     def __init__(self) -> None:
-        self._conferences: dict[str, Conference] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         """Per conference: its lock and how many tasks hold it or wait for it."""
 
@@ -67,6 +66,17 @@ class MemoryStore:
                 del self._locks[conference_id]
             else:
                 self._locks[conference_id] = (lock, users - 1)
+
+
+class MemoryStore(ConferenceLocks):
+    """State in this process, lost when it stops (tests, and `charter controller --store
+    memory`)."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conferences: dict[str, Conference] = {}
 
     async def get(self, conference_id: str) -> Conference | None:
         return self._conferences.get(conference_id)
@@ -91,9 +101,16 @@ class MemoryStore:
         return sorted(self._conferences)
 
     async def daemon_usage(self) -> dict[str, DaemonUsage]:
-        usage: dict[str, list[int]] = {}
-        for conference in self._conferences.values():
-            counts = usage.setdefault(conference.daemon_id, [0, 0])
-            counts[0] += 1
-            counts[1] += len(conference.participants)
-        return {d: DaemonUsage(c, e) for d, (c, e) in usage.items()}
+        return usage_of(self._conferences.values())
+
+    def close(self) -> None:
+        pass
+
+
+def usage_of(conferences: Iterable[Conference]) -> dict[str, DaemonUsage]:
+    usage: dict[str, list[int]] = {}
+    for conference in conferences:
+        counts = usage.setdefault(conference.daemon_id, [0, 0])
+        counts[0] += 1
+        counts[1] += len(conference.participants)
+    return {d: DaemonUsage(c, e) for d, (c, e) in usage.items()}

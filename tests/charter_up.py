@@ -53,6 +53,8 @@ class CharterUp:
             media_ports,
             "--web-port",
             str(web_port),
+            "--state-dir",
+            str(workdir / "state"),
             "--log-format",
             "text",
             "--log-level",

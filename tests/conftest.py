@@ -31,6 +31,7 @@ LAYERS = {
     "in process: the controller's domain and pure modules": (
         "test_conference_", "test_placement.py", "test_registry.py", "test_store.py", "test_sdp.py",
         "test_rtcp_packets.py", "test_layers.py", "test_webrtc_sdp.py", "test_ice.py", "test_dtls.py",
+        "test_sqlite_store.py",
     ),
     "the forwarding core and its slow paths, RTCP and WebRTC (real sockets, one process)": (
         "test_forward_", "test_rtcp_router.py", "test_webrtc_transports.py", "test_publisher_reports.py",

@@ -161,11 +161,16 @@ def _start(name: str, argv: list[str], address: str, log_dir: Path) -> Process:
     return started
 
 
-def start_controller(log_dir: Path, *, lease_ttl: float = 10.0, port: int | None = None) -> Process:
+def start_controller(
+    log_dir: Path, *, lease_ttl: float = 10.0, port: int | None = None, store: str | None = None
+) -> Process:
+    """A controller; its conferences in `store`, a SQLite file, or in memory (the default:
+    stopping it ends its conferences and releases their endpoints)."""
     address = f"127.0.0.1:{port or free_port()}"
+    store = store or "memory"
     return _start(
         "controller",
-        ["-m", "controller", "--listen", address, "--lease-ttl", str(lease_ttl), "--grace", "2"],
+        ["-m", "controller", "--listen", address, "--store", store, "--lease-ttl", str(lease_ttl), "--grace", "2"],
         address,
         log_dir,
     )
@@ -254,9 +259,11 @@ def cluster(
     lease_ttl: float = 10.0,
     capacity: int = 0,
     check_exit: bool = True,
+    store: str | None = None,
 ) -> Iterator[Cluster]:
-    """A controller and `daemons` media daemons, each daemon registered before this yields."""
-    controller = start_controller(log_dir, lease_ttl=lease_ttl)
+    """A controller (its conferences in memory, or in the SQLite file `store`) and `daemons`
+    media daemons, each daemon registered before this yields."""
+    controller = start_controller(log_dir, lease_ttl=lease_ttl, store=store)
     started: list[Process] = []
     ranges: dict[str, tuple[int, int]] = {}
     try:

@@ -44,6 +44,8 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
         f"{first}-{last}",
         "--web-port",
         str(web_port),
+        "--state-dir",
+        str(tmp_path / "state"),
         "--log-format",
         "json",
     ]

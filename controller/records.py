@@ -1,0 +1,173 @@
+"""Conferences as plain JSON-able records, for a store that outlives the controller (the
+SQLite file, later Redis). One function each way per type; keys go through `seal` and
+`unseal`, so a store decides how they rest (sealed with a key of its own, never in clear).
+
+A record that does not read back raises RecordError naming the conference and the field:
+a store must not lose a conference silently."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from charter.endpoints import DtlsFingerprint
+from charter.subscriptions import Subscription
+from charter.suites import SrtpSuite
+from charter.tracks import Track
+from charter.webrtc_sdp import Route, Transport, parse_offer
+from controller.model import Conference, Participant, WebRtcSession
+
+RECORD_VERSION = 1
+"""Of the record layout below (the store's schema version is separate)."""
+
+Seal = Callable[[bytes], str]
+Unseal = Callable[[str], bytes]
+
+
+class RecordError(ValueError):
+    """A stored conference that cannot be read back."""
+
+
+def track_record(track: Track) -> dict[str, Any]:
+    return {"ssrc": track.ssrc, "kind": track.kind, "codec": track.codec, "payload_type": track.payload_type,
+            "clock_rate": track.clock_rate, "channels": track.channels, "name": track.name}
+
+
+def track_from(record: dict[str, Any]) -> Track:
+    return Track(int(record["ssrc"]), str(record["kind"]), str(record["codec"]), int(record["payload_type"]),
+                 int(record["clock_rate"]), int(record["channels"]), str(record["name"]))
+
+
+def _route_record(route: Route) -> dict[str, Any]:
+    return {"mid": route.mid, "publisher_id": route.publisher_id, "track": track_record(route.track),
+            "ssrc": route.ssrc, "payload_type": route.payload_type, "rtx_ssrc": route.rtx_ssrc,
+            "rtx_payload_type": route.rtx_payload_type, "active": route.active}
+
+
+def _route_from(record: dict[str, Any]) -> Route:
+    return Route(str(record["mid"]), str(record["publisher_id"]), track_from(record["track"]), int(record["ssrc"]),
+                 int(record["payload_type"]), int(record["rtx_ssrc"]), int(record["rtx_payload_type"]),
+                 bool(record["active"]))
+
+
+def _session_record(session: WebRtcSession) -> dict[str, Any]:
+    transport = session.transport
+    return {
+        "offer": session.offer.sdp,
+        "transport": {"ice_ufrag": transport.ice_ufrag, "ice_pwd": transport.ice_pwd,
+                      "fingerprint": [transport.fingerprint.algorithm, transport.fingerprint.value],
+                      "address": list(transport.address)},
+        "answer": session.answer,
+        "routes": [_route_record(r) for r in session.routes],
+        "version": session.version,
+        "outstanding": None if session.outstanding is None else [_route_record(r) for r in session.outstanding],
+        "outstanding_sdp": session.outstanding_sdp,
+        "answered": [_route_record(r) for r in session.answered],
+        "sdp": session.sdp,
+    }
+
+
+def _session_from(record: dict[str, Any]) -> WebRtcSession:
+    transport = record["transport"]
+    outstanding = record["outstanding"]
+    algorithm, value = transport["fingerprint"]
+    return WebRtcSession(
+        offer=parse_offer(str(record["offer"])),
+        transport=Transport(str(transport["ice_ufrag"]), str(transport["ice_pwd"]),
+                            DtlsFingerprint(str(algorithm), str(value)),
+                            (str(transport["address"][0]), int(transport["address"][1]))),
+        answer=str(record["answer"]),
+        routes=[_route_from(r) for r in record["routes"]],
+        version=int(record["version"]),
+        outstanding=None if outstanding is None else tuple(_route_from(r) for r in outstanding),
+        outstanding_sdp=str(record["outstanding_sdp"]),
+        answered=tuple(_route_from(r) for r in record["answered"]),
+        sdp=str(record["sdp"]),
+    )
+
+
+def _subscription_record(subscription: Subscription) -> dict[str, Any]:
+    return {"publisher_id": subscription.publisher_id, "track": track_record(subscription.track),
+            "ssrc": subscription.ssrc, "payload_type": subscription.payload_type,
+            "rtx_ssrc": subscription.rtx_ssrc, "rtx_payload_type": subscription.rtx_payload_type}
+
+
+def _subscription_from(record: dict[str, Any]) -> Subscription:
+    payload_type = record["payload_type"]
+    return Subscription(str(record["publisher_id"]), track_from(record["track"]), int(record["ssrc"]),
+                        None if payload_type is None else int(payload_type), int(record["rtx_ssrc"]),
+                        int(record["rtx_payload_type"]))
+
+
+def _participant_record(participant: Participant, seal: Seal) -> dict[str, Any]:
+    return {
+        "participant_id": participant.participant_id,
+        "display_name": participant.display_name,
+        "tracks": [track_record(t) for t in participant.tracks],
+        "suite": participant.suite.value,
+        "send_key": seal(participant.send_key) if participant.send_key else "",
+        "receive_key": seal(participant.receive_key) if participant.receive_key else "",
+        "receive_address": None if participant.receive_address is None else list(participant.receive_address),
+        "daemon_id": participant.daemon_id,
+        "endpoint_id": participant.endpoint_id,
+        "media_address": list(participant.media_address),
+        "joined_at": participant.joined_at,
+        "subscriptions": [_subscription_record(s) for s in participant.subscriptions.values()],
+        "webrtc": None if participant.webrtc is None else _session_record(participant.webrtc),
+    }
+
+
+def _participant_from(conference_id: str, record: dict[str, Any], unseal: Unseal) -> Participant:
+    receive_address = record["receive_address"]
+    subscriptions = [_subscription_from(s) for s in record["subscriptions"]]
+    session = record["webrtc"]
+    return Participant(
+        conference_id=conference_id,
+        participant_id=str(record["participant_id"]),
+        display_name=str(record["display_name"]),
+        tracks=tuple(track_from(t) for t in record["tracks"]),
+        suite=SrtpSuite(record["suite"]),
+        send_key=unseal(record["send_key"]) if record["send_key"] else b"",
+        receive_key=unseal(record["receive_key"]) if record["receive_key"] else b"",
+        receive_address=None if receive_address is None else (str(receive_address[0]), int(receive_address[1])),
+        daemon_id=str(record["daemon_id"]),
+        endpoint_id=str(record["endpoint_id"]),
+        media_address=(str(record["media_address"][0]), int(record["media_address"][1])),
+        joined_at=float(record["joined_at"]),
+        subscriptions={(s.publisher_id, s.track.ssrc): s for s in subscriptions},
+        webrtc=None if session is None else _session_from(session),
+    )
+
+
+def conference_record(conference: Conference, seal: Seal) -> dict[str, Any]:
+    return {
+        "record_version": RECORD_VERSION,
+        "conference_id": conference.conference_id,
+        "name": conference.name,
+        "daemon_id": conference.daemon_id,
+        "persistent": conference.persistent,
+        "created_at": conference.created_at,
+        "participants": [_participant_record(p, seal) for p in conference.participants.values()],
+        "sequence": conference.sequence,
+    }
+
+
+def conference_from(record: dict[str, Any], unseal: Unseal) -> Conference:
+    conference_id = str(record.get("conference_id", "?"))
+    try:
+        if record["record_version"] != RECORD_VERSION:
+            raise RecordError(f"record version {record['record_version']} (this controller reads {RECORD_VERSION})")
+        participants = [_participant_from(conference_id, p, unseal) for p in record["participants"]]
+        return Conference(
+            conference_id=conference_id,
+            name=str(record["name"]),
+            daemon_id=str(record["daemon_id"]),
+            persistent=bool(record["persistent"]),
+            created_at=float(record["created_at"]),
+            participants={p.participant_id: p for p in participants},
+            sequence=int(record["sequence"]),
+        )
+    except RecordError as error:
+        raise RecordError(f"conference {conference_id!r}: {error}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise RecordError(f"conference {conference_id!r} does not read back ({reason})") from None
