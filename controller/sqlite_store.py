@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from controller.model import Conference
 from controller.records import RecordError, conference_from, conference_record
-from controller.store import ConferenceLocks, DaemonUsage, usage_of
+from controller.store import LocalStore
 
 log = logging.getLogger("controller.store")
 
@@ -83,7 +83,7 @@ class SealingKey:
             raise RecordError(f"a key does not unseal with {self.path} (another store's key file?)") from None
 
 
-class SqliteStore(ConferenceLocks):
+class SqliteStore(LocalStore):
     durable = True
 
     def __init__(self, path: Path | str) -> None:
@@ -91,11 +91,7 @@ class SqliteStore(ConferenceLocks):
         self.path = Path(path)
         self._db = _open(self.path)
         self._key = SealingKey(self.path.with_name(self.path.name + ".key"))
-        self._conferences: dict[str, Conference] = {}
         self._load()
-
-    def close(self) -> None:
-        self._db.close()
 
     def _load(self) -> None:
         rows = self._db.execute("SELECT conference_id, record FROM conferences ORDER BY conference_id").fetchall()
@@ -121,16 +117,7 @@ class SqliteStore(ConferenceLocks):
     def _record(self, conference: Conference) -> str:
         return json.dumps(conference_record(conference, self._key.seal), separators=(",", ":"))
 
-    # --- ConferenceStore ------------------------------------------------------------------
-
-    async def get(self, conference_id: str) -> Conference | None:
-        return self._conferences.get(conference_id)
-
-    async def add(self, conference: Conference) -> bool:
-        if conference.conference_id in self._conferences:
-            return False
-        await self.put(conference)
-        return True
+    # --- ConferenceStore: reads from memory, writes through -------------------------------
 
     async def put(self, conference: Conference) -> None:
         self._write(
@@ -138,21 +125,14 @@ class SqliteStore(ConferenceLocks):
             "ON CONFLICT (conference_id) DO UPDATE SET daemon_id = excluded.daemon_id, record = excluded.record",
             conference.conference_id, conference.daemon_id, self._record(conference),
         )
-        self._conferences[conference.conference_id] = conference
+        await super().put(conference)
 
     async def delete(self, conference_id: str) -> None:
         self._write("DELETE FROM conferences WHERE conference_id = ?", conference_id)
-        self._conferences.pop(conference_id, None)
+        await super().delete(conference_id)
 
-    async def page(self, after: str = "", limit: int = 100) -> list[Conference]:
-        ids = sorted(i for i in self._conferences if i > after)[:limit]
-        return [self._conferences[i] for i in ids]
-
-    async def ids(self) -> list[str]:
-        return sorted(self._conferences)
-
-    async def daemon_usage(self) -> dict[str, DaemonUsage]:
-        return usage_of(self._conferences.values())
+    def close(self) -> None:
+        self._db.close()
 
 
 def _open(path: Path) -> sqlite3.Connection:

@@ -68,9 +68,9 @@ class ConferenceLocks:
                 self._locks[conference_id] = (lock, users - 1)
 
 
-class MemoryStore(ConferenceLocks):
-    """State in this process, lost when it stops (tests, and `charter controller --store
-    memory`)."""
+class LocalStore(ConferenceLocks):
+    """Conferences held in this process, read from memory: what one controller owns. A
+    subclass that persists them writes through in `add`, `put` and `delete`."""
 
     durable = False
 
@@ -84,7 +84,7 @@ class MemoryStore(ConferenceLocks):
     async def add(self, conference: Conference) -> bool:
         if conference.conference_id in self._conferences:
             return False
-        self._conferences[conference.conference_id] = conference
+        await self.put(conference)
         return True
 
     async def put(self, conference: Conference) -> None:
@@ -105,6 +105,11 @@ class MemoryStore(ConferenceLocks):
 
     def close(self) -> None:
         pass
+
+
+class MemoryStore(LocalStore):
+    """State in this process, lost when it stops (tests, and `charter controller --store
+    memory`)."""
 
 
 def usage_of(conferences: Iterable[Conference]) -> dict[str, DaemonUsage]:
