@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 from charter.addresses import Address
 from charter.endpoints import EndpointSpec, WebRtcTransport
-from charter.errors import AlreadyExists, CharterError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from charter.errors import (
+    AlreadyExists,
+    CharterError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from charter.subscriptions import Subscription, SubscriptionSpec
 from charter.suites import SrtpSuite, generate_key
 from charter.tracks import Track
@@ -225,7 +233,7 @@ class Conferences:
             for receiver_id, subscription in new_subscriptions:
                 receiver = conference.participants[receiver_id]
                 receiver.subscriptions[(subscription.publisher_id, subscription.track.ssrc)] = subscription
-            added: list[events.Body] = [events.ParticipantJoined(participant)]
+            added: list[events.Body] = [events.ParticipantJoined.of(participant)]
             for track in participant.tracks:
                 ssrcs = {
                     q.participant_id: q.subscriptions[(participant_id, track.ssrc)].ssrc
@@ -236,7 +244,7 @@ class Conferences:
             for receiver in conference.participants.values():
                 added += self._renegotiate(receiver)
             batch = self._number(conference, added)
-            await self.store.put(conference)
+            await self.store.put(conference, batch)
             self.hub.publish(conference.conference_id, batch)
             log.info(
                 "participant joined",
@@ -305,7 +313,7 @@ class Conferences:
             for other in conference.participants.values():
                 removed += self._renegotiate(other)
             batch = self._number(conference, removed)
-            await self.store.put(conference)
+            await self.store.put(conference, batch)
             self.hub.publish(conference_id, batch)
             log.info("participant left",
                      extra={"conference_id": conference_id, "participant_id": participant_id, "reason": reason})
@@ -352,7 +360,7 @@ class Conferences:
             session.answered, session.outstanding = session.outstanding, None
             session.sdp = session.outstanding_sdp
             batch = self._number(conference, self._renegotiate(participant))
-            await self.store.put(conference)
+            await self.store.put(conference, batch)
             self.hub.publish(conference_id, batch)
             log.info("offer answered", extra={"conference_id": conference_id, "participant_id": participant_id,
                                               "version": version, "routes_resumed": len(resume)})
@@ -400,35 +408,54 @@ class Conferences:
 
     # --- events --------------------------------------------------------------------------
 
-    async def watch(self, conference_id: str, participant_id: str) -> AsyncIterator[events.Event]:
+    async def watch(
+        self, conference_id: str, participant_id: str, after_sequence: int = 0
+    ) -> AsyncIterator[events.Event]:
+        """The conference's events: with `after_sequence`, every event numbered after it (a
+        stream that resumes: none lost, none twice), else its state now as initial events;
+        then each change."""
         async with self.store.lock(conference_id):
             conference = await self.get(conference_id)
             if participant_id:
                 self._participant(conference, participant_id)
-            now = self._clock()
-            initial: list[events.Event] = []
-            for p in conference.participants.values():
-                initial.append(events.Event(conference.sequence, now, events.ParticipantJoined(p), initial=True))
-            for p in conference.participants.values():
-                for track in p.tracks:
-                    ssrcs = {
-                        q.participant_id: q.subscriptions[(p.participant_id, track.ssrc)].ssrc
-                        for q in conference.participants.values()
-                        if (p.participant_id, track.ssrc) in q.subscriptions
-                    }
-                    body = events.TrackAdded(p.participant_id, track, ssrcs)
-                    initial.append(events.Event(conference.sequence, now, body, initial=True))
-            watching = conference.participants.get(participant_id)
-            session = watching.webrtc if watching is not None else None
-            if session is not None and session.outstanding is not None:
-                offer = events.SessionOffer(participant_id, session.outstanding_sdp, session.version)
-                initial.append(events.Event(conference.sequence, now, offer, initial=True))
-            watcher = self.hub.watch(conference_id, participant_id, initial)
+            if after_sequence:
+                if after_sequence > conference.sequence:
+                    raise InvalidArgument("after_sequence", f"is {after_sequence}; the conference's last event is "
+                                          f"{conference.sequence}")
+                missed = await self.store.events_after(conference_id, after_sequence)
+                if missed is None:
+                    raise FailedPrecondition(f"the events of conference {conference_id!r} after {after_sequence} "
+                                             "are no longer kept: watch again without after_sequence for its state")
+                watcher = self.hub.watch(conference_id, participant_id, missed)
+            else:
+                watcher = self.hub.watch(conference_id, participant_id, self._snapshot(conference, participant_id))
         try:
             async for event in watcher.events():
                 yield event
         finally:
             self.hub.unwatch(watcher)
+
+    def _snapshot(self, conference: Conference, participant_id: str) -> list[events.Event]:
+        """The conference as it is, as initial events (numbered with its last event's)."""
+        now = self._clock()
+        initial: list[events.Event] = []
+        for p in conference.participants.values():
+            initial.append(events.Event(conference.sequence, now, events.ParticipantJoined.of(p), initial=True))
+        for p in conference.participants.values():
+            for track in p.tracks:
+                ssrcs = {
+                    q.participant_id: q.subscriptions[(p.participant_id, track.ssrc)].ssrc
+                    for q in conference.participants.values()
+                    if (p.participant_id, track.ssrc) in q.subscriptions
+                }
+                body = events.TrackAdded(p.participant_id, track, ssrcs)
+                initial.append(events.Event(conference.sequence, now, body, initial=True))
+        watching = conference.participants.get(participant_id)
+        session = watching.webrtc if watching is not None else None
+        if session is not None and session.outstanding is not None:
+            offer = events.SessionOffer(participant_id, session.outstanding_sdp, session.version)
+            initial.append(events.Event(conference.sequence, now, offer, initial=True))
+        return initial
 
     # --- reconciliation ------------------------------------------------------------------
 

@@ -24,7 +24,16 @@ WATCHER_BACKLOG = 10_000
 
 @dataclass(frozen=True)
 class ParticipantJoined:
-    participant: Participant
+    """What every watcher is told of a participant (not its keys or routes)."""
+
+    participant_id: str
+    display_name: str
+    tracks: tuple[Track, ...]
+    joined_at: float
+
+    @classmethod
+    def of(cls, participant: Participant) -> ParticipantJoined:
+        return cls(participant.participant_id, participant.display_name, participant.tracks, participant.joined_at)
 
 
 @dataclass(frozen=True)

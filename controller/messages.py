@@ -105,7 +105,7 @@ def load_to_proto(load: DaemonLoad) -> pb.DaemonLoad:
     )
 
 
-def summary_to_proto(p: Participant) -> pb.ParticipantSummary:
+def summary_to_proto(p: Participant | events.ParticipantJoined) -> pb.ParticipantSummary:
     return pb.ParticipantSummary(
         participant_id=p.participant_id,
         display_name=p.display_name,
@@ -155,7 +155,7 @@ def event_to_proto(event: events.Event, watcher_id: str) -> pb.ConferenceEvent:
     message = pb.ConferenceEvent(sequence=event.sequence, time=timestamp(event.time), initial=event.initial)
     body = event.body
     if isinstance(body, events.ParticipantJoined):
-        message.participant_joined.participant.CopyFrom(summary_to_proto(body.participant))
+        message.participant_joined.participant.CopyFrom(summary_to_proto(body))
     elif isinstance(body, events.ParticipantLeft):
         message.participant_left.participant_id = body.participant_id
         message.participant_left.reason = body.reason

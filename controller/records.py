@@ -1,4 +1,4 @@
-"""Conferences as plain JSON-able records, for a store that outlives the controller (the
+"""Conferences and their events as plain JSON-able records, for a store that outlives the controller (the
 SQLite file, later Redis). One function each way per type; keys go through `seal` and
 `unseal`, so a store decides how they rest (sealed with a key of its own, never in clear).
 
@@ -14,6 +14,16 @@ from charter.subscriptions import Subscription
 from charter.suites import SrtpSuite
 from charter.tracks import Track
 from charter.webrtc_sdp import Route, Transport, parse_offer
+from controller.events import (
+    Body,
+    ConferenceEnded,
+    Event,
+    ParticipantJoined,
+    ParticipantLeft,
+    SessionOffer,
+    TrackAdded,
+    TrackRemoved,
+)
 from controller.model import Conference, Participant, WebRtcSession
 
 RECORD_VERSION = 1
@@ -171,3 +181,44 @@ def conference_from(record: dict[str, Any], unseal: Unseal) -> Conference:
     except (KeyError, TypeError, ValueError, IndexError) as error:
         reason = f"{type(error).__name__}: {error}"
         raise RecordError(f"conference {conference_id!r} does not read back ({reason})") from None
+
+
+def event_record(event: Event) -> dict[str, Any]:
+    body = event.body
+    record: dict[str, Any] = {"sequence": event.sequence, "time": event.time, "kind": type(body).__name__}
+    if isinstance(body, ParticipantJoined):
+        record.update(participant_id=body.participant_id, display_name=body.display_name,
+                      tracks=[track_record(t) for t in body.tracks], joined_at=body.joined_at)
+    elif isinstance(body, ParticipantLeft):
+        record.update(participant_id=body.participant_id, reason=body.reason)
+    elif isinstance(body, TrackAdded | TrackRemoved):
+        record.update(publisher_id=body.publisher_id, track=track_record(body.track), ssrcs=body.ssrcs)
+    elif isinstance(body, ConferenceEnded):
+        record.update(reason=body.reason)
+    else:
+        record.update(participant_id=body.participant_id, sdp=body.sdp, version=body.version)
+    return record
+
+
+def event_from(record: dict[str, Any]) -> Event:
+    try:
+        kind = record["kind"]
+        body: Body
+        if kind == "ParticipantJoined":
+            body = ParticipantJoined(str(record["participant_id"]), str(record["display_name"]),
+                                     tuple(track_from(t) for t in record["tracks"]), float(record["joined_at"]))
+        elif kind == "ParticipantLeft":
+            body = ParticipantLeft(str(record["participant_id"]), str(record["reason"]))
+        elif kind in ("TrackAdded", "TrackRemoved"):
+            made = TrackAdded if kind == "TrackAdded" else TrackRemoved
+            body = made(str(record["publisher_id"]), track_from(record["track"]),
+                        {str(k): int(v) for k, v in record["ssrcs"].items()})
+        elif kind == "ConferenceEnded":
+            body = ConferenceEnded(str(record["reason"]))
+        elif kind == "SessionOffer":
+            body = SessionOffer(str(record["participant_id"]), str(record["sdp"]), int(record["version"]))
+        else:
+            raise RecordError(f"an event of an unknown kind {kind!r}")
+        return Event(int(record["sequence"]), float(record["time"]), body)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise RecordError(f"an event does not read back ({type(error).__name__}: {error})") from None

@@ -150,7 +150,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     ) -> AsyncIterator[pb.ConferenceEvent]:
         conference_id = m.parse_id("conference_id", request.conference_id)
         watcher_id = m.parse_id("participant_id", request.participant_id, required=False)
-        async for event in self.conferences.watch(conference_id, watcher_id):
+        async for event in self.conferences.watch(conference_id, watcher_id, request.after_sequence):
             body = event.body
             if isinstance(body, events.SessionOffer) and body.participant_id != watcher_id:
                 continue  # an offer is for its participant's eyes only

@@ -25,19 +25,21 @@ import logging
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from controller.events import Event
 from controller.model import Conference
-from controller.records import RecordError, conference_from, conference_record
-from controller.store import LocalStore
+from controller.records import RecordError, conference_from, conference_record, event_from, event_record
+from controller.store import EVENTS_KEPT, LocalStore
 
 log = logging.getLogger("controller.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x43485254  # "CHRT": tells a Charter state file from any SQLite file
 NONCE = 12
 
@@ -45,6 +47,11 @@ NONCE = 12
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "CREATE TABLE conferences (conference_id TEXT PRIMARY KEY, daemon_id TEXT NOT NULL, record TEXT NOT NULL)",
+    ),
+    # Events, for watch streams that resume from a sequence number.
+    2: (
+        "CREATE TABLE events (conference_id TEXT NOT NULL, sequence INTEGER NOT NULL, record TEXT NOT NULL, "
+        "PRIMARY KEY (conference_id, sequence))",
     ),
 }
 
@@ -102,13 +109,24 @@ class SqliteStore(LocalStore):
                 raise StoreError(f"{self.path}: {error}; the file was kept as it is: restore it from a backup, "
                                  f"or move it away to start empty") from None
             self._conferences[conference_id] = conference
+            kept = self._db.execute(
+                "SELECT record FROM events WHERE conference_id = ? ORDER BY sequence DESC LIMIT ?",
+                (conference_id, EVENTS_KEPT)).fetchall()
+            try:
+                events = [event_from(json.loads(text)) for (text,) in reversed(kept)]
+            except (RecordError, json.JSONDecodeError) as error:
+                raise StoreError(f"{self.path}: conference {conference_id!r}: {error}; the file was kept as it is: "
+                                 "restore it from a backup, or move it away to start empty") from None
+            self._events[conference_id] = deque(events, maxlen=EVENTS_KEPT)
         if rows:
             log.info("conferences loaded", extra={"path": str(self.path), "conferences": len(rows)})
 
-    def _write(self, sql: str, *parameters: object) -> None:
+    def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        """All or nothing, committed when this returns."""
         try:
             with transaction(self._db):
-                self._db.execute(sql, parameters)
+                for sql, parameters in statements:
+                    self._db.execute(sql, parameters)
         except sqlite3.Error as error:
             # Disk full, file gone read-only: the RPC fails (INTERNAL) and the state in memory
             # is put back by the caller's own error path; nothing is half-written.
@@ -119,16 +137,26 @@ class SqliteStore(LocalStore):
 
     # --- ConferenceStore: reads from memory, writes through -------------------------------
 
-    async def put(self, conference: Conference) -> None:
-        self._write(
+    async def put(self, conference: Conference, events: Sequence[Event] = ()) -> None:
+        conference_id = conference.conference_id
+        statements: list[tuple[str, tuple[object, ...]]] = [(
             "INSERT INTO conferences (conference_id, daemon_id, record) VALUES (?, ?, ?) "
             "ON CONFLICT (conference_id) DO UPDATE SET daemon_id = excluded.daemon_id, record = excluded.record",
-            conference.conference_id, conference.daemon_id, self._record(conference),
-        )
-        await super().put(conference)
+            (conference_id, conference.daemon_id, self._record(conference)),
+        )]
+        for event in events:
+            record = json.dumps(event_record(event), separators=(",", ":"))
+            statements.append(("INSERT OR REPLACE INTO events (conference_id, sequence, record) VALUES (?, ?, ?)",
+                               (conference_id, event.sequence, record)))
+        if events:
+            statements.append(("DELETE FROM events WHERE conference_id = ? AND sequence <= ?",
+                               (conference_id, events[-1].sequence - EVENTS_KEPT)))
+        self._write(statements)
+        await super().put(conference, events)
 
     async def delete(self, conference_id: str) -> None:
-        self._write("DELETE FROM conferences WHERE conference_id = ?", conference_id)
+        self._write([("DELETE FROM conferences WHERE conference_id = ?", (conference_id,)),
+                     ("DELETE FROM events WHERE conference_id = ?", (conference_id,))])
         await super().delete(conference_id)
 
     def close(self) -> None:

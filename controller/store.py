@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from controller.events import Event
 from controller.model import Conference
+
+EVENTS_KEPT = 1024
+"""Events kept per conference for watch streams that resume (WatchConferenceRequest.after_sequence)."""
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,14 @@ class ConferenceStore(Protocol):
     async def add(self, conference: Conference) -> bool:
         """Store a new conference; False if its id is taken."""
         ...
-    async def put(self, conference: Conference) -> None: ...
+    async def put(self, conference: Conference, events: Sequence[Event] = ()) -> None:
+        """Store the conference as it is now, with the events of the change (numbered)."""
+        ...
     async def delete(self, conference_id: str) -> None: ...
+    async def events_after(self, conference_id: str, sequence: int) -> list[Event] | None:
+        """Its events numbered after `sequence`, oldest first (the last EVENTS_KEPT are
+        kept); None when some of them are no longer kept."""
+        ...
     async def page(self, after: str = "", limit: int = 100) -> list[Conference]:
         """Conferences with an id greater than `after`, by id."""
         ...
@@ -77,6 +88,7 @@ class LocalStore(ConferenceLocks):
     def __init__(self) -> None:
         super().__init__()
         self._conferences: dict[str, Conference] = {}
+        self._events: dict[str, deque[Event]] = {}
 
     async def get(self, conference_id: str) -> Conference | None:
         return self._conferences.get(conference_id)
@@ -87,11 +99,23 @@ class LocalStore(ConferenceLocks):
         await self.put(conference)
         return True
 
-    async def put(self, conference: Conference) -> None:
+    async def put(self, conference: Conference, events: Sequence[Event] = ()) -> None:
         self._conferences[conference.conference_id] = conference
+        if events:
+            self._events.setdefault(conference.conference_id, deque(maxlen=EVENTS_KEPT)).extend(events)
 
     async def delete(self, conference_id: str) -> None:
         self._conferences.pop(conference_id, None)
+        self._events.pop(conference_id, None)
+
+    async def events_after(self, conference_id: str, sequence: int) -> list[Event] | None:
+        conference = self._conferences.get(conference_id)
+        if conference is None or sequence >= conference.sequence:
+            return []
+        kept = self._events.get(conference_id, deque())
+        if not kept or kept[0].sequence > sequence + 1:
+            return None
+        return [e for e in kept if e.sequence > sequence]
 
     async def page(self, after: str = "", limit: int = 100) -> list[Conference]:
         ids = sorted(i for i in self._conferences if i > after)[:limit]

@@ -78,9 +78,9 @@ class World:
     async def conference(self, conference_id: str) -> Conference:
         return await self.conferences.get(conference_id)
 
-    async def watch(self, conference_id: str, participant_id: str = "") -> Watch:
-        """A watch of the conference (as this participant), started."""
-        return await Watch.start(self.conferences, conference_id, participant_id)
+    async def watch(self, conference_id: str, participant_id: str = "", after_sequence: int = 0) -> Watch:
+        """A watch of the conference (as this participant; resumed after an event), started."""
+        return await Watch.start(self.conferences, conference_id, participant_id, after_sequence)
 
 
 def two_daemons(**options: Any) -> tuple[World, DaemonDouble, DaemonDouble]:
@@ -144,7 +144,7 @@ def summary(event: events.Event) -> tuple[Any, ...]:
     """An event as a comparable tuple (without its sequence and time)."""
     body = event.body
     if isinstance(body, events.ParticipantJoined):
-        return ("joined", body.participant.participant_id)
+        return ("joined", body.participant_id)
     if isinstance(body, events.ParticipantLeft):
         return ("left", body.participant_id)
     if isinstance(body, events.TrackAdded):
@@ -158,21 +158,29 @@ def summary(event: events.Event) -> tuple[Any, ...]:
 class Watch:
     """A WatchConference stream read in the background into `events`."""
 
-    def __init__(self, conferences: Conferences, conference_id: str, participant_id: str = "") -> None:
+    def __init__(
+        self, conferences: Conferences, conference_id: str, participant_id: str = "", after_sequence: int = 0
+    ) -> None:
         self.events: list[events.Event] = []
         self.error: CharterError | None = None
         self.ended = False
-        self._task = asyncio.get_running_loop().create_task(self._read(conferences, conference_id, participant_id))
+        self._task = asyncio.get_running_loop().create_task(
+            self._read(conferences, conference_id, participant_id, after_sequence)
+        )
 
     @classmethod
-    async def start(cls, conferences: Conferences, conference_id: str, participant_id: str = "") -> Watch:
-        watch = cls(conferences, conference_id, participant_id)
+    async def start(
+        cls, conferences: Conferences, conference_id: str, participant_id: str = "", after_sequence: int = 0
+    ) -> Watch:
+        watch = cls(conferences, conference_id, participant_id, after_sequence)
         await settle()
         return watch
 
-    async def _read(self, conferences: Conferences, conference_id: str, participant_id: str) -> None:
+    async def _read(
+        self, conferences: Conferences, conference_id: str, participant_id: str, after_sequence: int
+    ) -> None:
         try:
-            async for event in conferences.watch(conference_id, participant_id):
+            async for event in conferences.watch(conference_id, participant_id, after_sequence):
                 self.events.append(event)
         except CharterError as error:
             self.error = error

@@ -4,9 +4,10 @@ controller.conferences.Conferences driven in one process (tests/conference_world
 
 from __future__ import annotations
 
-from charter.errors import NotFound
+from charter.errors import FailedPrecondition, InvalidArgument, NotFound
 from conference_world import audio, conference_with_a, one_conference, run, settle, summary, video
 from controller import messages
+from controller.store import EVENTS_KEPT
 
 
 def test_join_events_tell_each_receiver_its_ssrc() -> None:
@@ -101,5 +102,46 @@ def test_a_watch_of_an_unknown_conference_or_participant_is_not_found() -> None:
         ]:
             watch = await w.watch(conference_id, participant_id)
             assert watch.ended and isinstance(watch.error, NotFound) and message in str(watch.error)
+
+    run(scenario)
+
+
+def test_a_watch_resumed_after_an_event_gets_every_later_one_once() -> None:
+    async def scenario() -> None:
+        w, _, _ = await conference_with_a()
+        first = await w.watch("c")
+        await w.join("c", "b", audio(2))
+        await settle()
+        seen = first.events[-1].sequence
+        await first.close()  # the stream breaks here
+        await w.join("c", "d", video(4))  # ... and these happen meanwhile
+        await w.conferences.leave("c", "b")
+        resumed = await w.watch("c", after_sequence=seen)
+        await w.join("c", "e", audio(5))
+        await settle()
+        sequences = [e.sequence for e in resumed.events]
+        assert sequences == list(range(seen + 1, (await w.conference("c")).sequence + 1)), "none lost, none twice"
+        assert not any(e.initial for e in resumed.events)
+        assert resumed.summaries()[:2] == [("joined", "d"), ("track added", "d", 4, resumed.summaries()[1][3])]
+        assert ("left", "b") in resumed.summaries() and resumed.summaries()[-2] == ("joined", "e")
+        await resumed.close()
+
+    run(scenario)
+
+
+def test_a_watch_cannot_resume_from_the_future_or_from_events_no_longer_kept() -> None:
+    async def scenario() -> None:
+        w, _, _ = await conference_with_a()
+        last = (await w.conference("c")).sequence
+        future = await w.watch("c", after_sequence=last + 1)
+        assert isinstance(future.error, InvalidArgument) and "after_sequence" in str(future.error)
+        for i in range(EVENTS_KEPT // 2 + 1):  # two events per join and leave
+            await w.join("c", f"p{i}")
+            await w.conferences.leave("c", f"p{i}")
+        gone = await w.watch("c", after_sequence=1)
+        assert isinstance(gone.error, FailedPrecondition) and "no longer kept" in str(gone.error)
+        kept = await w.watch("c", after_sequence=(await w.conference("c")).sequence - 3)
+        assert kept.error is None and len(kept.events) == 3
+        await kept.close()
 
     run(scenario)

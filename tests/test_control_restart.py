@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 from pathlib import Path
+
+import grpc
 
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import mediad_pb2
@@ -20,6 +23,14 @@ LEASE = 3.0
 
 def received_from(peer: Peer, publisher: str) -> int:
     return sum(n for (who, _, _), n in peer.counts().items() if who == publisher)
+
+
+def read_until_broken(stream: object, into: list[pb.ConferenceEvent]) -> None:
+    try:
+        for event in stream:  # type: ignore[attr-defined]
+            into.append(event)
+    except grpc.RpcError:
+        pass  # the controller went away
 
 
 def more_media(alice: Peer, bob: Peer) -> None:
@@ -51,10 +62,17 @@ def test_a_killed_controller_restarts_with_every_conference_and_media_never_stop
                 pb.GetParticipantRequest(conference_id="durable", participant_id=p.participant_id), timeout=10)
                 for p in peers}
             exchange(peers, lambda: received_from(alice, "bob") >= 3 and received_from(bob, "alice") >= 3)
+            watched: list[pb.ConferenceEvent] = []
+            watch = api.WatchConference(pb.WatchConferenceRequest(conference_id="durable"), timeout=60)
+            reader = threading.Thread(target=read_until_broken, args=(watch, watched))
+            reader.start()
+            wait_until(lambda: len(watched) >= 4, what="the watch's initial events")
 
             port = int(charter.controller.address.rsplit(":", 1)[1])
             charter.controller.signal(signal.SIGKILL)
             assert charter.controller.process.wait(10) == -signal.SIGKILL
+            reader.join(10)
+            seen = watched[-1].sequence
             # The controller is gone: media goes on between the participants and the daemon.
             more_media(alice, bob)
 
@@ -71,10 +89,17 @@ def test_a_killed_controller_restarts_with_every_conference_and_media_never_stop
             assert sorted(e.endpoint_id for e in endpoints.endpoints) == ["durable/alice", "durable/bob"]
             more_media(alice, bob)
 
-            # And the restarted controller changes it as before.
+            # And the restarted controller changes it as before; the broken watch resumes after
+            # the last event it saw: what happened since, once each, then what happens next.
             api.Leave(pb.LeaveRequest(conference_id="durable", participant_id="bob"), timeout=10)
             assert [p.participant_id for p in api.GetConference(
                 pb.GetConferenceRequest(conference_id="durable"), timeout=10).participants] == ["alice"]
+            resumed = api.WatchConference(
+                pb.WatchConferenceRequest(conference_id="durable", after_sequence=seen), timeout=20)
+            missed = [next(resumed), next(resumed)]
+            resumed.cancel()
+            assert [e.sequence for e in missed] == [seen + 1, seen + 2] and not any(e.initial for e in missed)
+            assert missed[0].track_removed.publisher_id == "bob" and missed[1].participant_left.participant_id == "bob"
         finally:
             for peer in peers:
                 peer.close()

@@ -18,9 +18,10 @@ from charter.subscriptions import Subscription
 from charter.suites import SrtpSuite, generate_key
 from charter.tracks import Track
 from charter.webrtc_sdp import Route, Transport, parse_offer, render_answer
+from controller.events import Event, ParticipantLeft, TrackAdded
 from controller.model import Conference, Participant, WebRtcSession
 from controller.sqlite_store import SCHEMA_VERSION, SqliteStore, StoreError
-from controller.store import MemoryStore
+from controller.store import EVENTS_KEPT, MemoryStore
 
 DATA = Path(__file__).with_name("data")
 VP8 = Track(1111, "video", "VP8", 96, 90000, name="cam")
@@ -161,3 +162,43 @@ def test_both_stores_keep_the_same_contract(kind: str, tmp_path: Path) -> None:
     assert run(store.ids()) == ["a", "c"] and run(store.get("b")) is None
     assert run(store.daemon_usage())["d1"].conferences == 2
     store.close()
+
+
+def test_events_outlive_a_restart_and_only_the_last_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "controller.sqlite3"
+    store = SqliteStore(path)
+    conference = Conference("ev", "", "d1", persistent=False, created_at=0.0)
+    for n in range(1, EVENTS_KEPT + 11):
+        conference.sequence = n
+        run(store.put(conference, [Event(n, float(n), ParticipantLeft(f"p{n}"))]))
+    run(store.put(conference, [Event(EVENTS_KEPT + 11, 1.0, TrackAdded("x", VP8, {"y": 5}))]))
+    conference.sequence = EVENTS_KEPT + 11
+    run(store.put(conference))
+    store.close()
+    again = SqliteStore(path)
+    assert run(again.events_after("ev", 5)) is None, "the first ten are no longer kept"
+    tail = run(again.events_after("ev", EVENTS_KEPT + 9))
+    assert [e.sequence for e in tail] == [EVENTS_KEPT + 10, EVENTS_KEPT + 11]
+    assert tail[1].body == TrackAdded("x", VP8, {"y": 5})
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == EVENTS_KEPT
+    run(again.delete("ev"))
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def test_a_file_of_schema_1_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "controller.sqlite3"
+    SqliteStore(path).close()
+    written = Conference("old", "", "d1", persistent=True, created_at=0.0)
+    store = SqliteStore(path)
+    run(store.put(written))
+    store.close()
+    with sqlite3.connect(path) as db:  # what a controller of schema 1 left
+        db.execute("DROP TABLE events")
+        db.execute("PRAGMA user_version=1")
+    migrated = SqliteStore(path)
+    assert run(migrated.get("old")) == written
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
