@@ -1,7 +1,8 @@
 """`charter up`: the embedded default. Starts the controller, N media daemons and the web
 gateway (`charter web`, the page for browsers) on this machine as child processes, waits
 until each is ready (gRPC health SERVING; the gateway's /healthz), prints where they are,
-and on Ctrl-C or SIGTERM stops them in order: the gateway first (its browsers leave), then
+starts again any that dies (after 0.5 s, doubling up to 30 s while it keeps dying within a
+minute of its start), and on Ctrl-C or SIGTERM stops them in order: the gateway first (its browsers leave), then
 the controller (its conferences stay in its SQLite file under --state-dir for the next
 start), then the daemons; exits 0 when every child exited 0."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,10 @@ from charter.serving import stop_event, wait_serving
 log = logging.getLogger("cli.up")
 
 STOP_TIMEOUT = 30.0
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+STEADY = 60.0
+"""A child that ran this long before it died is restarted at once again (its backoff resets)."""
 
 
 @dataclass
@@ -34,9 +40,24 @@ class Child:
     http_health: str = ""
     """Ready when this URL answers 200 (the web gateway), instead of gRPC health at grpc_address."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = 0.0
+    restart_at: float | None = None
+    """When a child that died is started again (monotonic); None while it runs."""
 
     def start(self) -> None:
         self.process = processes.start(self.argv)
+        self.started_at = time.monotonic()
+
+    def died(self, code: int) -> float:
+        """It exited by itself: schedule its restart; the delay (doubling while it keeps
+        dying young, from FIRST_BACKOFF to MAX_BACKOFF)."""
+        now = time.monotonic()
+        young = now - self.started_at < STEADY
+        self.backoff = min(MAX_BACKOFF, self.backoff * 2) if young and self.backoff else FIRST_BACKOFF
+        self.restart_at = now + self.backoff
+        return self.backoff
 
     @property
     def pid(self) -> int:
@@ -46,12 +67,16 @@ class Child:
         return self.process.poll() if self.process else 0
 
     async def stop(self, timeout: float) -> int:
-        """SIGTERM, wait; SIGKILL if it does not exit in time. Returns the exit code."""
-        if self.process is None:
+        """SIGTERM, wait; SIGKILL if it does not exit in time. Returns the exit code (0 for
+        one that died and waits to be started again: its death was logged then)."""
+        if self.process is None or self.restart_at is not None:
             return 0
         code = await processes.stop_async(self.process, timeout)
         if code == -signal.SIGKILL:
             log.error(f"{self.name} did not stop within {timeout:.0f} s: killed it")
+        if code == -signal.SIGTERM:
+            # Stopped as asked, while it was starting: before its shutdown handler was set up.
+            return 0
         return code
 
 
@@ -160,12 +185,20 @@ async def up(args: argparse.Namespace) -> int:
                 await _wait_ready(web, stop)
             _print_summary(controller, daemons, web)
         while not stop.is_set():
+            # A child that dies is started again: the controller finds its conferences in its
+            # store, a daemon registers again and gets its conferences back.
+            now = time.monotonic()
             for child in children:
-                code = child.exited()
-                if code is not None:
-                    log.error(f"{child.name} exited with code {code}: stopping everything")
-                    failed = True
-                    stop.set()
+                if child.restart_at is None:
+                    code = child.exited()
+                    if code is not None:
+                        delay = child.died(code)
+                        log.error(f"{child.name} exited with code {code}: starting it again in {delay:.1f} s")
+                elif now >= child.restart_at:
+                    child.restart_at = None
+                    child.restarts += 1
+                    child.start()
+                    log.warning(f"{child.name} started again", extra={"pid": child.pid, "restarts": child.restarts})
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:

@@ -94,6 +94,7 @@ def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
         os.environ,
         CHARTER_CONTROLLER_LISTEN=controller_address,
         CHARTER_CONTROLLER_LOG_FORMAT="json",
+        CHARTER_CONTROLLER_STORE=str(tmp_path / "controller.sqlite3"),
         CHARTER_MEDIAD_LISTEN=mediad_address,
         CHARTER_MEDIAD_CONTROLLER=controller_address,
         CHARTER_MEDIAD_DAEMON_ID="from-env",
@@ -125,3 +126,35 @@ def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
         assert entries and all(e["service"] == service and e["level"] and e["time"] and e["message"] for e in entries)
     serving = next(e for e in entries if e["message"] == "media daemon serving")
     assert serving["daemon_id"] == "from-env" and serving["ports"] == f"{first}-{last}"
+
+
+def test_charter_up_starts_a_daemon_that_died_again(tmp_path: Path) -> None:
+    controller_port = free_port()
+    first, last = free_udp_range(20)
+    argv = [*charter_command(), "up", "--daemons", "2", "--controller-port", str(controller_port), "--mediad-port",
+            str(free_tcp_ports(2)), "--ports", f"{first}-{last}", "--web-port", "0", "--lease-ttl", "3",
+            "--state-dir", str(tmp_path / "state"), "--log-format", "json"]
+    log = tmp_path / "up.log"
+    up = start_logged(argv, log)
+    try:
+        wait_until(lambda: "Charter is up" in log.read_text() or up.poll() is not None, timeout=60, what="charter up")
+        (line,) = [line for line in log.read_text().splitlines() if line.strip().startswith("mediad-0 ")]
+        pid = int(line.split(" pid ")[1].split()[0])
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: "mediad-0 started again" in log.read_text(), timeout=30, what="the daemon to start again")
+        assert up.poll() is None, "charter up keeps running"
+
+        def registered_again() -> bool:
+            return any("daemon registered again" in line and '"mediad-0"' in line for line in log.read_text().splitlines())
+
+        wait_until(registered_again, timeout=30, what="the restarted daemon to register again")
+        with grpc.insecure_channel(f"127.0.0.1:{controller_port}") as channel:
+            daemons = controller_pb2_grpc.DaemonRegistryStub(channel).ListDaemons(pb.ListDaemonsRequest(), timeout=10)
+            assert {d.daemon.daemon_id for d in daemons.daemons} == {"mediad-0", "mediad-1"}
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert "mediad-0 exited with code -9: starting it again in 0.5 s" in log.read_text()
