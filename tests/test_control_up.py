@@ -145,7 +145,8 @@ def test_charter_up_starts_a_daemon_that_died_again(tmp_path: Path) -> None:
         assert up.poll() is None, "charter up keeps running"
 
         def registered_again() -> bool:
-            return any("daemon registered again" in line and '"mediad-0"' in line for line in log.read_text().splitlines())
+            lines = log.read_text().splitlines()
+            return any("daemon registered again" in line and '"mediad-0"' in line for line in lines)
 
         wait_until(registered_again, timeout=30, what="the restarted daemon to register again")
         with grpc.insecure_channel(f"127.0.0.1:{controller_port}") as channel:
