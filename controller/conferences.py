@@ -4,12 +4,14 @@ happens under its lock and publishes its events before the lock is released."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from charter.addresses import Address
 from charter.endpoints import EndpointSpec, WebRtcTransport
@@ -102,6 +104,7 @@ class Conferences:
         self.daemons = daemons
         self.hub = hub
         self._clock = clock
+        self._background: set[asyncio.Task[object]] = set()
 
     # --- conferences ---------------------------------------------------------------------
 
@@ -180,7 +183,6 @@ class Conferences:
             # A browser's keys come from DTLS, so it has no SDES keys.
             send_key = b"" if offer else spec.send_key or generate_key(suite)
             receive_key = b"" if offer else generate_key(suite)
-            ice_ufrag, ice_pwd = new_ice_credentials()
             ep_id = endpoint_id(conference.conference_id, participant_id)
             participant = Participant(
                 conference_id=conference.conference_id,
@@ -197,37 +199,7 @@ class Conferences:
                 joined_at=self._clock(),
             )
             routes, new_subscriptions = self._assign(conference, participant, offer)
-            endpoint = EndpointSpec(
-                endpoint_id=ep_id,
-                conference_id=conference.conference_id,
-                suite=suite,
-                rx_key=send_key,
-                tx_key=receive_key,
-                remote=spec.receive_address,
-                tracks=participant.tracks,
-                subscriptions=tuple(routes),
-                webrtc=WebRtcTransport(ice_ufrag, ice_pwd, offer.ice_ufrag, offer.fingerprints) if offer else None,
-            )
-
-            # One call: the daemon makes the endpoint, its tracks and every route to and from
-            # it together or not at all. Replacing a leftover is safe: this runs under the
-            # conference's lock and no participant owns ep_id.
-            try:
-                if offer is None:
-                    port = await client.create_endpoint(endpoint, replace=True)
-                else:
-                    port, fingerprint = await client.create_webrtc_endpoint(endpoint, replace=True)
-                    transport = Transport(ice_ufrag, ice_pwd, fingerprint, (record.info.media_ip, port))
-                    participant.webrtc = WebRtcSession(offer, transport, render_answer(offer, transport))
-            except Unavailable:
-                # The daemon may have made it before the answer was lost: do not leave it.
-                await self._delete_quietly(client, ep_id)
-                raise
-            except asyncio.CancelledError:
-                # The caller went away mid-call; the daemon may have made the endpoint anyway.
-                await asyncio.shield(self._delete_quietly(client, ep_id))
-                raise
-            participant.media_address = (record.info.media_ip, port)
+            await self._make_endpoint(client, record, participant, routes, offer)
 
             conference.participants[participant_id] = participant
             for receiver_id, subscription in new_subscriptions:
@@ -252,11 +224,54 @@ class Conferences:
                     "conference_id": conference.conference_id,
                     "participant_id": participant_id,
                     "daemon_id": record.info.daemon_id,
-                    "port": port,
+                    "port": participant.media_address[1],
                     "tracks": len(participant.tracks),
                 },
             )
             return participant
+
+    async def _make_endpoint(
+        self,
+        client: DaemonClient,
+        record: DaemonRecord,
+        participant: Participant,
+        routes: list[SubscriptionSpec],
+        offer: BrowserOffer | None,
+    ) -> None:
+        """The participant's endpoint on the daemon of `record`, with its tracks and `routes`
+        (one call: all together or nothing); sets its media address and, for a browser
+        (`offer`), its session with Charter's answer."""
+        ice_ufrag, ice_pwd = new_ice_credentials()
+        endpoint = EndpointSpec(
+            endpoint_id=participant.endpoint_id,
+            conference_id=participant.conference_id,
+            suite=participant.suite,
+            rx_key=participant.send_key,
+            tx_key=participant.receive_key,
+            remote=participant.receive_address,
+            tracks=participant.tracks,
+            subscriptions=tuple(routes),
+            webrtc=WebRtcTransport(ice_ufrag, ice_pwd, offer.ice_ufrag, offer.fingerprints) if offer else None,
+        )
+        # Replacing a leftover is safe: this runs under the conference's lock and no
+        # participant owns the endpoint id.
+        try:
+            if offer is None:
+                port = await client.create_endpoint(endpoint, replace=True)
+            else:
+                port, fingerprint = await client.create_webrtc_endpoint(endpoint, replace=True)
+                transport = Transport(ice_ufrag, ice_pwd, fingerprint, (record.info.media_ip, port))
+                participant.webrtc = WebRtcSession(offer, transport, render_answer(offer, transport))
+        except Unavailable:
+            # The daemon may have made it before the answer was lost: do not leave it.
+            await self._delete_quietly(client, participant.endpoint_id)
+            raise
+        except asyncio.CancelledError:
+            # The caller went away mid-call; the daemon may have made the endpoint anyway.
+            await asyncio.shield(self._delete_quietly(client, participant.endpoint_id))
+            raise
+        participant.daemon_id = record.info.daemon_id
+        participant.media_address = (record.info.media_ip, port)
 
     def _assign(
         self, conference: Conference, participant: Participant, offer: BrowserOffer | None
@@ -457,6 +472,155 @@ class Conferences:
             initial.append(events.Event(conference.sequence, now, offer, initial=True))
         return initial
 
+    # --- failover: conferences off a daemon that is gone -----------------------------------
+
+    def follow(self, registry: Registry) -> None:
+        """Move the conferences of every daemon the registry drops (lease expired, or it
+        deregistered), in the background."""
+        registry.on_drop.append(lambda record: self.in_background(self.move_off(record.info.daemon_id, "daemon lost")))
+
+    def in_background(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run `work` as a task this object owns (cancelled by `close_background`)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[object]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
+
+    async def close_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def move_off(self, daemon_id: str, reason: str, *, only_if_room: bool = False) -> int:
+        """Move every conference placed on `daemon_id` (its lease expired, or it drains) to a
+        live daemon with room; how many moved. With `only_if_room` (a daemon that drains but
+        still serves), a conference no other daemon has room for stays where it is."""
+        moved = 0
+        for conference in await self.store.page(limit=1 << 30):
+            if conference.daemon_id == daemon_id:
+                moved += await self.move(conference.conference_id, reason, away_from=daemon_id,
+                                         only_if_room=only_if_room)
+        return moved
+
+    async def registered(self, daemon_id: str) -> None:
+        """A daemon (re)registered: delete what it holds that nobody owns, re-create on a daemon
+        the conferences it should hold but lost (it restarted), and place the conferences
+        that wait for room."""
+        client = self._client(daemon_id)
+        if client is None:
+            return
+        held = await client.list_endpoints()
+        if held:
+            await self.reconcile(daemon_id)
+        for conference in await self.store.page(limit=1 << 30):
+            if conference.daemon_id == daemon_id and any(
+                p.endpoint_id not in held for p in conference.participants.values()
+            ):
+                await self.move(conference.conference_id, "daemon restarted", lost_on=daemon_id)
+        await self.place_unplaced()
+
+    async def place_unplaced(self) -> int:
+        """Place the conferences that wait for a daemon with room (a daemon registered)."""
+        placed = 0
+        for conference in await self.store.page(limit=1 << 30):
+            if not conference.daemon_id:
+                placed += await self.move(conference.conference_id, "placed again")
+        return placed
+
+    async def move(
+        self, conference_id: str, reason: str, *, away_from: str = "", lost_on: str = "", only_if_room: bool = False
+    ) -> bool:
+        """Re-create the conference on a live daemon with room (never `away_from`): every
+        participant, in the order they joined, gets a new endpoint there with new keys and
+        the routes to and from the others with new SSRCs, and is told so (ParticipantMoved,
+        with its new session on its own watch streams). Where no daemon has room, the
+        conference is kept, unplaced, and its watchers told (ConferenceUnplaced). False when
+        it did not move. `lost_on`: the daemon that should hold it and lost it (it may take
+        it again)."""
+        async with self.store.lock(conference_id):
+            conference = await self.store.get(conference_id)
+            expected = away_from or lost_on
+            if conference is None or (expected and conference.daemon_id != expected):
+                return False  # ended, or moved meanwhile
+            old_daemon = conference.daemon_id
+            live = {d: c for d, c in (await self.candidates()).items() if d != away_from}
+            chosen = least_loaded([c for c, _ in live.values()], endpoints_needed=max(1, len(conference.participants)))
+            if chosen is None and only_if_room:
+                return False
+            if chosen is None:
+                why = f"no media daemon has room ({describe([c for c, _ in live.values()]) or 'none is registered'})"
+                if conference.daemon_id:
+                    conference.daemon_id = ""
+                    batch = self._number(conference, [events.ConferenceUnplaced(why)])
+                    await self.store.put(conference, batch)
+                    self.hub.publish(conference_id, batch)
+                    log.error("conference unplaced: its daemon is gone and no daemon has room",
+                              extra={"conference_id": conference_id, "daemon_id": old_daemon, "why": why})
+                return False
+            record = live[chosen.daemon_id][1]
+            client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)
+            participants = list(conference.participants.values())
+            before = copy.deepcopy(conference.participants)
+            conference.participants = {}
+            conference.daemon_id = record.info.daemon_id
+            made: list[str] = []
+            try:
+                for participant in participants:
+                    await self._move_participant(conference, participant, client, record)
+                    made.append(participant.endpoint_id)
+            except CharterError as error:
+                # Nothing half-made stays: the conference keeps waiting on its old daemon (a
+                # registration or the next expiry tries again).
+                for endpoint in made:
+                    await self._delete_quietly(client, endpoint)
+                conference.daemon_id = old_daemon
+                conference.participants = before
+                log.error("conference not moved", extra={"conference_id": conference_id, "to": chosen.daemon_id,
+                                                         "why": str(error)})
+                return False
+            bodies: list[events.Body] = [
+                events.ParticipantMoved(copy.deepcopy(p), reason) for p in conference.participants.values()
+            ]
+            for participant in conference.participants.values():
+                bodies += self._renegotiate(participant)
+            batch = self._number(conference, bodies)
+            await self.store.put(conference, batch)
+            self.hub.publish(conference_id, batch)
+            log.warning("conference moved", extra={"conference_id": conference_id, "from": old_daemon or "nowhere",
+                                                   "to": record.info.daemon_id, "reason": reason,
+                                                   "participants": len(participants)})
+        old = self._client(old_daemon) if old_daemon and old_daemon != record.info.daemon_id else None
+        if old is not None and not lost_on:
+            try:  # a daemon that drains, or came back: its copies of the endpoints go
+                await old.release_conference(conference_id)
+            except CharterError as error:
+                log.info("moved conference not released on its old daemon (reconciled when it registers)",
+                         extra={"conference_id": conference_id, "daemon_id": old_daemon, "why": str(error)})
+        return True
+
+    async def _move_participant(
+        self, conference: Conference, participant: Participant, client: DaemonClient, record: DaemonRecord
+    ) -> None:
+        """Re-join `participant` into `conference` on the daemon of `record`: new keys, new
+        routes with the participants before it."""
+        session = participant.webrtc
+        offer = session.offer if session is not None else None
+        if offer is None:
+            participant.send_key = generate_key(participant.suite)
+            participant.receive_key = generate_key(participant.suite)
+        participant.subscriptions = {}
+        participant.webrtc = None
+        routes, others = self._assign(conference, participant, offer)
+        await self._make_endpoint(client, record, participant, routes, offer)
+        conference.participants[participant.participant_id] = participant
+        for receiver_id, subscription in others:
+            receiver = conference.participants[receiver_id]
+            receiver.subscriptions[(subscription.publisher_id, subscription.track.ssrc)] = subscription
+
     # --- reconciliation ------------------------------------------------------------------
 
     async def reconcile(self, daemon_id: str) -> int:
@@ -539,11 +703,14 @@ class Conferences:
         return live[chosen.daemon_id][1]
 
     def _live_daemon(self, conference: Conference) -> DaemonRecord:
+        if not conference.daemon_id:
+            raise Unavailable(f"conference {conference.conference_id!r} waits for a media daemon with room "
+                              "(its own is gone): try again when one has registered")
         record = self.registry.get(conference.daemon_id)
         if record is None:
             raise Unavailable(
                 f"media daemon {conference.daemon_id} of conference {conference.conference_id!r} "
-                "is gone (its lease expired): end the conference and create it again"
+                "is gone: the conference is being moved to another daemon, try again in a moment"
             )
         return record
 

@@ -72,7 +72,26 @@ class SessionOffer:
     version: int
 
 
-Body = ParticipantJoined | ParticipantLeft | TrackAdded | TrackRemoved | ConferenceEnded | SessionOffer
+@dataclass(frozen=True)
+class ParticipantMoved:
+    """A participant's new session after its conference moved to another daemon (a copy, as
+    it was then): in full on its own watch streams only (it holds its keys)."""
+
+    participant: Participant
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConferenceUnplaced:
+    """No daemon has room for the conference: it waits for one."""
+
+    reason: str
+
+
+Body = (
+    ParticipantJoined | ParticipantLeft | TrackAdded | TrackRemoved | ConferenceEnded | SessionOffer
+    | ParticipantMoved | ConferenceUnplaced
+)
 
 
 @dataclass(frozen=True)

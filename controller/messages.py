@@ -172,4 +172,13 @@ def event_to_proto(event: events.Event, watcher_id: str) -> pb.ConferenceEvent:
         message.track_removed.ssrc = body.ssrcs.get(watcher_id, 0)
     elif isinstance(body, events.ConferenceEnded):
         message.conference_ended.reason = body.reason
+    elif isinstance(body, events.ParticipantMoved):
+        moved = body.participant
+        message.participant_moved.participant_id = moved.participant_id
+        message.participant_moved.daemon_id = moved.daemon_id
+        message.participant_moved.reason = body.reason
+        if watcher_id == moved.participant_id:
+            message.participant_moved.participant.CopyFrom(participant_to_proto(moved))
+    elif isinstance(body, events.ConferenceUnplaced):
+        message.conference_unplaced.reason = body.reason
     return message

@@ -17,9 +17,11 @@ from charter.webrtc_sdp import Route, Transport, parse_offer
 from controller.events import (
     Body,
     ConferenceEnded,
+    ConferenceUnplaced,
     Event,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantMoved,
     SessionOffer,
     TrackAdded,
     TrackRemoved,
@@ -183,7 +185,7 @@ def conference_from(record: dict[str, Any], unseal: Unseal) -> Conference:
         raise RecordError(f"conference {conference_id!r} does not read back ({reason})") from None
 
 
-def event_record(event: Event) -> dict[str, Any]:
+def event_record(event: Event, seal: Seal) -> dict[str, Any]:
     body = event.body
     record: dict[str, Any] = {"sequence": event.sequence, "time": event.time, "kind": type(body).__name__}
     if isinstance(body, ParticipantJoined):
@@ -193,14 +195,16 @@ def event_record(event: Event) -> dict[str, Any]:
         record.update(participant_id=body.participant_id, reason=body.reason)
     elif isinstance(body, TrackAdded | TrackRemoved):
         record.update(publisher_id=body.publisher_id, track=track_record(body.track), ssrcs=body.ssrcs)
-    elif isinstance(body, ConferenceEnded):
+    elif isinstance(body, ConferenceEnded | ConferenceUnplaced):
         record.update(reason=body.reason)
+    elif isinstance(body, ParticipantMoved):
+        record.update(participant=_participant_record(body.participant, seal), reason=body.reason)
     else:
         record.update(participant_id=body.participant_id, sdp=body.sdp, version=body.version)
     return record
 
 
-def event_from(record: dict[str, Any]) -> Event:
+def event_from(conference_id: str, record: dict[str, Any], unseal: Unseal) -> Event:
     try:
         kind = record["kind"]
         body: Body
@@ -215,6 +219,11 @@ def event_from(record: dict[str, Any]) -> Event:
                         {str(k): int(v) for k, v in record["ssrcs"].items()})
         elif kind == "ConferenceEnded":
             body = ConferenceEnded(str(record["reason"]))
+        elif kind == "ConferenceUnplaced":
+            body = ConferenceUnplaced(str(record["reason"]))
+        elif kind == "ParticipantMoved":
+            body = ParticipantMoved(_participant_from(conference_id, record["participant"], unseal),
+                                    str(record["reason"]))
         elif kind == "SessionOffer":
             body = SessionOffer(str(record["participant_id"]), str(record["sdp"]), int(record["version"]))
         else:

@@ -44,6 +44,7 @@ async def serve(config: ControllerConfig) -> None:
     daemons = MediaDaemonClients(config.daemon_timeout)
     store = open_store(config)
     conferences = Conferences(store, registry, daemons, EventHub())
+    conferences.follow(registry)
 
     server = Server(config.listen, SERVICE_NAMES)
     server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, ConferenceService(conferences))
@@ -60,6 +61,7 @@ async def serve(config: ControllerConfig) -> None:
     await conferences.close_watches()
     await server.stop(config.grace)
     await registry_service.close()
+    await conferences.close_background()
     await conferences.release_all()
     sweeper.cancel()
     await asyncio.gather(sweeper, return_exceptions=True)

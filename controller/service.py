@@ -162,6 +162,8 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         self.registry = registry
         self.conferences = conferences
         self._reconciling: set[asyncio.Task[None]] = set()
+        self._draining: set[str] = set()
+        """Daemons whose conferences were moved off since they began to drain."""
 
     async def Register(
         self, request: pb.RegisterRequest, context: ServicerContext[pb.RegisterRequest, pb.RegisterResponse]
@@ -170,12 +172,12 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
             raise InvalidArgument("daemon", "is required")
         info = m.parse_daemon("daemon", request.daemon)
         record = self.registry.register(info, m.parse_load(request.load))
-        if request.load.endpoints:
-            # A daemon that comes back with endpoints may hold some whose conference ended
-            # meanwhile; clean up after answering.
-            task = asyncio.create_task(self._reconcile(info.daemon_id))
-            self._reconciling.add(task)
-            task.add_done_callback(self._reconciling.discard)
+        # After answering: a daemon that comes back may hold endpoints whose conference ended
+        # or moved meanwhile, or may have lost the endpoints of its conferences (it
+        # restarted); conferences waiting for room may now have some.
+        task = asyncio.create_task(self._reconcile(info.daemon_id))
+        self._reconciling.add(task)
+        task.add_done_callback(self._reconciling.discard)
         return pb.RegisterResponse(lease_id=record.lease_id, lease_ttl=m.duration(self.registry.lease_ttl))
 
     async def close(self) -> None:
@@ -186,7 +188,7 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
 
     async def _reconcile(self, daemon_id: str) -> None:
         try:
-            await self.conferences.reconcile(daemon_id)
+            await self.conferences.registered(daemon_id)
         except CharterError as error:
             log.warning("reconciliation failed", extra={"daemon_id": daemon_id, "reason": str(error)})
 
@@ -196,7 +198,15 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         daemon_id = m.parse_id("daemon_id", request.daemon_id)
         if not request.lease_id:
             raise InvalidArgument("lease_id", "is required")
-        self.registry.keep_alive(daemon_id, request.lease_id, m.parse_load(request.load))
+        load = m.parse_load(request.load)
+        self.registry.keep_alive(daemon_id, request.lease_id, load)
+        if load.draining and daemon_id not in self._draining:
+            # A daemon that drains (SIGTERM, or Drain) gets its conferences moved to others,
+            # so that it can stop without cutting a call; those no other has room for stay.
+            self._draining.add(daemon_id)
+            self.conferences.in_background(self.conferences.move_off(daemon_id, "daemon draining", only_if_room=True))
+        elif not load.draining:
+            self._draining.discard(daemon_id)
         if request.closed_endpoints:
             closed = [(c.conference_id, c.endpoint_id, c.reason) for c in request.closed_endpoints]
             task = asyncio.create_task(self.conferences.endpoints_closed(daemon_id, closed))

@@ -113,7 +113,7 @@ class SqliteStore(LocalStore):
                 "SELECT record FROM events WHERE conference_id = ? ORDER BY sequence DESC LIMIT ?",
                 (conference_id, EVENTS_KEPT)).fetchall()
             try:
-                events = [event_from(json.loads(text)) for (text,) in reversed(kept)]
+                events = [event_from(conference_id, json.loads(text), self._key.unseal) for (text,) in reversed(kept)]
             except (RecordError, json.JSONDecodeError) as error:
                 raise StoreError(f"{self.path}: conference {conference_id!r}: {error}; the file was kept as it is: "
                                  "restore it from a backup, or move it away to start empty") from None
@@ -145,7 +145,7 @@ class SqliteStore(LocalStore):
             (conference_id, conference.daemon_id, self._record(conference)),
         )]
         for event in events:
-            record = json.dumps(event_record(event), separators=(",", ":"))
+            record = json.dumps(event_record(event, self._key.seal), separators=(",", ":"))
             statements.append(("INSERT OR REPLACE INTO events (conference_id, sequence, record) VALUES (?, ?, ?)",
                                (conference_id, event.sequence, record)))
         if events:

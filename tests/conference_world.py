@@ -45,6 +45,7 @@ class World:
         self.daemons = DaemonDoubles()
         self.hub = events.EventHub()
         self.conferences = Conferences(self.store, self.registry, self.daemons, self.hub, clock=self.clock)
+        self.conferences.follow(self.registry)
         self.leases: dict[str, str] = {}
 
     def daemon(self, daemon_id: str = "d1", **options: Any) -> DaemonDouble:
@@ -151,6 +152,10 @@ def summary(event: events.Event) -> tuple[Any, ...]:
         return ("track added", body.publisher_id, body.track.ssrc, dict(body.ssrcs))
     if isinstance(body, events.TrackRemoved):
         return ("track removed", body.publisher_id, body.track.ssrc, dict(body.ssrcs))
+    if isinstance(body, events.ParticipantMoved):
+        return ("moved", body.participant.participant_id, body.participant.daemon_id, body.reason)
+    if isinstance(body, events.ConferenceUnplaced):
+        return ("unplaced", body.reason)
     assert isinstance(body, events.ConferenceEnded)
     return ("ended", body.reason)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import mediad_pb2
@@ -21,7 +20,6 @@ from processes import (
     conference_stub,
     live_daemons,
     mediad_stub,
-    registry_stub,
     start_controller,
     udp_port_free,
 )
@@ -149,7 +147,10 @@ def test_controller_sigterm_ends_watches_and_releases_daemons(tmp_path: Path) ->
         assert udp_port_free(port)
 
 
-def test_mediad_sigterm_drains_before_stopping(tmp_path: Path) -> None:
+def test_mediad_sigterm_hands_its_conferences_over_and_stops(tmp_path: Path) -> None:
+    """A rolling upgrade: the daemon that is told to stop drains (NOT_SERVING, no new
+    endpoints), the controller moves its conference to the other daemon, and once its
+    endpoints are released it exits 0 and leaves placement by itself."""
     with cluster(tmp_path, daemons=2) as charter:
         api = conference_stub(charter.controller)
         conference = api.CreateConference(pb.CreateConferenceRequest(conference_id="draining"), timeout=10)
@@ -157,25 +158,7 @@ def test_mediad_sigterm_drains_before_stopping(tmp_path: Path) -> None:
         leaving = charter.daemon(conference.daemon_id)
         other = next(d for d in charter.daemons if d is not leaving)
         leaving.signal(signal.SIGTERM)
-        health = health_pb2_grpc.HealthStub(leaving.channel)
-        wait_until(
-            lambda: (
-                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                == health_pb2.HealthCheckResponse.NOT_SERVING
-            ),
-            what="NOT_SERVING while draining",
-        )
-
-        def reported_draining() -> bool:
-            reply = registry_stub(charter.controller).ListDaemons(pb.ListDaemonsRequest(), timeout=5)
-            return any(d.daemon.daemon_id == leaving.name and d.load.draining for d in reply.daemons)
-
-        wait_until(reported_draining, what="the controller to learn that the daemon drains")
-        # Still serving its conference, but taking nothing new.
-        assert api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id == other.name
-        with pytest.raises(grpc.RpcError) as error:
-            api.Join(pb.JoinRequest(conference_id="draining", participant_id="b"), timeout=10)
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in error.value.details()
+        # It takes nothing new (or has stopped already: the move takes a moment only).
         with pytest.raises(grpc.RpcError) as error:
             mediad_stub(leaving).CreateEndpoint(
                 mediad_pb2.CreateEndpointRequest(
@@ -183,8 +166,10 @@ def test_mediad_sigterm_drains_before_stopping(tmp_path: Path) -> None:
                 ),
                 timeout=10,
             )
-        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        # The last endpoint going lets it finish: it exits 0 and leaves placement.
-        api.EndConference(pb.EndConferenceRequest(conference_id="draining"), timeout=10)
-        assert leaving.process.wait(30) == 0
+        assert error.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
+        assert leaving.process.wait(30) == 0, "it stops once its conference is elsewhere"
+        moved = api.GetConference(pb.GetConferenceRequest(conference_id="draining"), timeout=10)
+        assert moved.daemon_id == other.name and [p.participant_id for p in moved.participants] == ["a"]
+        held = mediad_stub(other).ListEndpoints(mediad_pb2.ListEndpointsRequest(), timeout=10).endpoints
+        assert [e.endpoint_id for e in held] == ["draining/a"]
         wait_until(lambda: live_daemons(charter.controller) == {other.name}, what="the drained daemon to deregister")
