@@ -12,6 +12,8 @@ the controller's API:
     {type: leave}                 -> Leave   {type: offer, sdp, version}      (session_offer)
     the WebSocket closes          -> Leave   {type: ended, reason}            (conference_ended)
                                              {type: removed, reason}  (this participant left: "gone")
+                                             {type: moved, daemon, reason}  (join again: the
+                                                 conference is on another media daemon)
                                              {type: left}             (after its leave)
                                              {type: error, call, code, detail}  (status name and detail)
 
@@ -234,6 +236,11 @@ class BrowserSession:
         elif kind == "session_offer":
             offer = event.session_offer
             await self.send({"type": "offer", "sdp": offer.sdp, "version": offer.version})
+        elif kind == "participant_moved" and event.participant_moved.participant_id == participant_id:
+            # Its conference went to another media daemon: the page joins again (new ICE and
+            # DTLS with that daemon).
+            moved = event.participant_moved
+            await self.send({"type": "moved", "daemon": moved.daemon_id, "reason": moved.reason})
         elif kind == "conference_ended":
             self._forget()
             await self.send({"type": "ended", "reason": event.conference_ended.reason})

@@ -523,6 +523,17 @@ class Conferences:
                 await self.move(conference.conference_id, "daemon restarted", lost_on=daemon_id)
         await self.place_unplaced()
 
+    async def adopt_orphans(self, after: float) -> int:
+        """After a restart of this controller: `after` seconds on (a lease time: every live
+        daemon has registered by then), move the conferences whose daemon did not come back
+        (it died while this controller was down)."""
+        await asyncio.sleep(after)
+        moved = 0
+        for daemon_id in sorted({c.daemon_id for c in await self.store.page(limit=1 << 30) if c.daemon_id}):
+            if self.registry.get(daemon_id) is None:
+                moved += await self.move_off(daemon_id, "daemon lost")
+        return moved
+
     async def place_unplaced(self) -> int:
         """Place the conferences that wait for a daemon with room (a daemon registered)."""
         placed = 0

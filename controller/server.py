@@ -53,6 +53,10 @@ async def serve(config: ControllerConfig) -> None:
     stop = stop_event()
     port = await server.start()
     sweeper = asyncio.create_task(registry.sweep())
+    if store.durable:
+        # Conferences of daemons that died while this controller was down: no lease of theirs
+        # will expire here, so they are moved once the others had a lease's time to register.
+        conferences.in_background(conferences.adopt_orphans(after=config.lease_ttl + 1.0))
     log.info("controller serving", extra={"listen": config.listen, "port": port, "lease_ttl": config.lease_ttl,
                                           "store": config.store})
 

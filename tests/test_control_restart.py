@@ -120,3 +120,39 @@ def test_a_sigterm_keeps_the_conferences_of_a_durable_controller(tmp_path: Path)
         participants = conference_stub(charter.controller).GetConference(
             pb.GetConferenceRequest(conference_id="kept"), timeout=10).participants
         assert [p.participant_id for p in participants] == ["a"]
+
+
+def test_a_daemon_that_died_while_the_controller_was_down_is_handled_when_it_comes_back(tmp_path: Path) -> None:
+    store = str(tmp_path / "controller.sqlite3")
+    with cluster(tmp_path, daemons=2, lease_ttl=LEASE, store=store, check_exit=False) as charter:
+        api = conference_stub(charter.controller)
+        conference = api.CreateConference(pb.CreateConferenceRequest(conference_id="orphan"), timeout=10)
+        alice = Peer("alice", [random.randrange(1, 2**32)])
+        try:
+            alice.joined(api.Join(alice.join_request("orphan", give_address=True), timeout=10).participant)
+            seen = api.GetConference(pb.GetConferenceRequest(conference_id="orphan"), timeout=10)
+            assert seen.daemon_id == conference.daemon_id
+            last = next(api.WatchConference(pb.WatchConferenceRequest(conference_id="orphan"), timeout=10)).sequence
+            port = int(charter.controller.address.rsplit(":", 1)[1])
+            charter.controller.signal(signal.SIGKILL)
+            charter.controller.process.wait(10)
+            dead = charter.daemon(conference.daemon_id)
+            dead.signal(signal.SIGKILL)
+            dead.process.wait(10)
+            survivor = next(d for d in charter.daemons if d is not dead)
+
+            log_dir = tmp_path / "again"
+            log_dir.mkdir()
+            charter.controller = start_controller(log_dir, lease_ttl=LEASE, port=port, store=store)
+            api = conference_stub(charter.controller)
+            # Alice's watch resumes after what she saw: her move comes, with her new session.
+            resumed = api.WatchConference(
+                pb.WatchConferenceRequest(conference_id="orphan", participant_id="alice", after_sequence=last),
+                timeout=30)
+            moved = next(e for e in resumed if e.WhichOneof("event") == "participant_moved").participant_moved
+            resumed.cancel()
+            assert moved.daemon_id == survivor.name and moved.participant.send_key != alice.session.send_key
+            state = api.GetConference(pb.GetConferenceRequest(conference_id="orphan"), timeout=10)
+            assert state.daemon_id == survivor.name and [p.participant_id for p in state.participants] == ["alice"]
+        finally:
+            alice.close()

@@ -217,6 +217,16 @@ async function handle(message) {
       names.delete(message.participant);
       removeRemote(message.participant);
       break;
+    case "moved": {
+      // The conference went to another media daemon: a new transport there, so join again.
+      const { conference, name } = state;
+      send({ type: "leave" });
+      teardown();
+      state.moves = (state.moves || 0) + 1;
+      setPhase("starting", `The conference moved (${message.reason}): joining again ...`);
+      join(conference, name);
+      return;
+    }
     case "removed":
       teardown();
       setPhase("removed", `Charter removed you from the conference (${message.reason}).`);
