@@ -85,6 +85,8 @@ class DemoParticipant:
     # Round-trip times the daemon measured to the participant's receiver, by the SSRC it
     # receives a stream with (its answers to the sender reports the daemon forwards).
     daemon_rtt: dict[int, float] = dataclasses.field(default_factory=dict)
+    moves: int = 0
+    """Times its conference moved to another daemon (and it followed)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -193,8 +195,16 @@ class Demo:
                     for participant in self.participants:
                         assert participant.publisher is not None
                         await participant.publisher.start()
+                    followers = [
+                        asyncio.create_task(self._follow_moves(conferences, i)) for i in range(len(self.participants))
+                    ]
                     self.started = time.monotonic()
-                    await self._show(daemon, stop)
+                    try:
+                        await self._show(daemon, stop)
+                    finally:
+                        for follower in followers:
+                            follower.cancel()
+                        await asyncio.gather(*followers, return_exceptions=True)
                     for participant in self.participants:
                         assert participant.publisher is not None
                         await participant.publisher.stop()
@@ -245,14 +255,35 @@ class Demo:
             participant.session = from_participant(await conferences.GetParticipant(lookup, timeout=10))
             participant.receiver.expect(participant.session.received)
         for index, participant in enumerate(self.participants):
-            assert participant.session is not None
-            if self.use_ffmpeg:
-                log_path = os.path.join(self.workdir, f"{participant.participant_id}-ffmpeg.log")
-                participant.publisher = FfmpegPublisher(
-                    participant.session, index, log_path, duration=self.args.duration + 30
-                )
-            else:
-                participant.publisher = BuiltinPublisher(participant.session)
+            participant.publisher = self._publisher(participant, index)
+
+    def _publisher(self, participant: DemoParticipant, index: int) -> Publisher:
+        assert participant.session is not None
+        if self.use_ffmpeg:
+            log_path = os.path.join(self.workdir, f"{participant.participant_id}-ffmpeg-{participant.moves}.log")
+            return FfmpegPublisher(participant.session, index, log_path, duration=self.args.duration + 30)
+        return BuiltinPublisher(participant.session)
+
+    async def _follow_moves(self, conferences: Any, index: int) -> None:
+        """A participant that follows its conference when it moves to another media daemon
+        (its daemon died or restarted): new address, keys and SSRCs from its moved event."""
+        from charter.v1 import controller_pb2
+
+        participant = self.participants[index]
+        request = controller_pb2.WatchConferenceRequest(
+            conference_id=self.conference_id, participant_id=participant.participant_id
+        )
+        async for event in conferences.WatchConference(request):
+            if event.WhichOneof("event") != "participant_moved" or not event.participant_moved.HasField("participant"):
+                continue
+            participant.moves += 1
+            participant.session = from_participant(event.participant_moved.participant)
+            participant.receiver.key(participant.session)
+            participant.receiver.expect(participant.session.received)
+            if participant.publisher is not None:
+                await participant.publisher.stop()
+            participant.publisher = self._publisher(participant, index)
+            await participant.publisher.start()
 
     async def _daemon_address(self, channel: Any, daemon_id: str) -> str:
         from charter.v1 import controller_pb2, controller_pb2_grpc
@@ -265,9 +296,19 @@ class Demo:
         raise RuntimeError(f"the conference's media daemon {daemon_id!r} is not registered")
 
     async def _poll(self, daemon: Any) -> None:
+        import grpc
+
         from charter.v1 import mediad_pb2
 
-        stats = await daemon.GetStats(mediad_pb2.GetStatsRequest(conference_id=self.conference_id), timeout=5)
+        try:
+            stats = await daemon.GetStats(mediad_pb2.GetStatsRequest(conference_id=self.conference_id), timeout=5)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            # Its daemon died or restarts (charter up starts it again): the conference moves
+            # and the participants follow; the table shows the daemon's figures again after.
+            self.elapsed = time.monotonic() - self.started
+            return
         by_endpoint = {e.endpoint_id: e for e in stats.endpoints}
         for participant in self.participants:
             endpoint = by_endpoint.get(f"{self.conference_id}/{participant.participant_id}")
