@@ -32,6 +32,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from charter.errors import Unavailable
 from controller.events import Event
 from controller.model import Conference
 from controller.records import RecordError, conference_from, conference_record, event_from, event_record
@@ -58,6 +59,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 class StoreError(RuntimeError):
     """The state file cannot be used; the message says which and what to do."""
+
+
+class StateNotWritten(Unavailable):
+    """A change could not be committed (disk full, file read-only): the call fails with
+    UNAVAILABLE, and the conference is as it was last written."""
 
 
 class SealingKey:
@@ -128,9 +134,15 @@ class SqliteStore(LocalStore):
                 for sql, parameters in statements:
                     self._db.execute(sql, parameters)
         except sqlite3.Error as error:
-            # Disk full, file gone read-only: the RPC fails (INTERNAL) and the state in memory
-            # is put back by the caller's own error path; nothing is half-written.
-            raise StoreError(f"cannot write {self.path}: {error}") from None
+            raise StateNotWritten(f"the controller cannot write its state to {self.path} ({error}): "
+                                  "nothing was changed; try again when it can") from None
+
+    def _reload(self, conference_id: str) -> None:
+        row = self._db.execute("SELECT record FROM conferences WHERE conference_id = ?", (conference_id,)).fetchone()
+        if row is None:
+            self._conferences.pop(conference_id, None)
+        else:
+            self._conferences[conference_id] = conference_from(json.loads(row[0]), self._key.unseal)
 
     def _record(self, conference: Conference) -> str:
         return json.dumps(conference_record(conference, self._key.seal), separators=(",", ":"))
@@ -151,7 +163,14 @@ class SqliteStore(LocalStore):
         if events:
             statements.append(("DELETE FROM events WHERE conference_id = ? AND sequence <= ?",
                                (conference_id, events[-1].sequence - EVENTS_KEPT)))
-        self._write(statements)
+        try:
+            self._write(statements)
+        except StateNotWritten:
+            # The caller changed the conference in place: what is in memory goes back to what
+            # the file holds (what the daemon was given beyond it is a leftover the next
+            # reconciliation deletes).
+            self._reload(conference_id)
+            raise
         await super().put(conference, events)
 
     async def delete(self, conference_id: str) -> None:

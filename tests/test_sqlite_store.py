@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import sqlite3
 from pathlib import Path
@@ -20,7 +21,7 @@ from charter.tracks import Track
 from charter.webrtc_sdp import Route, Transport, parse_offer, render_answer
 from controller.events import Event, ParticipantLeft, TrackAdded
 from controller.model import Conference, Participant, WebRtcSession
-from controller.sqlite_store import SCHEMA_VERSION, SqliteStore, StoreError
+from controller.sqlite_store import SCHEMA_VERSION, SqliteStore, StateNotWritten, StoreError
 from controller.store import EVENTS_KEPT, MemoryStore
 
 DATA = Path(__file__).with_name("data")
@@ -134,20 +135,24 @@ def test_a_record_that_does_not_read_back_stops_the_start(tmp_path: Path) -> Non
         SqliteStore(path)
 
 
-def test_a_write_that_fails_raises_and_keeps_the_last_state(tmp_path: Path) -> None:
+def test_a_write_that_fails_is_unavailable_and_keeps_the_last_state(tmp_path: Path) -> None:
     path = tmp_path / "controller.sqlite3"
     store = SqliteStore(path)
-    conference = a_conference()
-    run(store.put(conference))
+    run(store.put(a_conference()))
+    written = copy.deepcopy(run(store.get("standup")))
     with sqlite3.connect(path) as other:
-        other.execute("BEGIN EXCLUSIVE")  # another writer holds the file: ours cannot commit
+        other.execute("BEGIN EXCLUSIVE")  # the file cannot be written (as with a full disk)
         store._db.execute("PRAGMA busy_timeout=50")
-        with pytest.raises(StoreError, match="cannot write"):
+        with pytest.raises(StateNotWritten, match="cannot write its state"):
             run(store.delete("standup"))
+        changed = run(store.get("standup"))
+        del changed.participants["bob"]  # a change made in place by the caller ...
+        with pytest.raises(StateNotWritten):
+            run(store.put(changed))
         other.execute("ROLLBACK")
-    assert run(store.get("standup")) is conference
+    assert run(store.get("standup")) == written, "... is undone in memory too"
     store.close()
-    assert run(SqliteStore(path).get("standup")) == conference
+    assert run(SqliteStore(path).get("standup")) == written
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
