@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +232,34 @@ def test_a_closed_tab_leaves(charter: CharterUp, browsers: Browsers) -> None:
     wait_until(gone, timeout=35, what="the closed tab's participant to leave")
     assert f"closed-tab/{participant}" not in charter.daemon_endpoints("closed-tab")
 
+
+
+def pid_of(command_part: str) -> int:
+    """The process whose command line holds `command_part`."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if command_part.encode() in f.read().replace(b"\0", b" "):
+                        return int(entry)
+            except OSError:
+                continue
+    raise LookupError(command_part)
+
+
+@needs_browsers
+def test_browsers_join_again_when_their_daemon_dies(charter: CharterUp, browsers: Browsers) -> None:
+    """The daemon under two browsers is killed; charter up starts it again, the conference is
+    re-created on it, and each page, told its conference moved, joins again and decodes."""
+    fay, gus = browsers.start("fay"), browsers.start("gus")
+    ids = {b.name: joined(charter, b, "moving-browsers") for b in (fay, gus)}
+    wait_decoding(fay, ids["gus"])
+    os.kill(pid_of(f"--listen {charter.mediad_address}"), signal.SIGKILL)
+    killed_at = time.monotonic()
+    for b in (fay, gus):
+        wait_until(lambda b=b: b.state().get("moves", 0) >= 1 and b.state()["phase"] == "joined", timeout=60,
+                   what=f"{b.name} to join again after the move; {b.describe()}")
+    again = {b.name: str(b.state()["participant"]) for b in (fay, gus)}
+    wait_decoding(fay, again["gus"], timeout=60)
+    wait_decoding(gus, again["fay"], timeout=60)
+    print(f"both browsers decode each other again {time.monotonic() - killed_at:.1f} s after their daemon was killed")
