@@ -75,6 +75,10 @@ def check_key(field: str, suite: SrtpSuite | str, key: bytes) -> bytes:
         raise InvalidArgument(
             field, f"is {len(key)} bytes; {suite.value} needs {suite.key_length} (master key and salt)"
         )
+    if len(set(key)) == 1:
+        # All zeros, or one byte repeated: anyone can guess it, so the media is not private.
+        raise InvalidArgument(field, f"is one byte (0x{key[0]:02x}) repeated, which anyone can guess: use random "
+                              "bytes, or leave it out and Charter makes a key")
     return bytes(key)
 
 

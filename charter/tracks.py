@@ -15,6 +15,14 @@ MAX_NAME = 256
 MAX_TRACKS = 16
 """Tracks one participant publishes at most."""
 _CODEC = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
+KNOWN_CODECS = {
+    "video": ("VP8", "VP9", "H264", "AV1"),
+    "audio": ("opus", "PCMU", "PCMA", "G722", "telephone-event"),
+}
+"""What Charter forwards, by kind (rtpmap encoding names, matched without case)."""
+RTCP_PAYLOAD_TYPES = range(72, 77)
+"""RTP payload types that would read as RTCP packet types 200-204 on a multiplexed port
+(RFC 5761 4): a packet of the track would be taken for RTCP."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,15 @@ class Track:
             raise InvalidArgument("kind", "is required: AUDIO or VIDEO")
         if not _CODEC.match(self.codec):
             raise InvalidArgument("codec", f"{self.codec[:40]!r} is not a codec name such as VP8, H264 or opus")
+        known = KNOWN_CODECS[self.kind]
+        if self.codec.lower() not in (c.lower() for c in known):
+            raise InvalidArgument("codec", f"{self.codec!r} is not among the {self.kind} codecs Charter forwards: "
+                                  f"one of {', '.join(known)}")
         if not 0 <= self.payload_type <= 127:
             raise InvalidArgument("payload_type", f"is {self.payload_type}; RTP payload types are 0-127")
+        if self.payload_type in RTCP_PAYLOAD_TYPES:
+            raise InvalidArgument("payload_type", f"is {self.payload_type}, which reads as RTCP on a multiplexed "
+                                  "port (RFC 5761: not 72-76); use a dynamic one, 96-127")
         if not 0 < self.clock_rate <= 1_000_000:
             raise InvalidArgument(
                 "clock_rate", "is required: the RTP clock rate in Hz, such as 90000 (video) or 48000 (opus)"

@@ -174,6 +174,12 @@ class Conferences:
                 raise AlreadyExists(
                     f"participant {participant_id!r} is already in conference {conference.conference_id!r}"
                 )
+            published = {t.ssrc: p.participant_id for p in conference.participants.values() for t in p.tracks}
+            for i, track in enumerate(spec.tracks):
+                if track.ssrc in published:
+                    # Two streams with one SSRC in a conference: receivers could not tell them apart.
+                    raise AlreadyExists(f"tracks[{i}].ssrc: {track.ssrc} is published by participant "
+                                        f"{published[track.ssrc]!r} of this conference; choose another (random) SSRC")
             record = self._live_daemon(conference)
             await self._check_room(record, conference)
             client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)

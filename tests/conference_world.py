@@ -12,7 +12,7 @@ from charter.addresses import Address
 from charter.endpoints import EndpointSpec
 from charter.errors import CharterError
 from charter.subscriptions import SubscriptionSpec
-from charter.suites import DEFAULT_SUITE, SrtpSuite
+from charter.suites import DEFAULT_SUITE, SrtpSuite, generate_key
 from charter.tracks import Track
 from controller import events
 from controller.conferences import Conferences, JoinSpec, endpoint_id
@@ -111,7 +111,8 @@ async def conference_with_a(
 
 def leftover(ep_id: str) -> EndpointSpec:
     """An endpoint some earlier attempt left on a daemon (its conference is the id's prefix)."""
-    return EndpointSpec(ep_id, ep_id.split("/")[0], DEFAULT_SUITE, b"l" * 30, b"m" * 30, None)
+    return EndpointSpec(ep_id, ep_id.split("/")[0], DEFAULT_SUITE, generate_key(DEFAULT_SUITE),
+                        generate_key(DEFAULT_SUITE), None)
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -73,6 +73,14 @@ INVALID_JOINS = [
     (dict(receive_address=media_pb2.Address(ip="127.0.0.1", port=0)), "receive_address.port"),
     (dict(send_key="%%%"), "send_key"),
     (dict(send_key=base64.b64encode(b"short").decode()), "send_key"),
+    # Valid but wrong: a key anyone can guess, a codec Charter does not forward (or of the
+    # other kind), a payload type that reads as RTCP on the multiplexed port.
+    (dict(send_key=base64.b64encode(bytes(30)).decode()), "send_key"),
+    (dict(send_key=base64.b64encode(b"\x5a" * 30).decode()), "send_key"),
+    (dict(tracks=[video(5, codec="MPV")]), "tracks[0].codec"),
+    (dict(tracks=[video(5, codec="opus")]), "tracks[0].codec"),
+    (dict(tracks=[video(5, payload_type=72)]), "tracks[0].payload_type"),
+    (dict(tracks=[video(5, payload_type=76)]), "tracks[0].payload_type"),
     (dict(suite=99), "suite"),
     (dict(display_name="n" * 300), "display_name"),
 ]
@@ -149,6 +157,12 @@ def test_duplicates_are_already_exists(api: Any) -> None:
     # Nothing of the first join was lost.
     again = api.GetParticipant(pb.GetParticipantRequest(conference_id="dup", participant_id="twice"), timeout=10)
     assert again.media_address == first.media_address and again.send_key == first.send_key
+    # An SSRC another participant publishes: receivers could not tell the two streams apart.
+    error = refused(lambda: api.Join(join("dup", "copycat", [video(7)]), timeout=10))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error.details().startswith("tracks[0].ssrc: 7 is published by participant 'twice'"), error.details()
+    assert [p.participant_id for p in api.GetConference(
+        pb.GetConferenceRequest(conference_id="dup"), timeout=10).participants] == ["twice"]
 
 
 def test_generated_ids_and_receive_only_participant(api: Any, charter: Cluster) -> None:

@@ -145,8 +145,13 @@ def spec(
     routes: tuple[SubscriptionSpec, ...] = (),
 ) -> EndpointSpec:
     return EndpointSpec(
-        endpoint_id, conference_id, DEFAULT_SUITE, bytes([key]) * 30, bytes([key + 100]) * 30, None, tracks, routes
+        endpoint_id, conference_id, DEFAULT_SUITE, known_key(key), known_key(key + 100), None, tracks, routes
     )
+
+
+def known_key(n: int) -> bytes:
+    """A master key and salt told apart by `n` (not one byte repeated: that is refused)."""
+    return bytes([n]) * 15 + bytes(range(15))
 
 
 def route(source: str, track_ssrc: int, target: str, ssrc: int) -> SubscriptionSpec:
