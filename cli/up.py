@@ -102,6 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=_env("STATE_DIR", str(default_state_dir())),
                         help="where the controller keeps its conferences (controller.sqlite3), so that they "
                         "outlive a restart [CHARTER_UP_STATE_DIR, default %(default)s]")
+    parser.add_argument("--receive-networks", default=_env("RECEIVE_NETWORKS", "127.0.0.0/8"),
+                        help="networks participants may receive media in (the controller's --receive-networks) "
+                        "[CHARTER_UP_RECEIVE_NETWORKS, default %(default)s: this machine]")
     parser.add_argument("--lease-ttl", type=float, default=float(_env("LEASE_TTL", 10.0)),
                         help="seconds of a media daemon's lease [CHARTER_UP_LEASE_TTL, default %(default)s]")
     parser.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["json", "text"],
@@ -129,7 +132,8 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
         controller_address,
         [
             sys.executable, "-m", "controller", "--listen", controller_address,
-            "--store", str(Path(args.state_dir) / "controller.sqlite3"), "--lease-ttl", str(args.lease_ttl), *common,
+            "--store", str(Path(args.state_dir) / "controller.sqlite3"), "--receive-networks", args.receive_networks,
+            "--lease-ttl", str(args.lease_ttl), *common,
         ],
     )
     daemons = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from charter.addresses import MediaDestinations
 from charter.config import add_server_arguments, default_state_dir, env
 
 ENV_PREFIX = "CHARTER_CONTROLLER_"
@@ -15,6 +16,9 @@ class ControllerConfig:
     listen: str = "127.0.0.1:50051"
     store: str = ""
     """A SQLite file of the conferences, or "memory" (lost when the controller stops)."""
+    receive_networks: str = "0.0.0.0/0"
+    """Where participants may ask media to be sent (never multicast, broadcast, reserved, or
+    Charter's own ports)."""
     lease_ttl: float = 10.0
     daemon_timeout: float = 5.0
     grace: float = 5.0
@@ -32,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"beside it), or 'memory' to keep them only while the controller runs [{p}STORE, default %(default)s]",
     )
     parser.add_argument(
+        "--receive-networks", default=env(p, "RECEIVE_NETWORKS", d.receive_networks),
+        help=f"networks a participant's receive_address may be in, comma-separated (unspecified, multicast, "
+        f"broadcast and reserved addresses and Charter's own ports never) [{p}RECEIVE_NETWORKS, default %(default)s]",
+    )
+    parser.add_argument(
         "--lease-ttl", type=float, default=float(env(p, "LEASE_TTL", d.lease_ttl)),
         help=f"seconds a media daemon's lease lasts without renewal [{p}LEASE_TTL, default %(default)s]",
     )
@@ -46,9 +55,14 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
         raise SystemExit("--lease-ttl must be positive")
     if not args.store:
         raise SystemExit("--store needs a SQLite file or 'memory'")
+    try:
+        MediaDestinations.parse(args.receive_networks)
+    except ValueError as error:
+        raise SystemExit(f"--receive-networks {args.receive_networks!r}: {error}") from None
     return ControllerConfig(
         listen=args.listen,
         store=args.store,
+        receive_networks=args.receive_networks,
         lease_ttl=args.lease_ttl,
         daemon_timeout=args.daemon_timeout,
         grace=args.grace,

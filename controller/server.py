@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from charter import serving
+from charter.addresses import MediaDestinations
 from charter.serving import Server, stop_event
 from charter.v1 import controller_pb2, controller_pb2_grpc
 from controller import config as config_module
@@ -47,7 +48,10 @@ async def serve(config: ControllerConfig) -> None:
     conferences.follow(registry)
 
     server = Server(config.listen, SERVICE_NAMES)
-    server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, ConferenceService(conferences))
+    host, _, listen_port = config.listen.rpartition(":")
+    service = ConferenceService(conferences, MediaDestinations.parse(config.receive_networks),
+                                (host, int(listen_port)) if listen_port.isdigit() else None)
+    server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, service)
     registry_service = DaemonRegistryService(registry, conferences)
     server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, registry_service)
     stop = stop_event()

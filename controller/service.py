@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from grpc.aio import ServicerContext
 
-from charter.addresses import parse_address
+from charter.addresses import Address, MediaDestinations, parse_address
 from charter.errors import CharterError, InvalidArgument
 from charter.suites import SrtpSuite, decode_key
 from charter.tracks import parse_tracks
@@ -28,8 +28,30 @@ log = logging.getLogger("controller.service")
 
 
 class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
-    def __init__(self, conferences: Conferences) -> None:
+    def __init__(
+        self,
+        conferences: Conferences,
+        destinations: MediaDestinations | None = None,
+        own_address: tuple[str, int] | None = None,
+    ) -> None:
         self.conferences = conferences
+        self.destinations = destinations or MediaDestinations()
+        self.own_address = own_address
+        """The controller's gRPC address: never a place media may be sent to."""
+
+    def _receive_address(self, request: pb.JoinRequest) -> Address | None:
+        """Where the participant receives, if it says, and media may go there."""
+        if not request.HasField("receive_address"):
+            return None
+        address = parse_address("receive_address", request.receive_address)
+        services = [(host if host not in ("0.0.0.0", "") else "", port, port)
+                    for host, port in ([self.own_address] if self.own_address else [])]
+        for record in self.conferences.registry.live():
+            host, _, port = record.info.grpc_address.rpartition(":")
+            if port.isdigit():
+                services.append((host, int(port), int(port)))
+            services.append((record.info.media_ip, record.info.port_first, record.info.port_last))
+        return self.destinations.check("receive_address", address, services)
 
     async def CreateConference(
         self, request: pb.CreateConferenceRequest, context: ServicerContext[pb.CreateConferenceRequest, pb.Conference]
@@ -79,11 +101,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
             participant_id=m.parse_id("participant_id", request.participant_id, required=False),
             display_name=m.parse_text("display_name", request.display_name),
             tracks=parse_tracks("tracks", request.tracks),
-            receive_address=(
-                parse_address("receive_address", request.receive_address)
-                if request.HasField("receive_address")
-                else None
-            ),
+            receive_address=self._receive_address(request),
             suite=suite,
             send_key=decode_key("send_key", suite, request.send_key) if request.send_key else None,
         )

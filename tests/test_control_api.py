@@ -71,6 +71,11 @@ INVALID_JOINS = [
     (dict(receive_address=media_pb2.Address(ip="not-an-ip", port=5000)), "receive_address.ip"),
     (dict(receive_address=media_pb2.Address(ip="::1", port=5000)), "receive_address.ip"),
     (dict(receive_address=media_pb2.Address(ip="127.0.0.1", port=0)), "receive_address.port"),
+    # Not one receiver: media would go nowhere, or to many.
+    (dict(receive_address=media_pb2.Address(ip="0.0.0.0", port=5000)), "receive_address.ip"),
+    (dict(receive_address=media_pb2.Address(ip="255.255.255.255", port=5000)), "receive_address.ip"),
+    (dict(receive_address=media_pb2.Address(ip="224.0.0.1", port=5000)), "receive_address.ip"),
+    (dict(receive_address=media_pb2.Address(ip="240.0.0.1", port=5000)), "receive_address.ip"),
     (dict(send_key="%%%"), "send_key"),
     (dict(send_key=base64.b64encode(b"short").decode()), "send_key"),
     # Valid but wrong: a key anyone can guess, a codec Charter does not forward (or of the
@@ -145,6 +150,23 @@ def test_unknown_ids_are_not_found(api: Any) -> None:
         error = refused(call)
         assert error.code() == grpc.StatusCode.NOT_FOUND
         assert "not found" in error.details() or "is not in" in error.details()
+
+
+def test_media_is_never_sent_to_charters_own_ports(api: Any, charter: Cluster) -> None:
+    """Join's receive_address cannot aim a daemon's output at the controller, a daemon's gRPC
+    port or a daemon's media ports (a loop through Charter itself)."""
+    conference = api.CreateConference(pb.CreateConferenceRequest(), timeout=10)
+    controller_ip, controller_port = charter.controller.address.rsplit(":", 1)
+    daemon = charter.daemons[0]
+    daemon_ip, daemon_port = daemon.address.rsplit(":", 1)
+    first, last = charter.port_ranges[daemon.name]
+    for ip, port in ((controller_ip, int(controller_port)), (daemon_ip, int(daemon_port)), ("127.0.0.1", first),
+                     ("127.0.0.1", last)):
+        request = join(conference.conference_id, "aimer", [video(1)])
+        request.receive_address.CopyFrom(media_pb2.Address(ip=ip, port=port))
+        error = refused(lambda request=request: api.Join(request, timeout=10))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith("receive_address.port:") and "a port of Charter itself" in error.details()
 
 
 def test_duplicates_are_already_exists(api: Any) -> None:

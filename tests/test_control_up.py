@@ -67,6 +67,13 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
                 timeout=10,
             )
             assert not udp_port_free(joined.participant.media_address.port)
+            # The embedded default sends media to this machine only.
+            elsewhere = pb.JoinRequest(conference_id=joined.participant.conference_id, participant_id="far")
+            elsewhere.receive_address.ip, elsewhere.receive_address.port = "10.1.2.3", 40000
+            with pytest.raises(grpc.RpcError) as refused:
+                api.Join(elsewhere, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "outside the networks media may be sent to (127.0.0.0/8" in refused.value.details()
         page = f"http://127.0.0.1:{web_port}/"
         assert page in log.read_text(), "charter up prints where the conference page is"
         with urllib.request.urlopen(page, timeout=10) as reply:
