@@ -202,6 +202,8 @@ def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], st
         tempfile.mkdtemp(prefix="charter-bench-"),
         "--web-port",
         "0",
+        "--metrics-port",
+        "0",
         "--log-level",
         "warning",
     ]

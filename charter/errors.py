@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -72,8 +73,12 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps CharterError to its status code for the methods of `package` (unary and
     server-streaming); anything else that escapes a servicer is logged and becomes INTERNAL."""
 
-    def __init__(self, package: str = "charter.v1") -> None:
+    def __init__(
+        self, package: str = "charter.v1", observe: Callable[[str, str, float], None] | None = None
+    ) -> None:
         self._prefix = f"/{package}."
+        self._observe = observe
+        """Told (method, status code name, seconds) of every unary call (metrics)."""
 
     async def intercept_service(
         self,
@@ -86,7 +91,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
+                _wrap_unary(method, handler.unary_unary, self._observe),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -110,14 +115,23 @@ async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], error
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
 
 
-def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_unary(
+    method: str, behaviour: Callable[..., Any], observe: Callable[[str, str, float], None] | None
+) -> Callable[..., Any]:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
+        code = "OK"
         try:
             return await behaviour(request, context)
         except grpc.aio.AbortError:
+            code = "ABORTED"
             raise
         except Exception as error:  # noqa: BLE001 - mapped to a status in _abort
+            code = error.code.name if isinstance(error, CharterError) else "INTERNAL"
             await _abort(method, context, error)
+        finally:
+            if observe is not None:
+                observe(method, code, time.perf_counter() - started)
 
     return unary
 

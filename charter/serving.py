@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from charter import logs
 from charter.errors import StatusInterceptor
+from charter.metrics import observe_rpc
 
 log = logging.getLogger("charter.serving")
 
@@ -36,7 +37,7 @@ class Server:
         self.listen = listen
         self.service_names = list(service_names)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[StatusInterceptor()], options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(interceptors=[StatusInterceptor(observe=observe_rpc)], options=SERVER_OPTIONS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server

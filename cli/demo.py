@@ -105,7 +105,7 @@ class EmbeddedCharter:
         self.argv = [
             sys.executable, "-m", "cli", "up", "--daemons", "1",
             "--controller-port", self.controller.rsplit(":", 1)[1], "--mediad-port", str(mediad_port),
-            "--web-port", str(web_port), "--state-dir", os.path.join(workdir, "state"),
+            "--web-port", str(web_port), "--state-dir", os.path.join(workdir, "state"), "--metrics-port", "0",
             "--log-format", "text", "--log-level", "warning",
         ]
         self.process: subprocess.Popen[bytes] | None = None

@@ -94,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mediad-port", type=int, default=int(_env("MEDIAD_PORT", 8443)),
                         help="gRPC port of the first media daemon; the next ones follow "
                         "[CHARTER_UP_MEDIAD_PORT, default %(default)s]")
+    parser.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", 9464)),
+                        help="Prometheus /metrics of the controller on this port, the daemons' on the next ones; "
+                        "0: none [CHARTER_UP_METRICS_PORT, default %(default)s]")
     parser.add_argument("--web-port", type=int, default=int(_env("WEB_PORT", 8080)),
                         help="HTTP port of the web gateway (charter web, the conference page); 0: none "
                         "[CHARTER_UP_WEB_PORT, default %(default)s]")
@@ -133,7 +136,7 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
         [
             sys.executable, "-m", "controller", "--listen", controller_address,
             "--store", str(Path(args.state_dir) / "controller.sqlite3"), "--receive-networks", args.receive_networks,
-            "--lease-ttl", str(args.lease_ttl), *common,
+            "--lease-ttl", str(args.lease_ttl), *metrics(args, 0), *common,
         ],
     )
     daemons = []
@@ -148,7 +151,7 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
                 # daemon's conferences to move to, and they stay in the controller's store.
                 [sys.executable, "-m", "mediad", "--listen", address, "--daemon-id", f"mediad-{i}",
                  "--controller", controller_address, "--media-ip", args.host, "--ports", ports,
-                 "--drain-timeout", "1", *common],
+                 "--drain-timeout", "1", *metrics(args, 1 + i), *common],
                 detail=f"media {args.host}:{ports}",
             )
         )
@@ -164,6 +167,11 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
             http_health=url + "healthz",
         )
     return controller, daemons, web
+
+
+def metrics(args: argparse.Namespace, offset: int) -> list[str]:
+    """The --metrics-listen of the child `offset` places after the controller (none: [])."""
+    return ["--metrics-listen", f"{args.host}:{args.metrics_port + offset}"] if args.metrics_port else []
 
 
 def web_url(host: str, port: int) -> str:
@@ -187,7 +195,9 @@ async def up(args: argparse.Namespace) -> int:
             await _wait_registered(controller.grpc_address, [d.name for d in daemons], stop)
             if web is not None:
                 await _wait_ready(web, stop)
-            _print_summary(controller, daemons, web)
+            shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+            _print_summary(controller, daemons, web,
+                           f"http://{shown}:{args.metrics_port}/metrics" if args.metrics_port else "")
         while not stop.is_set():
             # A child that dies is started again: the controller finds its conferences in its
             # store, a daemon registers again and gets its conferences back.
@@ -277,13 +287,15 @@ async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio
             await asyncio.sleep(0.1)
 
 
-def _print_summary(controller: Child, daemons: list[Child], web: Child | None) -> None:
+def _print_summary(controller: Child, daemons: list[Child], web: Child | None, metrics_url: str = "") -> None:
     lines = ["", "Charter is up:", f"  {controller.name:<11} {controller.grpc_address:<16} pid {controller.pid}"]
     for d in daemons:
         lines.append(f"  {d.name:<11} {d.grpc_address:<16} pid {d.pid}  {d.detail}")
     if web is not None:
         lines.append(f"  {web.name:<11} {web.detail:<16} pid {web.pid}  the conference page (charter web)")
         lines += ["", f"  Join a conference from your browser: {web.detail}?conference=NAME"]
+    if metrics_url:
+        lines += ["", f"  Prometheus metrics: {metrics_url} (the controller; each daemon on the next ports)"]
     lines += [
         "",
         f"  grpcurl -plaintext {controller.grpc_address} list",

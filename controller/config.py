@@ -16,6 +16,8 @@ class ControllerConfig:
     listen: str = "127.0.0.1:50051"
     store: str = ""
     """A SQLite file of the conferences, or "memory" (lost when the controller stops)."""
+    metrics_listen: str = ""
+    """host:port of /metrics (Prometheus); empty: none."""
     receive_networks: str = "0.0.0.0/0"
     """Where participants may ask media to be sent (never multicast, broadcast, reserved, or
     Charter's own ports)."""
@@ -34,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--store", default=env(p, "STORE", str(default_state_dir() / "controller.sqlite3")),
         help=f"where conferences live: a SQLite file (made on first start; its keys sealed under FILE.key "
         f"beside it), or 'memory' to keep them only while the controller runs [{p}STORE, default %(default)s]",
+    )
+    parser.add_argument(
+        "--metrics-listen", default=env(p, "METRICS_LISTEN", d.metrics_listen),
+        help=f"host:port to serve Prometheus metrics on (/metrics); empty: none [{p}METRICS_LISTEN]",
     )
     parser.add_argument(
         "--receive-networks", default=env(p, "RECEIVE_NETWORKS", d.receive_networks),
@@ -63,6 +69,7 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
         listen=args.listen,
         store=args.store,
         receive_networks=args.receive_networks,
+        metrics_listen=args.metrics_listen,
         lease_ttl=args.lease_ttl,
         daemon_timeout=args.daemon_timeout,
         grace=args.grace,

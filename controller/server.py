@@ -9,8 +9,11 @@ import argparse
 import asyncio
 import logging
 
+from prometheus_client import REGISTRY
+
 from charter import serving
 from charter.addresses import MediaDestinations
+from charter.metrics import serve_metrics
 from charter.serving import Server, stop_event
 from charter.v1 import controller_pb2, controller_pb2_grpc
 from controller import config as config_module
@@ -18,6 +21,7 @@ from controller.conferences import Conferences
 from controller.config import ControllerConfig
 from controller.daemons import MediaDaemonClients
 from controller.events import EventHub
+from controller.metrics import ControllerCollector
 from controller.registry import Registry
 from controller.service import ConferenceService, DaemonRegistryService
 from controller.sqlite_store import SqliteStore, StoreError
@@ -56,6 +60,11 @@ async def serve(config: ControllerConfig) -> None:
     server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, registry_service)
     stop = stop_event()
     port = await server.start()
+    metrics = None
+    if config.metrics_listen:
+        collector = ControllerCollector(conferences)
+        REGISTRY.register(collector)
+        metrics = await serve_metrics(config.metrics_listen, collector.refresh)
     sweeper = asyncio.create_task(registry.sweep())
     if store.durable:
         # Conferences of daemons that died while this controller was down: no lease of theirs
@@ -75,6 +84,8 @@ async def serve(config: ControllerConfig) -> None:
     await asyncio.gather(sweeper, return_exceptions=True)
     await daemons.close()
     store.close()
+    if metrics is not None:
+        await metrics.cleanup()
     log.info("controller stopped")
 
 

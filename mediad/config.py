@@ -26,6 +26,8 @@ class MediadConfig:
     capacity: int = 0
     """Endpoints taken at most; 0: one per port of the range."""
     drain_timeout: float = 10.0
+    metrics_listen: str = ""
+    """host:port of /metrics (Prometheus); empty: none."""
     consent_timeout: float = 30.0
     """A WebRTC endpoint without an ICE check for this long is closed (RFC 7675: 30 s)."""
     publish_bitrate: int = 2_500_000
@@ -66,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=float(env(p, "DRAIN_TIMEOUT", d.drain_timeout)),
                         help=f"seconds a shutdown waits for endpoints to be released "
                         f"[{p}DRAIN_TIMEOUT, default %(default)s]")
+    parser.add_argument("--metrics-listen", default=env(p, "METRICS_LISTEN", d.metrics_listen),
+                        help=f"host:port to serve Prometheus metrics on (/metrics); empty: none [{p}METRICS_LISTEN]")
     parser.add_argument("--publish-bitrate", type=int,
                         default=int(env(p, "PUBLISH_BITRATE", d.publish_bitrate)),
                         help=f"bits/s a browser may send per video track, told to it as REMB; 0: none "
@@ -103,6 +107,7 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
         drain_timeout=args.drain_timeout,
         consent_timeout=args.consent_timeout,
         publish_bitrate=args.publish_bitrate,
+        metrics_listen=args.metrics_listen,
         grace=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,

@@ -9,7 +9,10 @@ import asyncio
 import logging
 import time
 
+from prometheus_client import REGISTRY
+
 from charter import serving
+from charter.metrics import serve_metrics
 from charter.serving import Server, stop_event
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2, mediad_pb2, mediad_pb2_grpc
@@ -17,6 +20,7 @@ from mediad import _forward
 from mediad import config as config_module
 from mediad.config import MediadConfig
 from mediad.media import Media
+from mediad.metrics import MediadCollector
 from mediad.ports import PortAllocator
 from mediad.publisher_reports import PublisherReports
 from mediad.registration import Registration
@@ -67,6 +71,10 @@ async def serve(config: MediadConfig) -> None:
     server.add(mediad_pb2_grpc.add_MediaDaemonServicer_to_server, MediaDaemonService(media, config.media_ip))
     stop = stop_event()
     port = await server.start()
+    metrics = None
+    if config.metrics_listen:
+        REGISTRY.register(MediadCollector(media))
+        metrics = await serve_metrics(config.metrics_listen)
     log.info(
         "media daemon serving",
         extra={
@@ -113,6 +121,8 @@ async def serve(config: MediadConfig) -> None:
     await server.stop(config.grace)
     consent.cancel()
     reports.cancel()
+    if metrics is not None:
+        await metrics.cleanup()
     media.close()
     log.info("media daemon stopped", extra={"daemon_id": config.daemon_id})
 

@@ -21,6 +21,7 @@ from charter.tracks import Track
 from charter.v1 import controller_pb2, controller_pb2_grpc, media_pb2, mediad_pb2, mediad_pb2_grpc
 from media_processes import MediaProcess
 from mediad import rtcp
+from processes import free_tcp_ports
 from rtp import sender_session
 from waits import wait_until
 
@@ -33,6 +34,9 @@ class CharterUp:
         self.mediad_address = f"127.0.0.1:{free_port()}"
         web_port = free_port()
         self.web_url = f"http://127.0.0.1:{web_port}/"
+        metrics_port = free_tcp_ports(2)
+        self.metrics_urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(2)]
+        """/metrics of the controller and of the daemon."""
         """The conference page of its web gateway (charter web)."""
         if media_ports is None:
             # A block of the default media range; ports another process holds are skipped.
@@ -55,6 +59,8 @@ class CharterUp:
             str(web_port),
             "--state-dir",
             str(workdir / "state"),
+            "--metrics-port",
+            str(metrics_port),
             "--log-format",
             "text",
             "--log-level",

@@ -46,6 +46,8 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
         str(web_port),
         "--state-dir",
         str(tmp_path / "state"),
+        "--metrics-port",
+        "0",
         "--log-format",
         "json",
     ]
@@ -140,7 +142,7 @@ def test_charter_up_starts_a_daemon_that_died_again(tmp_path: Path) -> None:
     first, last = free_udp_range(20)
     argv = [*charter_command(), "up", "--daemons", "2", "--controller-port", str(controller_port), "--mediad-port",
             str(free_tcp_ports(2)), "--ports", f"{first}-{last}", "--web-port", "0", "--lease-ttl", "3",
-            "--state-dir", str(tmp_path / "state"), "--log-format", "json"]
+            "--state-dir", str(tmp_path / "state"), "--metrics-port", "0", "--log-format", "json"]
     log = tmp_path / "up.log"
     up = start_logged(argv, log)
     try:
