@@ -77,7 +77,8 @@ def check_key(field: str, suite: SrtpSuite | str, key: bytes) -> bytes:
         )
     if len(set(key)) == 1:
         # All zeros, or one byte repeated: anyone can guess it, so the media is not private.
-        raise InvalidArgument(field, f"is one byte (0x{key[0]:02x}) repeated, which anyone can guess: use random "
+        # (Which byte is not said: an error names no part of a key.)
+        raise InvalidArgument(field, "is one byte repeated (all zeros, say), which anyone can guess: use random "
                               "bytes, or leave it out and Charter makes a key")
     return bytes(key)
 

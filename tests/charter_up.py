@@ -29,15 +29,15 @@ from waits import wait_until
 class CharterUp:
     """`charter up` with one media daemon on free ports, as a user starts it."""
 
-    def __init__(self, workdir: Path, *, media_ports: str | None = None) -> None:
+    def __init__(self, workdir: Path, *, media_ports: str | None = None, log_level: str = "warning") -> None:
         self.controller_address = f"127.0.0.1:{free_port()}"
         self.mediad_address = f"127.0.0.1:{free_port()}"
         web_port = free_port()
         self.web_url = f"http://127.0.0.1:{web_port}/"
+        """The conference page of its web gateway (charter web)."""
         metrics_port = free_tcp_ports(2)
         self.metrics_urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(2)]
         """/metrics of the controller and of the daemon."""
-        """The conference page of its web gateway (charter web)."""
         if media_ports is None:
             # A block of the default media range; ports another process holds are skipped.
             first = random.randrange(16384, 32767 - 400, 100)
@@ -64,7 +64,7 @@ class CharterUp:
             "--log-format",
             "text",
             "--log-level",
-            "warning",
+            log_level,
         ]
         self.process = MediaProcess("charter-up", argv, workdir)
         self.channel = grpc.insecure_channel(self.controller_address)

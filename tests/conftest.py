@@ -40,7 +40,7 @@ LAYERS = {
         "test_control_", "test_grpcurl.py", "test_daemon_contract.py", "test_mediad_", "test_web_gateway.py",
     ),
     "real media peers: ffmpeg, GStreamer, aiortc, the demo": (
-        "test_peers_", "test_demo.py", "test_webrtc_conference", "test_webrtc_bad_input.py",
+        "test_peers_", "test_demo.py", "test_webrtc_conference", "test_webrtc_bad_input.py", "test_secrets.py",
     ),
     "real browsers: headless Chromium": ("test_browser",),
 }
