@@ -33,11 +33,13 @@ SERVER_OPTIONS = [
 class Server:
     """A grpc.aio server with grpc.health.v1, server reflection and StatusInterceptor."""
 
-    def __init__(self, listen: str, service_names: Sequence[str]) -> None:
+    def __init__(self, listen: str, service_names: Sequence[str], *, max_message_bytes: int = 4 << 20) -> None:
         self.listen = listen
         self.service_names = list(service_names)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[StatusInterceptor(observe=observe_rpc)], options=SERVER_OPTIONS)
+        # A larger request is refused (RESOURCE_EXHAUSTED) before it is read into memory.
+        options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)]
+        self.server = grpc.aio.server(interceptors=[StatusInterceptor(observe=observe_rpc)], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server

@@ -38,6 +38,7 @@ from charter.webrtc_sdp import (
 )
 from controller import events
 from controller.daemons import DaemonClient, DaemonClients
+from controller.limits import Limits
 from controller.model import Conference, Participant, WebRtcSession
 from controller.placement import Candidate, describe, least_loaded
 from controller.registry import DaemonRecord, Registry
@@ -98,6 +99,7 @@ class Conferences:
         daemons: DaemonClients,
         hub: events.EventHub,
         clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -105,6 +107,7 @@ class Conferences:
         self.hub = hub
         self._clock = clock
         self._background: set[asyncio.Task[object]] = set()
+        self.limits = limits or Limits()
 
     # --- conferences ---------------------------------------------------------------------
 
@@ -174,6 +177,10 @@ class Conferences:
                 raise AlreadyExists(
                     f"participant {participant_id!r} is already in conference {conference.conference_id!r}"
                 )
+            most = self.limits.participants_per_conference
+            if len(conference.participants) >= most:
+                raise ResourceExhausted(f"conference {conference.conference_id!r} has {most} participants, the most "
+                                        "a conference takes (the controller's --max-participants)")
             published = {t.ssrc: p.participant_id for p in conference.participants.values() for t in p.tracks}
             for i, track in enumerate(spec.tracks):
                 if track.ssrc in published:
@@ -500,6 +507,29 @@ class Conferences:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def end_unused(self, period: float = 10.0) -> None:
+        """End, every `period` seconds, the conferences nobody joined within the limit (an
+        empty one that is not persistent: one whose last participant left has ended then)."""
+        while True:
+            await asyncio.sleep(period)
+            await self.end_unused_now()
+
+    async def end_unused_now(self) -> int:
+        cutoff = self._clock() - self.limits.unused_conference_seconds
+        ended = 0
+        for conference in await self.store.page(limit=1 << 30):
+            if not conference.participants and not conference.persistent and conference.created_at < cutoff:
+                try:
+                    async with self.store.lock(conference.conference_id):
+                        current = await self.store.get(conference.conference_id)
+                        if current is not None and not current.participants:
+                            await self._end_locked(current, "unused")
+                            ended += 1
+                except CharterError as error:
+                    log.warning("unused conference not ended", extra={"conference_id": conference.conference_id,
+                                                                      "why": str(error)})
+        return ended
 
     async def move_off(self, daemon_id: str, reason: str, *, only_if_room: bool = False) -> int:
         """Move every conference placed on `daemon_id` (its lease expired, or it drains) to a

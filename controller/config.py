@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from charter.addresses import MediaDestinations
 from charter.config import add_server_arguments, default_state_dir, env
+from controller.limits import Limits
 
 ENV_PREFIX = "CHARTER_CONTROLLER_"
 
@@ -18,6 +19,7 @@ class ControllerConfig:
     """A SQLite file of the conferences, or "memory" (lost when the controller stops)."""
     metrics_listen: str = ""
     """host:port of /metrics (Prometheus); empty: none."""
+    limits: Limits = Limits()
     receive_networks: str = "0.0.0.0/0"
     """Where participants may ask media to be sent (never multicast, broadcast, reserved, or
     Charter's own ports)."""
@@ -41,6 +43,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-listen", default=env(p, "METRICS_LISTEN", d.metrics_listen),
         help=f"host:port to serve Prometheus metrics on (/metrics); empty: none [{p}METRICS_LISTEN]",
     )
+    limits = Limits()
+    parser.add_argument("--max-calls-per-second", type=float,
+                        default=float(env(p, "MAX_CALLS_PER_SECOND", limits.calls_per_second)),
+                        help=f"calls one caller may make each second (bursts of twice that) [{p}MAX_CALLS_PER_SECOND, "
+                        "default %(default)s]")
+    parser.add_argument("--max-watches-per-caller", type=int,
+                        default=int(env(p, "MAX_WATCHES_PER_CALLER", limits.watches_per_caller)),
+                        help=f"watch streams one caller may keep open [{p}MAX_WATCHES_PER_CALLER, default %(default)s]")
+    parser.add_argument("--max-participants", type=int,
+                        default=int(env(p, "MAX_PARTICIPANTS", limits.participants_per_conference)),
+                        help=f"participants one conference takes [{p}MAX_PARTICIPANTS, default %(default)s]")
+    parser.add_argument("--unused-conference-seconds", type=float,
+                        default=float(env(p, "UNUSED_CONFERENCE_SECONDS", limits.unused_conference_seconds)),
+                        help=f"a conference nobody joins (and not persistent) ends after this long "
+                        f"[{p}UNUSED_CONFERENCE_SECONDS, default %(default)s]")
     parser.add_argument(
         "--receive-networks", default=env(p, "RECEIVE_NETWORKS", d.receive_networks),
         help=f"networks a participant's receive_address may be in, comma-separated (unspecified, multicast, "
@@ -61,6 +78,10 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
         raise SystemExit("--lease-ttl must be positive")
     if not args.store:
         raise SystemExit("--store needs a SQLite file or 'memory'")
+    if args.max_calls_per_second <= 0 or args.max_watches_per_caller < 1 or args.max_participants < 2 \
+            or args.unused_conference_seconds <= 0:
+        raise SystemExit("--max-calls-per-second and --unused-conference-seconds must be positive, "
+                         "--max-watches-per-caller at least 1, --max-participants at least 2")
     try:
         MediaDestinations.parse(args.receive_networks)
     except ValueError as error:
@@ -69,6 +90,9 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
         listen=args.listen,
         store=args.store,
         receive_networks=args.receive_networks,
+        limits=Limits(calls_per_second=args.max_calls_per_second, watches_per_caller=args.max_watches_per_caller,
+                      participants_per_conference=args.max_participants,
+                      unused_conference_seconds=args.unused_conference_seconds),
         metrics_listen=args.metrics_listen,
         lease_ttl=args.lease_ttl,
         daemon_timeout=args.daemon_timeout,

@@ -21,6 +21,7 @@ from controller.conferences import Conferences
 from controller.config import ControllerConfig
 from controller.daemons import MediaDaemonClients
 from controller.events import EventHub
+from controller.limits import CallerLimits
 from controller.metrics import ControllerCollector
 from controller.registry import Registry
 from controller.service import ConferenceService, DaemonRegistryService
@@ -48,13 +49,14 @@ async def serve(config: ControllerConfig) -> None:
     registry = Registry(config.lease_ttl)
     daemons = MediaDaemonClients(config.daemon_timeout)
     store = open_store(config)
-    conferences = Conferences(store, registry, daemons, EventHub())
+    conferences = Conferences(store, registry, daemons, EventHub(), limits=config.limits)
     conferences.follow(registry)
 
-    server = Server(config.listen, SERVICE_NAMES)
+    server = Server(config.listen, SERVICE_NAMES, max_message_bytes=config.limits.max_message_bytes)
     host, _, listen_port = config.listen.rpartition(":")
     service = ConferenceService(conferences, MediaDestinations.parse(config.receive_networks),
-                                (host, int(listen_port)) if listen_port.isdigit() else None)
+                                (host, int(listen_port)) if listen_port.isdigit() else None,
+                                CallerLimits(config.limits))
     server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, service)
     registry_service = DaemonRegistryService(registry, conferences)
     server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, registry_service)
@@ -66,6 +68,7 @@ async def serve(config: ControllerConfig) -> None:
         REGISTRY.register(collector)
         metrics = await serve_metrics(config.metrics_listen, collector.refresh)
     sweeper = asyncio.create_task(registry.sweep())
+    conferences.in_background(conferences.end_unused())
     if store.durable:
         # Conferences of daemons that died while this controller was down: no lease of theirs
         # will expire here, so they are moved once the others had a lease's time to register.

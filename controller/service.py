@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from grpc.aio import ServicerContext
 
@@ -19,6 +20,7 @@ from charter.webrtc_sdp import parse_offer
 from controller import events
 from controller import messages as m
 from controller.conferences import Conferences, JoinSpec
+from controller.limits import CallerLimits, Limits, caller_of
 from controller.registry import Registry
 from controller.store import DaemonUsage
 
@@ -33,11 +35,19 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         conferences: Conferences,
         destinations: MediaDestinations | None = None,
         own_address: tuple[str, int] | None = None,
+        caller_limits: CallerLimits | None = None,
     ) -> None:
         self.conferences = conferences
         self.destinations = destinations or MediaDestinations()
         self.own_address = own_address
         """The controller's gRPC address: never a place media may be sent to."""
+        self.caller_limits = caller_limits or CallerLimits(Limits())
+
+    def _admit(self, context: ServicerContext[Any, Any]) -> str:
+        """The caller of this call, if it is within its rate (else ResourceExhausted)."""
+        caller = caller_of(context.peer() or "")
+        self.caller_limits.admit(caller)
+        return caller
 
     def _receive_address(self, request: pb.JoinRequest) -> Address | None:
         """Where the participant receives, if it says, and media may go there."""
@@ -56,6 +66,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def CreateConference(
         self, request: pb.CreateConferenceRequest, context: ServicerContext[pb.CreateConferenceRequest, pb.Conference]
     ) -> pb.Conference:
+        self._admit(context)
         conference = await self.conferences.create(
             m.parse_id("conference_id", request.conference_id, required=False),
             m.parse_text("name", request.name),
@@ -66,6 +77,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def GetConference(
         self, request: pb.GetConferenceRequest, context: ServicerContext[pb.GetConferenceRequest, pb.Conference]
     ) -> pb.Conference:
+        self._admit(context)
         conference = await self.conferences.get(m.parse_id("conference_id", request.conference_id))
         return m.conference_to_proto(conference)
 
@@ -74,6 +86,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         request: pb.ListConferencesRequest,
         context: ServicerContext[pb.ListConferencesRequest, pb.ListConferencesResponse],
     ) -> pb.ListConferencesResponse:
+        self._admit(context)
         if request.page_size > MAX_PAGE:
             raise InvalidArgument("page_size", f"is {request.page_size}; at most {MAX_PAGE}")
         token = m.parse_id("page_token", request.page_token, required=False)
@@ -87,12 +100,14 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         request: pb.EndConferenceRequest,
         context: ServicerContext[pb.EndConferenceRequest, pb.EndConferenceResponse],
     ) -> pb.EndConferenceResponse:
+        self._admit(context)
         removed = await self.conferences.end(m.parse_id("conference_id", request.conference_id))
         return pb.EndConferenceResponse(participants_removed=removed)
 
     async def Join(
         self, request: pb.JoinRequest, context: ServicerContext[pb.JoinRequest, pb.JoinResponse]
     ) -> pb.JoinResponse:
+        self._admit(context)
         if request.offer:
             return await self._join_browser(request)
         suite = SrtpSuite.from_number("suite", request.suite)
@@ -131,6 +146,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def Answer(
         self, request: pb.AnswerRequest, context: ServicerContext[pb.AnswerRequest, pb.AnswerResponse]
     ) -> pb.AnswerResponse:
+        self._admit(context)
         if not request.sdp:
             raise InvalidArgument("sdp", "is required: the SDP answer to the session_offer")
         if not request.version:
@@ -146,6 +162,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def GetParticipant(
         self, request: pb.GetParticipantRequest, context: ServicerContext[pb.GetParticipantRequest, pb.Participant]
     ) -> pb.Participant:
+        self._admit(context)
         participant = await self.conferences.get_participant(
             m.parse_id("conference_id", request.conference_id),
             m.parse_id("participant_id", request.participant_id),
@@ -155,6 +172,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def Leave(
         self, request: pb.LeaveRequest, context: ServicerContext[pb.LeaveRequest, pb.LeaveResponse]
     ) -> pb.LeaveResponse:
+        self._admit(context)
         ended = await self.conferences.leave(
             m.parse_id("conference_id", request.conference_id),
             m.parse_id("participant_id", request.participant_id),
@@ -166,13 +184,15 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         request: pb.WatchConferenceRequest,
         context: ServicerContext[pb.WatchConferenceRequest, pb.ConferenceEvent],
     ) -> AsyncIterator[pb.ConferenceEvent]:
+        caller = self._admit(context)
         conference_id = m.parse_id("conference_id", request.conference_id)
         watcher_id = m.parse_id("participant_id", request.participant_id, required=False)
-        async for event in self.conferences.watch(conference_id, watcher_id, request.after_sequence):
-            body = event.body
-            if isinstance(body, events.SessionOffer) and body.participant_id != watcher_id:
-                continue  # an offer is for its participant's eyes only
-            yield m.event_to_proto(event, watcher_id)
+        with self.caller_limits.watching(caller):
+            async for event in self.conferences.watch(conference_id, watcher_id, request.after_sequence):
+                body = event.body
+                if isinstance(body, events.SessionOffer) and body.participant_id != watcher_id:
+                    continue  # an offer is for its participant's eyes only
+                yield m.event_to_proto(event, watcher_id)
 
 
 class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):

@@ -162,7 +162,12 @@ def _start(name: str, argv: list[str], address: str, log_dir: Path) -> Process:
 
 
 def start_controller(
-    log_dir: Path, *, lease_ttl: float = 10.0, port: int | None = None, store: str | None = None
+    log_dir: Path,
+    *,
+    lease_ttl: float = 10.0,
+    port: int | None = None,
+    store: str | None = None,
+    options: Sequence[str] = (),
 ) -> Process:
     """A controller; its conferences in `store`, a SQLite file, or in memory (the default:
     stopping it ends its conferences and releases their endpoints)."""
@@ -170,7 +175,8 @@ def start_controller(
     store = store or "memory"
     return _start(
         "controller",
-        ["-m", "controller", "--listen", address, "--store", store, "--lease-ttl", str(lease_ttl), "--grace", "2"],
+        ["-m", "controller", "--listen", address, "--store", store, "--lease-ttl", str(lease_ttl), "--grace", "2",
+         *options],
         address,
         log_dir,
     )
@@ -260,10 +266,11 @@ def cluster(
     capacity: int = 0,
     check_exit: bool = True,
     store: str | None = None,
+    controller_options: Sequence[str] = (),
 ) -> Iterator[Cluster]:
     """A controller (its conferences in memory, or in the SQLite file `store`) and `daemons`
     media daemons, each daemon registered before this yields."""
-    controller = start_controller(log_dir, lease_ttl=lease_ttl, store=store)
+    controller = start_controller(log_dir, lease_ttl=lease_ttl, store=store, options=controller_options)
     started: list[Process] = []
     ranges: dict[str, tuple[int, int]] = {}
     try:
