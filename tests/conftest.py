@@ -31,13 +31,14 @@ LAYERS = {
     "in process: the controller's domain and pure modules": (
         "test_conference_", "test_placement.py", "test_registry.py", "test_store.py", "test_sdp.py",
         "test_rtcp_packets.py", "test_layers.py", "test_webrtc_sdp.py", "test_ice.py", "test_dtls.py",
-        "test_sqlite_store.py",
+        "test_sqlite_store.py", "test_fuzz.py",
     ),
     "the forwarding core and its slow paths, RTCP and WebRTC (real sockets, one process)": (
         "test_forward_", "test_rtcp_router.py", "test_webrtc_transports.py", "test_publisher_reports.py",
     ),
     "real processes: controller, daemons, grpcurl, the double's contract": (
-        "test_control_", "test_limits.py", "test_grpcurl.py", "test_daemon_contract.py", "test_mediad_", "test_web_gateway.py",
+        "test_control_", "test_limits.py", "test_grpcurl.py", "test_daemon_contract.py", "test_mediad_",
+        "test_web_gateway.py",
     ),
     "real media peers: ffmpeg, GStreamer, aiortc, the demo": (
         "test_peers_", "test_demo.py", "test_webrtc_conference", "test_webrtc_bad_input.py", "test_secrets.py",
