@@ -31,6 +31,7 @@ import grpc
 import uvloop
 
 from charter.processes import free_port, stop
+from charter.tokens import ACTIONS, ApiKeys, Grant, with_token
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc, media_pb2
 
@@ -108,7 +109,9 @@ async def bench(address: str, args: argparse.Namespace) -> list[dict[str, object
 
 
 async def bench_once(address: str, args: argparse.Namespace, concurrency: int) -> dict[str, object]:
-    async with grpc.aio.insecure_channel(address) as channel:
+    # Every call carries a token, as a production client's does (its check is in the figures).
+    token = ApiKeys(Path(args.state_dir) / "api-keys.json").token(Grant("*", ACTIONS), ttl=24 * 3600)
+    async with grpc.aio.insecure_channel(address, interceptors=with_token(token)) as channel:
         api = controller_pb2_grpc.ConferenceServiceStub(channel)
         registry = controller_pb2_grpc.DaemonRegistryStub(channel)
         conferences = [
@@ -181,6 +184,7 @@ async def bench_once(address: str, args: argparse.Namespace, concurrency: int) -
 
 
 def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+    args.state_dir = tempfile.mkdtemp(prefix="charter-bench-")
     controller_port = free_port()
     mediad_port = free_port_block(args.daemons, socket.SOCK_STREAM, 40000, 60000)
     ports_per_daemon = args.participants // args.daemons + 200
@@ -199,7 +203,7 @@ def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], st
         "--ports",
         f"{first}-{first + ports_per_daemon * args.daemons - 1}",
         "--state-dir",
-        tempfile.mkdtemp(prefix="charter-bench-"),
+        args.state_dir,
         "--web-port",
         "0",
         "--metrics-port",

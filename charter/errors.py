@@ -69,6 +69,18 @@ class Internal(CharterError):
     code = grpc.StatusCode.INTERNAL
 
 
+class Unauthenticated(CharterError):
+    """No credentials, or credentials that do not prove who calls (bad, expired)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CharterError):
+    """Credentials that do not grant this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps CharterError to its status code for the methods of `package` (unary and
     server-streaming); anything else that escapes a servicer is logged and becomes INTERNAL."""

@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "source; auto: ffmpeg where installed (default %(default)s)",
     )
     parser.add_argument(
+        "--token", default=os.environ.get("CHARTER_TOKEN", ""),
+        help="access token for --controller (charter token) [CHARTER_TOKEN]; the embedded Charter's is made here",
+    )
+    parser.add_argument(
         "--controller", default=os.environ.get("CHARTER_CONTROLLER", ""),
         help="use the Charter whose controller is at host:port [CHARTER_CONTROLLER]; "
         "default: start the embedded one (charter up) for the demo",
@@ -102,6 +106,7 @@ class EmbeddedCharter:
         web_port = processes.free_port()
         self.web_url = f"http://127.0.0.1:{web_port}/"
         self.log_path = os.path.join(workdir, "charter-up.log")
+        self.api_keys = os.path.join(workdir, "state", "api-keys.json")
         self.argv = [
             sys.executable, "-m", "cli", "up", "--daemons", "1",
             "--controller-port", self.controller.rsplit(":", 1)[1], "--mediad-port", str(mediad_port),
@@ -118,6 +123,12 @@ class EmbeddedCharter:
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+    def token(self) -> str:
+        """A token for every call of the demo (made with the API key `charter up` made)."""
+        from charter.tokens import ApiKeys, Grant
+
+        return ApiKeys(self.api_keys).token(Grant("*", ("create", "end", "read", "join", "watch")), ttl=24 * 3600)
 
     async def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (the ordered shutdown of `charter up`); its exit code."""
@@ -162,7 +173,10 @@ async def wait_for_daemon(controller: str, timeout: float, embedded: EmbeddedCha
 
 
 class Demo:
-    def __init__(self, args: argparse.Namespace, controller: str, workdir: str, web_url: str = "") -> None:
+    def __init__(
+        self, args: argparse.Namespace, controller: str, workdir: str, web_url: str = "", token: str = ""
+    ) -> None:
+        self.token = token
         self.args = args
         self.controller = controller
         self.web_url = web_url
@@ -177,9 +191,10 @@ class Demo:
     async def run(self, stop: asyncio.Event) -> None:
         import grpc
 
+        from charter.tokens import with_token
         from charter.v1 import controller_pb2, controller_pb2_grpc, mediad_pb2_grpc
 
-        async with grpc.aio.insecure_channel(self.controller) as channel:
+        async with grpc.aio.insecure_channel(self.controller, interceptors=with_token(self.token)) as channel:
             conferences = controller_pb2_grpc.ConferenceServiceStub(channel)
             conference = await conferences.CreateConference(
                 controller_pb2.CreateConferenceRequest(conference_id=self.conference_id, name="charter demo"),
@@ -476,9 +491,11 @@ async def demo(args: argparse.Namespace) -> int:
             await embedded.start()
             controller = embedded.controller
             web_url = web_url or embedded.web_url
+            token = embedded.token()
         else:
             await wait_for_daemon(controller, 10.0)
-        conference = Demo(args, controller, workdir, web_url)
+            token = args.token
+        conference = Demo(args, controller, workdir, web_url, token)
         source = (
             "ffmpeg test sources (VP8 + Opus)"
             if conference.use_ffmpeg

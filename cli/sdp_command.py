@@ -7,6 +7,7 @@ import os
 import sys
 
 from charter import sdp
+from charter.tokens import call_metadata
 
 DEFAULT_CONTROLLER = "127.0.0.1:50051"
 
@@ -32,10 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Charter's SDP answer for an offer/answer endpoint such as a SIP user agent "
         "(every m-line on the daemon's port, Charter's key) instead of the participant's view",
     )
+    parser.add_argument("--token", default=os.environ.get("CHARTER_TOKEN", ""),
+                        help="access token of the controller (charter token) [CHARTER_TOKEN]")
     parser.add_argument("-o", "--output", help="write to this file instead of standard output")
 
 
-def fetch(controller: str, conference_id: str, participant_id: str, timeout: float = 10.0) -> sdp.ParticipantSession:
+def fetch(
+    controller: str, conference_id: str, participant_id: str, timeout: float = 10.0, token: str = ""
+) -> sdp.ParticipantSession:
     import grpc
 
     from charter.v1 import controller_pb2, controller_pb2_grpc
@@ -43,14 +48,14 @@ def fetch(controller: str, conference_id: str, participant_id: str, timeout: flo
     with grpc.insecure_channel(controller) as channel:
         stub = controller_pb2_grpc.ConferenceServiceStub(channel)
         request = controller_pb2.GetParticipantRequest(conference_id=conference_id, participant_id=participant_id)
-        return sdp.from_participant(stub.GetParticipant(request, timeout=timeout))
+        return sdp.from_participant(stub.GetParticipant(request, timeout=timeout, metadata=call_metadata(token)))
 
 
 def run(args: argparse.Namespace) -> int:
     import grpc
 
     try:
-        session = fetch(args.controller, args.conference, args.participant)
+        session = fetch(args.controller, args.conference, args.participant, token=args.token)
     except grpc.RpcError as error:
         print(f"charter sdp: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from pathlib import Path
 from charter import logs, processes
 from charter.config import default_state_dir, env
 from charter.serving import stop_event, wait_serving
+from charter.tokens import ApiKeys
 
 log = logging.getLogger("cli.up")
 
@@ -105,6 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=_env("STATE_DIR", str(default_state_dir())),
                         help="where the controller keeps its conferences (controller.sqlite3), so that they "
                         "outlive a restart [CHARTER_UP_STATE_DIR, default %(default)s]")
+    parser.add_argument("--auth", choices=["token", "none"], default=_env("AUTH", "token"),
+                        help="token: the API needs a token (charter token; the conference page gets its own); "
+                        "none: anyone who reaches the controller may call [CHARTER_UP_AUTH, default %(default)s]")
     parser.add_argument("--receive-networks", default=_env("RECEIVE_NETWORKS", "127.0.0.0/8"),
                         help="networks participants may receive media in (the controller's --receive-networks) "
                         "[CHARTER_UP_RECEIVE_NETWORKS, default %(default)s: this machine]")
@@ -136,6 +140,7 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
         [
             sys.executable, "-m", "controller", "--listen", controller_address,
             "--store", str(Path(args.state_dir) / "controller.sqlite3"), "--receive-networks", args.receive_networks,
+            "--auth", args.auth, "--api-keys", str(Path(args.state_dir) / "api-keys.json"),
             "--lease-ttl", str(args.lease_ttl), *metrics(args, 0), *common,
         ],
     )
@@ -162,7 +167,7 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
             "web",
             "",
             [sys.executable, "-m", "cli", "web", "--listen", f"{args.host}:{args.web_port}",
-             "--controller", controller_address, *common],
+             "--controller", controller_address, "--api-keys", str(Path(args.state_dir) / "api-keys.json"), *common],
             detail=url,
             http_health=url + "healthz",
         )
@@ -182,6 +187,8 @@ def web_url(host: str, port: int) -> str:
 
 async def up(args: argparse.Namespace) -> int:
     controller, daemons, web = plan(args)
+    # The API keys exist before the controller and the gateway both read them.
+    ApiKeys(Path(args.state_dir) / "api-keys.json")
     children = [controller, *daemons, *([web] if web else [])]
     stop = stop_event()
     failed = False

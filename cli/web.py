@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from charter import logs
 from charter.config import LOG_FORMATS, LOG_LEVELS, env
 from charter.serving import stop_event
+from charter.tokens import ApiKeys, Grant, call_metadata
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
 
@@ -49,6 +50,7 @@ CALL_TIMEOUT = 10.0
 MAX_MESSAGE = 1 << 20
 
 SESSIONS: web.AppKey[set[BrowserSession]] = web.AppKey("sessions")
+KEYS: web.AppKey[ApiKeys | None] = web.AppKey("keys")
 API: web.AppKey[controller_pb2_grpc.ConferenceServiceStub] = web.AppKey(
     "api", controller_pb2_grpc.ConferenceServiceStub
 )
@@ -58,6 +60,9 @@ CHANNEL: web.AppKey[grpc.aio.Channel] = web.AppKey("channel", grpc.aio.Channel)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default=env(PREFIX, "LISTEN", "127.0.0.1:8080"),
                         help=f"HTTP address of the page, host:port [{PREFIX}LISTEN, default %(default)s]")
+    parser.add_argument("--api-keys", default=env(PREFIX, "API_KEYS", ""),
+                        help=f"the controller's API keys file: the gateway signs each page a token for the conference "
+                        f"it joins; empty: calls carry no token (a controller with --auth none) [{PREFIX}API_KEYS]")
     parser.add_argument("--controller", default=env(PREFIX, "CONTROLLER", "127.0.0.1:50051"),
                         help=f"the controller's gRPC address [{PREFIX}CONTROLLER, default %(default)s]")
     parser.add_argument("--log-level", default=env(PREFIX, "LOG_LEVEL", "info"), choices=LOG_LEVELS,
@@ -79,7 +84,12 @@ class GatewayError(Exception):
 class BrowserSession:
     """One browser's WebSocket: at most one participant at a time, and its watch stream."""
 
-    def __init__(self, ws: web.WebSocketResponse, api: controller_pb2_grpc.ConferenceServiceStub) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, api: controller_pb2_grpc.ConferenceServiceStub, keys: ApiKeys | None = None
+    ) -> None:
+        self.keys = keys
+        self.token = ""
+        """What this page's calls carry: a token for its conference (and then its participant)."""
         self.ws = ws
         self.api = api
         self.conference_id = ""
@@ -95,7 +105,7 @@ class BrowserSession:
     async def call(self, method: str, request: Any) -> Any:
         """A unary call of ConferenceService; GatewayError naming it and its status if it fails."""
         try:
-            return await getattr(self.api, method)(request, timeout=CALL_TIMEOUT)
+            return await getattr(self.api, method)(request, timeout=CALL_TIMEOUT, metadata=call_metadata(self.token))
         except grpc.aio.AioRpcError as error:
             raise GatewayError(method, error.code().name, error.details() or "") from None
 
@@ -138,6 +148,7 @@ class BrowserSession:
         if self.participant_id:
             raise GatewayError("Join", "FAILED_PRECONDITION",
                                f"this page already joined {self.conference_id} as {self.participant_id}: leave first")
+        self._grant(Grant(conference_id, ("create", "read", "join", "end")))
         created = await self._ensure_conference(conference_id)
         try:
             reply = await self.call("Join", pb.JoinRequest(conference_id=conference_id, display_name=name,
@@ -156,11 +167,18 @@ class BrowserSession:
             raise GatewayError("Join", "UNIMPLEMENTED", "the controller did not take the offer (the participant "
                                "it joined is not WebRTC: Participant.webrtc is false), so it does not serve browsers")
         self.conference_id, self.participant_id = conference_id, participant.participant_id
+        # From now on the page acts as its participant only; it is handed the token too.
+        self._grant(Grant(conference_id, ("join", "watch", "read"), self.participant_id))
         log.info("joined", extra={"conference_id": conference_id, "participant_id": self.participant_id,
                                   "created": created})
         await self.send({"type": "joined", "conference": conference_id, "participant": self.participant_id,
-                         "name": participant.display_name, "answer": participant.sdp})
+                         "name": participant.display_name, "answer": participant.sdp, "token": self.token})
         self.watch = asyncio.create_task(self._watch(conference_id, self.participant_id))
+
+    def _grant(self, grant: Grant) -> None:
+        """The token the page's calls carry from now on (none without API keys)."""
+        if self.keys is not None:
+            self.token = self.keys.token(grant, ttl=12 * 3600)
 
     async def _ensure_conference(self, conference_id: str) -> bool:
         """Create the conference if it does not exist; True when this call created it."""
@@ -209,7 +227,7 @@ class BrowserSession:
     async def _watch(self, conference_id: str, participant_id: str) -> None:
         request = pb.WatchConferenceRequest(conference_id=conference_id, participant_id=participant_id)
         try:
-            stream: Any = self.api.WatchConference(request)  # grpc.aio: an async iterator
+            stream: Any = self.api.WatchConference(request, metadata=call_metadata(self.token))  # an async iterator
             async for event in stream:
                 if not await self._forward(event, participant_id):
                     return
@@ -279,7 +297,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
     await ws.prepare(request)
-    session = BrowserSession(ws, request.app[API])
+    session = BrowserSession(ws, request.app[API], request.app[KEYS])
     sessions = request.app[SESSIONS]
     sessions.add(session)
     try:
@@ -289,8 +307,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def make_app(controller: str) -> web.Application:
+def make_app(controller: str, keys: ApiKeys | None = None) -> web.Application:
     app = web.Application()
+    app[KEYS] = keys
     sessions: set[BrowserSession] = set()
     app[SESSIONS] = sessions
 
@@ -325,7 +344,11 @@ def split_listen(listen: str) -> tuple[str, int]:
 async def serve(args: argparse.Namespace) -> None:
     host, port = split_listen(args.listen)
     stop = stop_event()
-    runner = web.AppRunner(make_app(args.controller), handle_signals=False, access_log=None)
+    try:
+        keys = ApiKeys(args.api_keys) if args.api_keys else None
+    except ValueError as error:
+        raise SystemExit(f"charter web: {error}") from None
+    runner = web.AppRunner(make_app(args.controller, keys), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=CALL_TIMEOUT)
     try:

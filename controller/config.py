@@ -20,6 +20,10 @@ class ControllerConfig:
     metrics_listen: str = ""
     """host:port of /metrics (Prometheus); empty: none."""
     limits: Limits = Limits()
+    auth: str = "token"
+    """"token": ConferenceService calls need a token (charter token); "none": anyone may call."""
+    api_keys: str = ""
+    """The JSON file of API keys whose tokens are accepted (made on first start)."""
     receive_networks: str = "0.0.0.0/0"
     """Where participants may ask media to be sent (never multicast, broadcast, reserved, or
     Charter's own ports)."""
@@ -43,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-listen", default=env(p, "METRICS_LISTEN", d.metrics_listen),
         help=f"host:port to serve Prometheus metrics on (/metrics); empty: none [{p}METRICS_LISTEN]",
     )
+    parser.add_argument("--auth", choices=["token", "none"], default=env(p, "AUTH", d.auth),
+                        help=f"token: ConferenceService calls need 'authorization: Bearer <token>' (charter token); "
+                        f"none: anyone who reaches the port may call [{p}AUTH, default %(default)s]")
+    parser.add_argument("--api-keys", default=env(p, "API_KEYS", str(default_state_dir() / "api-keys.json")),
+                        help=f"JSON file of the API keys whose tokens are accepted, made with one key on first start "
+                        f"[{p}API_KEYS, default %(default)s]")
     limits = Limits()
     parser.add_argument("--max-calls-per-second", type=float,
                         default=float(env(p, "MAX_CALLS_PER_SECOND", limits.calls_per_second)),
@@ -90,6 +100,8 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
         listen=args.listen,
         store=args.store,
         receive_networks=args.receive_networks,
+        auth=args.auth,
+        api_keys=args.api_keys,
         limits=Limits(calls_per_second=args.max_calls_per_second, watches_per_caller=args.max_watches_per_caller,
                       participants_per_conference=args.max_participants,
                       unused_conference_seconds=args.unused_conference_seconds),

@@ -15,6 +15,7 @@ from charter import serving
 from charter.addresses import MediaDestinations
 from charter.metrics import serve_metrics
 from charter.serving import Server, stop_event
+from charter.tokens import ApiKeys
 from charter.v1 import controller_pb2, controller_pb2_grpc
 from controller import config as config_module
 from controller.conferences import Conferences
@@ -34,6 +35,16 @@ SERVICE_NAMES = [
     controller_pb2.DESCRIPTOR.services_by_name["ConferenceService"].full_name,
     controller_pb2.DESCRIPTOR.services_by_name["DaemonRegistry"].full_name,
 ]
+
+
+def open_api_keys(config: ControllerConfig) -> ApiKeys | None:
+    if config.auth == "none":
+        log.warning("--auth none: anyone who reaches the controller's port may create, join and end conferences")
+        return None
+    try:
+        return ApiKeys(config.api_keys)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"charter controller: {error}") from None
 
 
 def open_store(config: ControllerConfig) -> ConferenceStore:
@@ -56,7 +67,7 @@ async def serve(config: ControllerConfig) -> None:
     host, _, listen_port = config.listen.rpartition(":")
     service = ConferenceService(conferences, MediaDestinations.parse(config.receive_networks),
                                 (host, int(listen_port)) if listen_port.isdigit() else None,
-                                CallerLimits(config.limits))
+                                CallerLimits(config.limits), open_api_keys(config))
     server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, service)
     registry_service = DaemonRegistryService(registry, conferences)
     server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, registry_service)

@@ -10,6 +10,7 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
+from charter import tokens
 from charter.addresses import Address, MediaDestinations, parse_address
 from charter.errors import CharterError, InvalidArgument
 from charter.suites import SrtpSuite, decode_key
@@ -36,16 +37,26 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         destinations: MediaDestinations | None = None,
         own_address: tuple[str, int] | None = None,
         caller_limits: CallerLimits | None = None,
+        api_keys: tokens.ApiKeys | None = None,
     ) -> None:
         self.conferences = conferences
         self.destinations = destinations or MediaDestinations()
         self.own_address = own_address
         """The controller's gRPC address: never a place media may be sent to."""
         self.caller_limits = caller_limits or CallerLimits(Limits())
+        self.api_keys = api_keys
+        """The keys whose tokens are accepted; None: no token is asked for (--auth none)."""
 
-    def _admit(self, context: ServicerContext[Any, Any]) -> str:
-        """The caller of this call, if it is within its rate (else ResourceExhausted)."""
+    def _admit(
+        self, context: ServicerContext[Any, Any], action: str, conference_id: str, participant_id: str = ""
+    ) -> str:
+        """The caller of this call, if its token (with --auth token) grants `action` on the
+        conference (as the participant) and it is within its rate; else UNAUTHENTICATED,
+        PERMISSION_DENIED or RESOURCE_EXHAUSTED saying why."""
         caller = caller_of(context.peer() or "")
+        if self.api_keys is not None:
+            grant = tokens.verify(tokens.bearer(context.invocation_metadata() or ()), self.api_keys.keys)
+            grant.allows(action, conference_id, participant_id)
         self.caller_limits.admit(caller)
         return caller
 
@@ -66,7 +77,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def CreateConference(
         self, request: pb.CreateConferenceRequest, context: ServicerContext[pb.CreateConferenceRequest, pb.Conference]
     ) -> pb.Conference:
-        self._admit(context)
+        self._admit(context, "create", request.conference_id)
         conference = await self.conferences.create(
             m.parse_id("conference_id", request.conference_id, required=False),
             m.parse_text("name", request.name),
@@ -77,7 +88,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def GetConference(
         self, request: pb.GetConferenceRequest, context: ServicerContext[pb.GetConferenceRequest, pb.Conference]
     ) -> pb.Conference:
-        self._admit(context)
+        self._admit(context, "read", request.conference_id)
         conference = await self.conferences.get(m.parse_id("conference_id", request.conference_id))
         return m.conference_to_proto(conference)
 
@@ -86,7 +97,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         request: pb.ListConferencesRequest,
         context: ServicerContext[pb.ListConferencesRequest, pb.ListConferencesResponse],
     ) -> pb.ListConferencesResponse:
-        self._admit(context)
+        self._admit(context, "read", "*")
         if request.page_size > MAX_PAGE:
             raise InvalidArgument("page_size", f"is {request.page_size}; at most {MAX_PAGE}")
         token = m.parse_id("page_token", request.page_token, required=False)
@@ -100,14 +111,14 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         request: pb.EndConferenceRequest,
         context: ServicerContext[pb.EndConferenceRequest, pb.EndConferenceResponse],
     ) -> pb.EndConferenceResponse:
-        self._admit(context)
+        self._admit(context, "end", request.conference_id)
         removed = await self.conferences.end(m.parse_id("conference_id", request.conference_id))
         return pb.EndConferenceResponse(participants_removed=removed)
 
     async def Join(
         self, request: pb.JoinRequest, context: ServicerContext[pb.JoinRequest, pb.JoinResponse]
     ) -> pb.JoinResponse:
-        self._admit(context)
+        self._admit(context, "join", request.conference_id, request.participant_id)
         if request.offer:
             return await self._join_browser(request)
         suite = SrtpSuite.from_number("suite", request.suite)
@@ -146,7 +157,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def Answer(
         self, request: pb.AnswerRequest, context: ServicerContext[pb.AnswerRequest, pb.AnswerResponse]
     ) -> pb.AnswerResponse:
-        self._admit(context)
+        self._admit(context, "join", request.conference_id, request.participant_id)
         if not request.sdp:
             raise InvalidArgument("sdp", "is required: the SDP answer to the session_offer")
         if not request.version:
@@ -162,7 +173,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def GetParticipant(
         self, request: pb.GetParticipantRequest, context: ServicerContext[pb.GetParticipantRequest, pb.Participant]
     ) -> pb.Participant:
-        self._admit(context)
+        self._admit(context, "join", request.conference_id, request.participant_id)
         participant = await self.conferences.get_participant(
             m.parse_id("conference_id", request.conference_id),
             m.parse_id("participant_id", request.participant_id),
@@ -172,7 +183,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def Leave(
         self, request: pb.LeaveRequest, context: ServicerContext[pb.LeaveRequest, pb.LeaveResponse]
     ) -> pb.LeaveResponse:
-        self._admit(context)
+        self._admit(context, "join", request.conference_id, request.participant_id)
         ended = await self.conferences.leave(
             m.parse_id("conference_id", request.conference_id),
             m.parse_id("participant_id", request.participant_id),
@@ -184,7 +195,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
         request: pb.WatchConferenceRequest,
         context: ServicerContext[pb.WatchConferenceRequest, pb.ConferenceEvent],
     ) -> AsyncIterator[pb.ConferenceEvent]:
-        caller = self._admit(context)
+        caller = self._admit(context, "watch", request.conference_id, request.participant_id)
         conference_id = m.parse_id("conference_id", request.conference_id)
         watcher_id = m.parse_id("participant_id", request.participant_id, required=False)
         with self.caller_limits.watching(caller):

@@ -29,7 +29,9 @@ from waits import wait_until
 class CharterUp:
     """`charter up` with one media daemon on free ports, as a user starts it."""
 
-    def __init__(self, workdir: Path, *, media_ports: str | None = None, log_level: str = "warning") -> None:
+    def __init__(
+        self, workdir: Path, *, media_ports: str | None = None, log_level: str = "warning", auth: str = "none"
+    ) -> None:
         self.controller_address = f"127.0.0.1:{free_port()}"
         self.mediad_address = f"127.0.0.1:{free_port()}"
         web_port = free_port()
@@ -61,6 +63,9 @@ class CharterUp:
             str(workdir / "state"),
             "--metrics-port",
             str(metrics_port),
+            # Tests call the API without tokens (auth "none"); tests/test_auth.py tests them.
+            "--auth",
+            auth,
             "--log-format",
             "text",
             "--log-level",

@@ -170,13 +170,14 @@ def start_controller(
     options: Sequence[str] = (),
 ) -> Process:
     """A controller; its conferences in `store`, a SQLite file, or in memory (the default:
-    stopping it ends its conferences and releases their endpoints)."""
+    stopping it ends its conferences and releases their endpoints). It asks for no token
+    (--auth none) unless `options` say otherwise: tests/test_auth.py tests tokens."""
     address = f"127.0.0.1:{port or free_port()}"
     store = store or "memory"
     return _start(
         "controller",
         ["-m", "controller", "--listen", address, "--store", store, "--lease-ttl", str(lease_ttl), "--grace", "2",
-         *options],
+         "--auth", "none", "--api-keys", str(log_dir / "api-keys.json"), *options],
         address,
         log_dir,
     )

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -56,24 +57,33 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
     try:
         wait_until(lambda: "Charter is up" in log.read_text() or up.poll() is not None, timeout=60, what="charter up")
         assert up.poll() is None, log.read_text()
+        # The embedded default asks for a token: `charter token` makes one with its API key.
+        token = subprocess.run([*charter_command(), "token", "--api-keys", str(tmp_path / "state" / "api-keys.json")],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        auth = (("authorization", f"Bearer {token}"),)
         with grpc.insecure_channel(f"127.0.0.1:{controller_port}") as channel:
             api = controller_pb2_grpc.ConferenceServiceStub(channel)
-            placed = {api.CreateConference(pb.CreateConferenceRequest(), timeout=10).daemon_id for _ in range(2)}
+            with pytest.raises(grpc.RpcError) as unauthenticated:
+                api.CreateConference(pb.CreateConferenceRequest(), timeout=10)
+            assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            placed = {api.CreateConference(pb.CreateConferenceRequest(), timeout=10, metadata=auth).daemon_id
+                      for _ in range(2)}
             assert placed == {"mediad-0", "mediad-1"}
             joined = api.Join(
                 pb.JoinRequest(
-                    conference_id=api.ListConferences(pb.ListConferencesRequest(), timeout=10)
+                    conference_id=api.ListConferences(pb.ListConferencesRequest(), timeout=10, metadata=auth)
                     .conferences[0]
                     .conference_id
                 ),
                 timeout=10,
+                metadata=auth,
             )
             assert not udp_port_free(joined.participant.media_address.port)
             # The embedded default sends media to this machine only.
             elsewhere = pb.JoinRequest(conference_id=joined.participant.conference_id, participant_id="far")
             elsewhere.receive_address.ip, elsewhere.receive_address.port = "10.1.2.3", 40000
             with pytest.raises(grpc.RpcError) as refused:
-                api.Join(elsewhere, timeout=10)
+                api.Join(elsewhere, timeout=10, metadata=auth)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "outside the networks media may be sent to (127.0.0.0/8" in refused.value.details()
         page = f"http://127.0.0.1:{web_port}/"
@@ -104,6 +114,7 @@ def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
         CHARTER_CONTROLLER_LISTEN=controller_address,
         CHARTER_CONTROLLER_LOG_FORMAT="json",
         CHARTER_CONTROLLER_STORE=str(tmp_path / "controller.sqlite3"),
+        CHARTER_CONTROLLER_API_KEYS=str(tmp_path / "api-keys.json"),
         CHARTER_MEDIAD_LISTEN=mediad_address,
         CHARTER_MEDIAD_CONTROLLER=controller_address,
         CHARTER_MEDIAD_DAEMON_ID="from-env",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +29,10 @@ def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
 
 
-def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None) -> str:
+def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None, headers: tuple[str, ...] = ()) -> str:
     argv = [GRPCURL, "-plaintext", "-max-time", "20"]
+    for header in headers:
+        argv += ["-H", header]
     if data is not None:
         argv += ["-d", json.dumps(data)]
     result = subprocess.run([*argv, address, *args], capture_output=True, text=True, timeout=30)
@@ -203,3 +206,20 @@ def browser_answer(offer: str) -> str:
             line = CHROMIUM_FINGERPRINT
         lines.append(line)
     return "\r\n".join(lines) + "\r\n"
+
+
+def test_grpcurl_with_a_token_as_the_readme_shows(tmp_path: Path) -> None:
+    """With --auth token (the default), grpcurl passes `charter token`'s token in a header."""
+    from processes import cluster as secured
+
+    with secured(tmp_path, daemons=1, controller_options=["--auth", "token"]) as charter:
+        address = charter.controller.address
+        token = subprocess.run([sys.executable, "-m", "cli", "token", "--api-keys", str(tmp_path / "api-keys.json")],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        service = "charter.v1.ConferenceService"
+        refused = subprocess.run([GRPCURL, "-plaintext", "-d", '{"conference_id": "t"}', address,
+                                  f"{service}/CreateConference"], capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
+        created = objects(grpcurl(address, f"{service}/CreateConference", data={"conference_id": "t"},
+                                  headers=(f"authorization: Bearer {token}",)))[0]
+        assert created["conference_id"] == "t"
