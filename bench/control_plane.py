@@ -198,6 +198,8 @@ def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], st
         str(args.daemons),
         "--controller-port",
         str(controller_port),
+        "--registry-port",
+        str(free_port()),
         "--mediad-port",
         str(mediad_port),
         "--ports",

@@ -146,14 +146,16 @@ async def wait_registered(api_registry: Any, daemon_ids: set[str]) -> None:
 async def trial(conferences: int, lease: float, logs: Path) -> dict[str, Any]:
     controller_address = f"127.0.0.1:{free_port()}"
     children = [start("controller", ["-m", "controller", "--listen", controller_address, "--store", "memory",
-                                     "--auth", "none", "--lease-ttl", str(lease), "--log-level", "warning"], logs)]
+                                     "--auth", "none", "--tls", "none", "--lease-ttl", str(lease), "--log-level",
+                                     "warning"], logs)]
     first = 20000 + (os.getpid() % 50) * 200
     daemons = {}
 
     def daemon(name: str, ports: str) -> None:
         address = f"127.0.0.1:{free_port()}"
         children.append(start(name, ["-m", "mediad", "--listen", address, "--daemon-id", name, "--controller",
-                                     controller_address, "--ports", ports, "--log-level", "warning"], logs))
+                                     controller_address, "--ports", ports, "--tls", "none", "--log-level", "warning"],
+                                     logs))
         daemons[name] = (children[-1], address)
 
     stop = asyncio.Event()

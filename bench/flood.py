@@ -166,11 +166,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     controller_address, mediad_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     children = [
         processes.start([sys.executable, "-m", "controller", "--listen", controller_address, "--store", "memory",
-                         "--auth", "none", "--log-level", "warning"],
+                         "--auth", "none", "--tls", "none", "--log-level", "warning"],
                         output=open(logs / "controller.log", "wb")),  # noqa: SIM115
         processes.start(["taskset", "-c", "1", sys.executable, "-m", "mediad", "--listen", mediad_address,
                          "--daemon-id", "flooded", "--controller", controller_address, "--ports", "22000-22099",
-                         "--log-level", "warning"], output=open(logs / "mediad.log", "wb")),  # noqa: SIM115
+                         "--tls", "none", "--log-level", "warning"], output=open(logs / "mediad.log", "wb")),  # noqa: SIM115
     ]
     os.sched_setaffinity(0, {0})
     try:

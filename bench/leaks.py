@@ -136,10 +136,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     store = logs / "controller.sqlite3"
     controller_address, mediad_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     controller = processes.start([sys.executable, "-m", "controller", "--listen", controller_address, "--store",
-                                  str(store), "--auth", "none", "--log-level", "warning"],
+                                  str(store), "--auth", "none", "--tls", "none", "--log-level", "warning"],
                                  output=open(logs / "controller.log", "wb"))  # noqa: SIM115
     mediad = processes.start([sys.executable, "-m", "mediad", "--listen", mediad_address, "--daemon-id", "soak",
-                              "--controller", controller_address, "--ports", "21000-21999", "--log-level", "warning"],
+                              "--controller", controller_address, "--ports", "21000-21999", "--tls", "none",
+                              "--log-level", "warning"],
                              output=open(logs / "mediad.log", "wb"))  # noqa: SIM115
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cycles": args.cycles,
                                "minutes": args.minutes, "rate": args.rate}

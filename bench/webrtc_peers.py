@@ -75,7 +75,7 @@ class Daemon:
         command = [charter] if charter else [sys.executable, "-m", "cli"]
         self.argv = [
             "taskset", "-c", str(cpu), *command, "mediad", "--listen", self.listen, "--controller", "",
-            "--ports", self.ports, "--drain-timeout", "1", "--grace", "1", "--log-level", log_level,
+            "--tls", "none", "--ports", self.ports, "--drain-timeout", "1", "--grace", "1", "--log-level", log_level,
         ]
         self.nice = nice
         self._log = open(self.log_path, "wb")  # closed in close()

@@ -33,13 +33,25 @@ SERVER_OPTIONS = [
 class Server:
     """A grpc.aio server with grpc.health.v1, server reflection and StatusInterceptor."""
 
-    def __init__(self, listen: str, service_names: Sequence[str], *, max_message_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        listen: str,
+        service_names: Sequence[str],
+        *,
+        max_message_bytes: int = 4 << 20,
+        credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
         self.listen = listen
+        self.credentials = credentials
+        """TLS of the port (None: plaintext)."""
+        self.extra_ports: list[tuple[str, grpc.ServerCredentials | None]] = []
         self.service_names = list(service_names)
         self.health = health.aio.HealthServicer()
         # A larger request is refused (RESOURCE_EXHAUSTED) before it is read into memory.
         options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)]
-        self.server = grpc.aio.server(interceptors=[StatusInterceptor(observe=observe_rpc)], options=options)
+        self.server = grpc.aio.server(interceptors=[*interceptors, StatusInterceptor(observe=observe_rpc)],
+                                      options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
@@ -49,14 +61,37 @@ class Server:
     def add(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any) -> None:
         add_to_server(servicer, self.server)
 
+    def also_listen(self, listen: str, credentials: grpc.ServerCredentials | None) -> None:
+        """The same services on another port (before start)."""
+        self.extra_ports.append((listen, credentials))
+
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(self.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen}")
+        self.port = self._add_port(self.listen, self.credentials)
+        for listen, credentials in self.extra_ports:
+            self._add_port(listen, credentials)
         await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def _add_port(self, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+        if credentials is None:
+            port = self.server.add_insecure_port(listen)
+        else:
+            port = self.server.add_secure_port(listen, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        return port
+
+    async def serve_health(self, listen: str) -> grpc.aio.Server:
+        """Health alone, in plaintext, on another port: for load balancers' checks, which
+        carry no client certificate (the main port may ask for one). Stop it with stop(grace)."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if server.add_insecure_port(listen) == 0:
+            raise OSError(f"cannot listen on {listen}")
+        await server.start()
+        return server
 
     async def stop_serving(self) -> None:
         """Tell load balancers to go elsewhere; calls in flight and new ones still work."""
@@ -84,11 +119,15 @@ def stop_event() -> asyncio.Event:
     return event
 
 
-async def wait_serving(address: str, timeout: float = 30.0) -> None:
-    """Poll grpc.health.v1 at `address` until it answers SERVING; TimeoutError otherwise."""
+async def wait_serving(address: str, timeout: float = 30.0,
+                       credentials: grpc.ChannelCredentials | None = None) -> None:
+    """Poll grpc.health.v1 at `address` (over TLS with `credentials`) until it answers
+    SERVING; TimeoutError otherwise."""
     deadline = time.monotonic() + timeout
     last: object = None
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
+               else grpc.aio.insecure_channel(address))
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         # types-grpcio-health-checking declares HealthStub without its methods.
         check: grpc.aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]

@@ -23,9 +23,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from charter import processes
+from charter.config import default_state_dir
 from charter.sdp import ParticipantSession, from_participant
 from cli.demo_media import (
     FFMPEG,
@@ -66,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: start the embedded one (charter up) for the demo",
     )
     parser.add_argument(
+        "--tls-dir", default=os.environ.get("CHARTER_CONTROLLER_TLS_DIR", str(default_state_dir() / "tls")),
+        help="the controller's TLS directory, whose certificate lets the demo read a daemon's statistics "
+        "(GetStats) under --tls mutual [CHARTER_CONTROLLER_TLS_DIR, default %(default)s]",
+    )
+    parser.add_argument(
         "--web-url", default=os.environ.get("CHARTER_WEB_URL", ""),
         help="the page of the running Charter's web gateway, to join the demo from a browser [CHARTER_WEB_URL]; "
         "default: the embedded one's, or http://127.0.0.1:8080/ with --controller",
@@ -103,13 +110,16 @@ class EmbeddedCharter:
     def __init__(self, workdir: str) -> None:
         self.controller = f"127.0.0.1:{processes.free_port()}"
         mediad_port = processes.free_port()
+        registry_port = processes.free_port()
         web_port = processes.free_port()
+        self.tls_dir = os.path.join(workdir, "state", "tls")
         self.web_url = f"http://127.0.0.1:{web_port}/"
         self.log_path = os.path.join(workdir, "charter-up.log")
         self.api_keys = os.path.join(workdir, "state", "api-keys.json")
         self.argv = [
             sys.executable, "-m", "cli", "up", "--daemons", "1",
             "--controller-port", self.controller.rsplit(":", 1)[1], "--mediad-port", str(mediad_port),
+            "--registry-port", str(registry_port),
             "--web-port", str(web_port), "--state-dir", os.path.join(workdir, "state"), "--metrics-port", "0",
             "--log-format", "text", "--log-level", "warning",
         ]
@@ -174,9 +184,12 @@ async def wait_for_daemon(controller: str, timeout: float, embedded: EmbeddedCha
 
 class Demo:
     def __init__(
-        self, args: argparse.Namespace, controller: str, workdir: str, web_url: str = "", token: str = ""
+        self, args: argparse.Namespace, controller: str, workdir: str, web_url: str = "", token: str = "",
+        tls_dir: str = "",
     ) -> None:
         self.token = token
+        self.tls_dir = tls_dir
+        """Where the controller's certificate is: a daemon under mutual TLS answers only it."""
         self.args = args
         self.controller = controller
         self.web_url = web_url
@@ -187,6 +200,18 @@ class Demo:
         self.started = 0.0
         self.elapsed = 0.0
         self.failure: str | None = None
+
+    def _daemon_channel(self, address: str) -> Any:
+        """A channel to a daemon: over mutual TLS as the controller when its certificate is
+        at hand (a daemon under --tls mutual answers only the controller), else plaintext."""
+        import grpc
+
+        from charter import pki
+
+        identity = pki.load(Path(self.tls_dir), pki.CONTROLLER) if self.tls_dir else None
+        if identity is None:
+            return grpc.aio.insecure_channel(address)
+        return grpc.aio.secure_channel(address, pki.channel_credentials(identity))
 
     async def run(self, stop: asyncio.Event) -> None:
         import grpc
@@ -205,7 +230,7 @@ class Demo:
                 if self.web_url:
                     print(f"join from your browser: {self.join_url()}", flush=True)
                 daemon_address = await self._daemon_address(channel, conference.daemon_id)
-                async with grpc.aio.insecure_channel(daemon_address) as daemon_channel:
+                async with self._daemon_channel(daemon_address) as daemon_channel:
                     daemon = mediad_pb2_grpc.MediaDaemonStub(daemon_channel)
                     for participant in self.participants:
                         assert participant.publisher is not None
@@ -495,7 +520,8 @@ async def demo(args: argparse.Namespace) -> int:
         else:
             await wait_for_daemon(controller, 10.0)
             token = args.token
-        conference = Demo(args, controller, workdir, web_url, token)
+        conference = Demo(args, controller, workdir, web_url, token,
+                          embedded.tls_dir if embedded is not None else args.tls_dir)
         source = (
             "ffmpeg test sources (VP8 + Opus)"
             if conference.use_ffmpeg

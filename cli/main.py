@@ -23,6 +23,7 @@ COMMANDS = [
     Command("demo", "start Charter, run a conference of N participants with live statistics, stop", "cli.demo"),
     Command("web", "serve the conference page for browsers: a gateway from WebSocket to the controller", "cli.web"),
     Command("sdp", "print a participant's media session as SDP (for ffmpeg, GStreamer, SIP)", "cli.sdp_command"),
+    Command("cert", "issue a certificate of Charter's CA for a media daemon on another machine", "cli.cert_command"),
     Command("token", "print an access token for the controller's API (a signed JWT with grants)", "cli.token_command"),
 ]
 

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from charter import logs, processes
+import grpc
+
+from charter import logs, pki, processes
 from charter.config import default_state_dir, env
 from charter.serving import stop_event, wait_serving
 from charter.tokens import ApiKeys
@@ -40,6 +42,8 @@ class Child:
     detail: str = ""
     http_health: str = ""
     """Ready when this URL answers 200 (the web gateway), instead of gRPC health at grpc_address."""
+    tls_name: str = ""
+    """Its certificate's name in the TLS directory when it serves mutual TLS (a daemon)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
     restarts: int = 0
@@ -92,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address every server listens on [CHARTER_UP_HOST, default %(default)s]")
     parser.add_argument("--controller-port", type=int, default=int(_env("CONTROLLER_PORT", 50051)),
                         help="controller gRPC port [CHARTER_UP_CONTROLLER_PORT, default %(default)s]")
+    parser.add_argument("--registry-port", type=int, default=int(_env("REGISTRY_PORT", 0)),
+                        help="port where the daemons register with the controller over mutual TLS; 0: the "
+                        "controller's port + 1 [CHARTER_UP_REGISTRY_PORT, default %(default)s]")
     parser.add_argument("--mediad-port", type=int, default=int(_env("MEDIAD_PORT", 8443)),
                         help="gRPC port of the first media daemon; the next ones follow "
                         "[CHARTER_UP_MEDIAD_PORT, default %(default)s]")
@@ -109,6 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth", choices=["token", "none"], default=_env("AUTH", "token"),
                         help="token: the API needs a token (charter token; the conference page gets its own); "
                         "none: anyone who reaches the controller may call [CHARTER_UP_AUTH, default %(default)s]")
+    parser.add_argument("--tls", choices=["mutual", "none"], default=_env("TLS", "mutual"),
+                        help="mutual: the daemons and the controller's registry talk only to parts that hold a "
+                        "certificate of Charter's own CA (made in STATE_DIR/tls on first start); none: plaintext "
+                        "[CHARTER_UP_TLS, default %(default)s]")
     parser.add_argument("--receive-networks", default=_env("RECEIVE_NETWORKS", "127.0.0.0/8"),
                         help="networks participants may receive media in (the controller's --receive-networks) "
                         "[CHARTER_UP_RECEIVE_NETWORKS, default %(default)s: this machine]")
@@ -134,6 +145,8 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
         raise SystemExit(f"--ports {args.ports} has fewer ports than --daemons {args.daemons}")
     common = ["--log-format", args.log_format, "--log-level", args.log_level]
     controller_address = f"{args.host}:{args.controller_port}"
+    tls_dir = str(tls_directory(args))
+    registry_address = f"{args.host}:{args.registry_port or args.controller_port + 1}"
     controller = Child(
         "controller",
         controller_address,
@@ -141,8 +154,10 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
             sys.executable, "-m", "controller", "--listen", controller_address,
             "--store", str(Path(args.state_dir) / "controller.sqlite3"), "--receive-networks", args.receive_networks,
             "--auth", args.auth, "--api-keys", str(Path(args.state_dir) / "api-keys.json"),
+            "--tls", args.tls, "--tls-dir", tls_dir, "--registry-listen", registry_address,
             "--lease-ttl", str(args.lease_ttl), *metrics(args, 0), *common,
         ],
+        detail=f"daemons register on {registry_address} (mutual TLS)" if args.tls == "mutual" else "",
     )
     daemons = []
     for i in range(args.daemons):
@@ -155,9 +170,11 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
                 # Stopping charter up stops the whole service: there is no other daemon for a
                 # daemon's conferences to move to, and they stay in the controller's store.
                 [sys.executable, "-m", "mediad", "--listen", address, "--daemon-id", f"mediad-{i}",
-                 "--controller", controller_address, "--media-ip", args.host, "--ports", ports,
+                 "--controller", registry_address if args.tls == "mutual" else controller_address,
+                 "--tls", args.tls, "--tls-dir", tls_dir, "--media-ip", args.host, "--ports", ports,
                  "--drain-timeout", "1", *metrics(args, 1 + i), *common],
                 detail=f"media {args.host}:{ports}",
+                tls_name=f"mediad-{i}" if args.tls == "mutual" else "",
             )
         )
     web = None
@@ -174,6 +191,27 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
     return controller, daemons, web
 
 
+def tls_directory(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) / "tls"
+
+
+def make_certificates(args: argparse.Namespace, daemons: list[Child]) -> pki.Identity | None:
+    """Charter's CA and a certificate for the controller and each daemon, unless they are
+    there already (--tls mutual); the controller's identity, which charter up uses itself to
+    ask the daemons whether they are ready."""
+    if args.tls != "mutual":
+        return None
+    directory = tls_directory(args)
+    hosts = [args.host] if args.host not in ("0.0.0.0", "::", "") else []
+    try:
+        pki.ensure_ca(directory)
+        for daemon in daemons:
+            pki.issue(directory, daemon.tls_name, hosts)
+        return pki.issue(directory, pki.CONTROLLER, hosts)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"charter up: cannot make the certificates in {directory}: {error}") from None
+
+
 def metrics(args: argparse.Namespace, offset: int) -> list[str]:
     """The --metrics-listen of the child `offset` places after the controller (none: [])."""
     return ["--metrics-listen", f"{args.host}:{args.metrics_port + offset}"] if args.metrics_port else []
@@ -187,8 +225,10 @@ def web_url(host: str, port: int) -> str:
 
 async def up(args: argparse.Namespace) -> int:
     controller, daemons, web = plan(args)
-    # The API keys exist before the controller and the gateway both read them.
+    # The API keys and the certificates exist before the processes that read them start.
     ApiKeys(Path(args.state_dir) / "api-keys.json")
+    identity = make_certificates(args, daemons)
+    credentials = pki.channel_credentials(identity) if identity is not None else None
     children = [controller, *daemons, *([web] if web else [])]
     stop = stop_event()
     failed = False
@@ -197,14 +237,14 @@ async def up(args: argparse.Namespace) -> int:
             child.start()
         for child in children:
             if child is not web:
-                await _wait_ready(child, stop)
+                await _wait_ready(child, stop, credentials if child.tls_name else None)
         if not stop.is_set():
             await _wait_registered(controller.grpc_address, [d.name for d in daemons], stop)
             if web is not None:
                 await _wait_ready(web, stop)
             shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
             _print_summary(controller, daemons, web,
-                           f"http://{shown}:{args.metrics_port}/metrics" if args.metrics_port else "")
+                           f"http://{shown}:{args.metrics_port}/metrics" if args.metrics_port else "", args)
         while not stop.is_set():
             # A child that dies is started again: the controller finds its conferences in its
             # store, a daemon registers again and gets its conferences back.
@@ -239,11 +279,11 @@ async def up(args: argparse.Namespace) -> int:
     return 1 if failed or bad else 0
 
 
-async def _wait_ready(child: Child, stop: asyncio.Event) -> None:
+async def _wait_ready(child: Child, stop: asyncio.Event, credentials: grpc.ChannelCredentials | None = None) -> None:
     if child.http_health:
         ready = asyncio.create_task(_wait_http(child.http_health, timeout=30.0))
     else:
-        ready = asyncio.create_task(wait_serving(child.grpc_address, timeout=30.0))
+        ready = asyncio.create_task(wait_serving(child.grpc_address, timeout=30.0, credentials=credentials))
     while not ready.done():
         if stop.is_set():
             ready.cancel()
@@ -277,8 +317,6 @@ async def _wait_http(url: str, timeout: float) -> None:
 
 async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio.Event, timeout: float = 30.0) -> None:
     """Until every daemon holds a lease: only then can conferences be placed on all of them."""
-    import grpc
-
     from charter.v1 import controller_pb2, controller_pb2_grpc
 
     loop = asyncio.get_running_loop()
@@ -294,8 +332,10 @@ async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio
             await asyncio.sleep(0.1)
 
 
-def _print_summary(controller: Child, daemons: list[Child], web: Child | None, metrics_url: str = "") -> None:
-    lines = ["", "Charter is up:", f"  {controller.name:<11} {controller.grpc_address:<16} pid {controller.pid}"]
+def _print_summary(controller: Child, daemons: list[Child], web: Child | None, metrics_url: str = "",
+                   args: argparse.Namespace | None = None) -> None:
+    first = f"  {controller.name:<11} {controller.grpc_address:<16} pid {controller.pid}  {controller.detail}"
+    lines = ["", "Charter is up:", first.rstrip()]
     for d in daemons:
         lines.append(f"  {d.name:<11} {d.grpc_address:<16} pid {d.pid}  {d.detail}")
     if web is not None:
@@ -303,10 +343,16 @@ def _print_summary(controller: Child, daemons: list[Child], web: Child | None, m
         lines += ["", f"  Join a conference from your browser: {web.detail}?conference=NAME"]
     if metrics_url:
         lines += ["", f"  Prometheus metrics: {metrics_url} (the controller; each daemon on the next ports)"]
+    header = ""
+    if args is not None and args.auth == "token":
+        keys = Path(args.state_dir) / "api-keys.json"
+        lines += ["", f'  A="authorization: Bearer $(charter token --api-keys {keys})"']
+        header = ' -H "$A"'
     lines += [
         "",
         f"  grpcurl -plaintext {controller.grpc_address} list",
-        f"  grpcurl -plaintext -d '{{}}' {controller.grpc_address} charter.v1.ConferenceService/CreateConference",
+        f"  grpcurl -plaintext{header} -d '{{}}' {controller.grpc_address} "
+        "charter.v1.ConferenceService/CreateConference",
         "",
         "Ctrl-C stops everything.",
         "",

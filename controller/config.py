@@ -20,6 +20,11 @@ class ControllerConfig:
     metrics_listen: str = ""
     """host:port of /metrics (Prometheus); empty: none."""
     limits: Limits = Limits()
+    tls: str = "mutual"
+    """"mutual": daemons register on registry_listen, and are called, over TLS with
+    certificates of Charter's CA (tls_dir; made there when it has none); "none": plaintext."""
+    tls_dir: str = ""
+    registry_listen: str = "127.0.0.1:50052"
     auth: str = "token"
     """"token": ConferenceService calls need a token (charter token); "none": anyone may call."""
     api_keys: str = ""
@@ -47,6 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-listen", default=env(p, "METRICS_LISTEN", d.metrics_listen),
         help=f"host:port to serve Prometheus metrics on (/metrics); empty: none [{p}METRICS_LISTEN]",
     )
+    parser.add_argument("--tls", choices=["mutual", "none"], default=env(p, "TLS", d.tls),
+                        help=f"mutual: daemons register (on --registry-listen) and are called over TLS with "
+                        f"certificates of Charter's CA (--tls-dir); none: plaintext [{p}TLS, default %(default)s]")
+    parser.add_argument("--tls-dir", default=env(p, "TLS_DIR", str(default_state_dir() / "tls")),
+                        help=f"Charter's CA (made there on first start when it has none) and the controller's "
+                        f"certificate [{p}TLS_DIR, default %(default)s]")
+    parser.add_argument("--registry-listen", default=env(p, "REGISTRY_LISTEN", d.registry_listen),
+                        help=f"host:port where daemons register over mutual TLS [{p}REGISTRY_LISTEN, "
+                        "default %(default)s]")
     parser.add_argument("--auth", choices=["token", "none"], default=env(p, "AUTH", d.auth),
                         help=f"token: ConferenceService calls need 'authorization: Bearer <token>' (charter token); "
                         f"none: anyone who reaches the port may call [{p}AUTH, default %(default)s]")
@@ -101,6 +115,9 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
         store=args.store,
         receive_networks=args.receive_networks,
         auth=args.auth,
+        tls=args.tls,
+        tls_dir=args.tls_dir,
+        registry_listen=args.registry_listen,
         api_keys=args.api_keys,
         limits=Limits(calls_per_second=args.max_calls_per_second, watches_per_caller=args.max_watches_per_caller,
                       participants_per_conference=args.max_participants,

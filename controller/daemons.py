@@ -68,11 +68,15 @@ class DaemonClients(Protocol):
 class MediaDaemonClient:
     """A DaemonClient over the daemon's gRPC service (charter.v1.MediaDaemon)."""
 
-    def __init__(self, daemon_id: str, address: str, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(
+        self, daemon_id: str, address: str, timeout: float = CALL_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.daemon_id = daemon_id
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
+                         else grpc.aio.insecure_channel(address))
         self._stub = mediad_pb2_grpc.MediaDaemonStub(self._channel)
 
     async def close(self) -> None:
@@ -146,8 +150,10 @@ def _translate(daemon_id: str, method: str, error: grpc.aio.AioRpcError) -> Char
 class MediaDaemonClients:
     """DaemonClients over gRPC: one client per registered daemon, replaced when its address changes."""
 
-    def __init__(self, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, timeout: float = CALL_TIMEOUT, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.timeout = timeout
+        self.credentials = credentials
+        """The controller's TLS identity towards the daemons (None: plaintext)."""
         self._clients: dict[str, MediaDaemonClient] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -158,7 +164,7 @@ class MediaDaemonClients:
                 task = asyncio.get_running_loop().create_task(client.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
-            client = MediaDaemonClient(daemon_id, address, self.timeout)
+            client = MediaDaemonClient(daemon_id, address, self.timeout, self.credentials)
             self._clients[daemon_id] = client
         return client
 

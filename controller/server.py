@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from charter import serving
+from charter import pki, serving
 from charter.addresses import MediaDestinations
 from charter.metrics import serve_metrics
 from charter.serving import Server, stop_event
@@ -37,6 +38,21 @@ SERVICE_NAMES = [
 ]
 
 
+def controller_identity(config: ControllerConfig) -> pki.Identity | None:
+    """The controller's certificate (made, with Charter's CA if there is none, on first start)."""
+    if config.tls == "none":
+        log.warning("--tls none: anyone who reaches the registry may register a daemon")
+        return None
+    directory = Path(config.tls_dir)
+    try:
+        if pki.load(directory, pki.CONTROLLER) is None:
+            pki.ensure_ca(directory)
+        host = config.registry_listen.rpartition(":")[0] or "127.0.0.1"
+        return pki.issue(directory, pki.CONTROLLER, [host])
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"charter controller: cannot make or read its certificate in {directory}: {error}") from None
+
+
 def open_api_keys(config: ControllerConfig) -> ApiKeys | None:
     if config.auth == "none":
         log.warning("--auth none: anyone who reaches the controller's port may create, join and end conferences")
@@ -58,7 +74,9 @@ def open_store(config: ControllerConfig) -> ConferenceStore:
 
 async def serve(config: ControllerConfig) -> None:
     registry = Registry(config.lease_ttl)
-    daemons = MediaDaemonClients(config.daemon_timeout)
+    identity = controller_identity(config)
+    daemons = MediaDaemonClients(config.daemon_timeout,
+                                 pki.channel_credentials(identity) if identity is not None else None)
     store = open_store(config)
     conferences = Conferences(store, registry, daemons, EventHub(), limits=config.limits)
     conferences.follow(registry)
@@ -69,8 +87,11 @@ async def serve(config: ControllerConfig) -> None:
                                 (host, int(listen_port)) if listen_port.isdigit() else None,
                                 CallerLimits(config.limits), open_api_keys(config))
     server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, service)
-    registry_service = DaemonRegistryService(registry, conferences)
+    registry_service = DaemonRegistryService(registry, conferences, require_certificates=identity is not None)
     server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, registry_service)
+    if identity is not None:
+        # Daemons register here, over TLS, each with its own certificate of Charter's CA.
+        server.also_listen(config.registry_listen, pki.server_credentials(identity))
     stop = stop_event()
     port = await server.start()
     metrics = None

@@ -10,9 +10,9 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from charter import tokens
+from charter import pki, tokens
 from charter.addresses import Address, MediaDestinations, parse_address
-from charter.errors import CharterError, InvalidArgument
+from charter.errors import CharterError, InvalidArgument, PermissionDenied, Unauthenticated
 from charter.suites import SrtpSuite, decode_key
 from charter.tracks import parse_tracks
 from charter.v1 import controller_pb2 as pb
@@ -207,9 +207,12 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
 
 
 class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
-    def __init__(self, registry: Registry, conferences: Conferences) -> None:
+    def __init__(self, registry: Registry, conferences: Conferences, *, require_certificates: bool = False) -> None:
         self.registry = registry
         self.conferences = conferences
+        self.require_certificates = require_certificates
+        """A daemon proves its id with its certificate (CN = daemon id, Charter's CA): a stranger
+        cannot register, nor one daemon take over another's entry."""
         self._reconciling: set[asyncio.Task[None]] = set()
         self._draining: set[str] = set()
         """Daemons whose conferences were moved off since they began to drain."""
@@ -220,6 +223,7 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         if not request.HasField("daemon"):
             raise InvalidArgument("daemon", "is required")
         info = m.parse_daemon("daemon", request.daemon)
+        self._check_identity(context, info.daemon_id)
         record = self.registry.register(info, m.parse_load(request.load))
         # After answering: a daemon that comes back may hold endpoints whose conference ended
         # or moved meanwhile, or may have lost the endpoints of its conferences (it
@@ -228,6 +232,16 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         self._reconciling.add(task)
         task.add_done_callback(self._reconciling.discard)
         return pb.RegisterResponse(lease_id=record.lease_id, lease_ttl=m.duration(self.registry.lease_ttl))
+
+    def _check_identity(self, context: ServicerContext[Any, Any], daemon_id: str) -> None:
+        if not self.require_certificates:
+            return
+        name = pki.peer_name(context)
+        if not name:
+            raise Unauthenticated("a daemon registers over mutual TLS with its certificate of Charter's CA, on the "
+                                  "controller's --registry-listen port")
+        if name != daemon_id or name == pki.CONTROLLER:
+            raise PermissionDenied(f"the certificate names {name!r}: it cannot act for daemon {daemon_id!r}")
 
     async def close(self) -> None:
         """Stop reconciliations still running (shutdown): a later registration redoes them."""
@@ -245,6 +259,7 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         self, request: pb.KeepAliveRequest, context: ServicerContext[pb.KeepAliveRequest, pb.KeepAliveResponse]
     ) -> pb.KeepAliveResponse:
         daemon_id = m.parse_id("daemon_id", request.daemon_id)
+        self._check_identity(context, daemon_id)
         if not request.lease_id:
             raise InvalidArgument("lease_id", "is required")
         load = m.parse_load(request.load)
@@ -267,6 +282,7 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         self, request: pb.DeregisterRequest, context: ServicerContext[pb.DeregisterRequest, pb.DeregisterResponse]
     ) -> pb.DeregisterResponse:
         daemon_id = m.parse_id("daemon_id", request.daemon_id)
+        self._check_identity(context, daemon_id)
         if not request.lease_id:
             raise InvalidArgument("lease_id", "is required")
         self.registry.deregister(daemon_id, request.lease_id)

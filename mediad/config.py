@@ -7,7 +7,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
-from charter.config import add_server_arguments, env
+from charter.config import add_server_arguments, default_state_dir, env
 
 ENV_PREFIX = "CHARTER_MEDIAD_"
 
@@ -32,6 +32,13 @@ class MediadConfig:
     """A WebRTC endpoint without an ICE check for this long is closed (RFC 7675: 30 s)."""
     publish_bitrate: int = 2_500_000
     """Bits per second a browser may send per video track (its REMB); 0: no REMB."""
+    tls: str = "mutual"
+    """"mutual": the API (listen) and the registration use TLS with certificates of Charter's
+    CA, and the API answers the controller only; "none": plaintext, anyone who reaches it."""
+    tls_dir: str = ""
+    """ca.pem, DAEMON_ID.pem and DAEMON_ID-key.pem."""
+    health_listen: str = ""
+    """host:port of grpc.health.v1 in plaintext (load balancers carry no client certificate)."""
     grace: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
@@ -68,6 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=float(env(p, "DRAIN_TIMEOUT", d.drain_timeout)),
                         help=f"seconds a shutdown waits for endpoints to be released "
                         f"[{p}DRAIN_TIMEOUT, default %(default)s]")
+    parser.add_argument("--tls", choices=["mutual", "none"], default=env(p, "TLS", d.tls),
+                        help=f"mutual: the API answers only the controller, and the daemon registers, over TLS with "
+                        f"certificates of Charter's CA (--tls-dir); none: plaintext [{p}TLS, default %(default)s]")
+    parser.add_argument("--tls-dir", default=env(p, "TLS_DIR", str(default_state_dir() / "tls")),
+                        help=f"ca.pem and this daemon's certificate and key (DAEMON_ID.pem, DAEMON_ID-key.pem; "
+                        f"charter cert makes them) [{p}TLS_DIR, default %(default)s]")
+    parser.add_argument("--health-listen", default=env(p, "HEALTH_LISTEN", d.health_listen),
+                        help=f"host:port of grpc.health.v1 in plaintext, for load balancers; empty: none "
+                        f"[{p}HEALTH_LISTEN]")
     parser.add_argument("--metrics-listen", default=env(p, "METRICS_LISTEN", d.metrics_listen),
                         help=f"host:port to serve Prometheus metrics on (/metrics); empty: none [{p}METRICS_LISTEN]")
     parser.add_argument("--publish-bitrate", type=int,
@@ -108,6 +124,9 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
         consent_timeout=args.consent_timeout,
         publish_bitrate=args.publish_bitrate,
         metrics_listen=args.metrics_listen,
+        tls=args.tls,
+        tls_dir=args.tls_dir,
+        health_listen=args.health_listen,
         grace=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,

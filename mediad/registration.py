@@ -27,6 +27,7 @@ class Registration:
         daemon: pb.Daemon,
         load: Callable[[], pb.DaemonLoad],
         closed_endpoints: Callable[[], list[pb.ClosedEndpoint]] = list,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.controller = controller
         self.daemon = daemon
@@ -36,7 +37,8 @@ class Registration:
         self._unsent: list[pb.ClosedEndpoint] = []
         self.lease_id = ""
         self.registered = asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(controller)
+        self._channel = (grpc.aio.secure_channel(controller, credentials) if credentials is not None
+                         else grpc.aio.insecure_channel(controller))
         self._stub = controller_pb2_grpc.DaemonRegistryStub(self._channel)
         self._wake = asyncio.Event()
         self._stopped = False

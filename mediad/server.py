@@ -8,10 +8,11 @@ import argparse
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from charter import serving
+from charter import pki, serving
 from charter.metrics import serve_metrics
 from charter.serving import Server, stop_event
 from charter.v1 import controller_pb2 as pb
@@ -67,10 +68,17 @@ async def serve(config: MediadConfig) -> None:
                   consent_timeout=config.consent_timeout)
     consent = asyncio.create_task(media.webrtc.watch_consent())
     reports = asyncio.create_task(PublisherReports(media.rtcp, config.publish_bitrate).run(media.list_endpoints))
-    server = Server(config.listen, [SERVICE_NAME])
+    identity = pki.require(Path(config.tls_dir), config.daemon_id) if config.tls == "mutual" else None
+    server = Server(
+        config.listen, [SERVICE_NAME],
+        credentials=pki.server_credentials(identity) if identity is not None else None,
+        # Only the controller drives a daemon (not another daemon, though its certificate is of the same CA).
+        interceptors=[pki.PeerCheck(f"/{SERVICE_NAME}/", {pki.CONTROLLER})] if identity is not None else [],
+    )
     server.add(mediad_pb2_grpc.add_MediaDaemonServicer_to_server, MediaDaemonService(media, config.media_ip))
     stop = stop_event()
     port = await server.start()
+    health = await server.serve_health(config.health_listen) if config.health_listen else None
     metrics = None
     if config.metrics_listen:
         REGISTRY.register(MediadCollector(media))
@@ -97,7 +105,8 @@ async def serve(config: MediadConfig) -> None:
             port_range=media_pb2.PortRange(first=config.port_first, last=config.port_last),
             capacity=media.capacity,
         )
-        registration = Registration(config.controller, daemon, LoadMeter(media), media.take_closed_endpoints)
+        registration = Registration(config.controller, daemon, LoadMeter(media), media.take_closed_endpoints,
+                                    pki.channel_credentials(identity) if identity is not None else None)
         media.on_closed = registration.report_now
         registering = asyncio.create_task(registration.run())
 
@@ -119,6 +128,8 @@ async def serve(config: MediadConfig) -> None:
         await registration.deregister()
         await registration.close()
     await server.stop(config.grace)
+    if health is not None:
+        await health.stop(0)
     consent.cancel()
     reports.cancel()
     if metrics is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from charter import processes
+from charter import pki, processes
 from charter.processes import free_port
 from charter.sdp import ParticipantSession, from_participant
 from charter.tracks import Track
@@ -30,9 +30,13 @@ class CharterUp:
     """`charter up` with one media daemon on free ports, as a user starts it."""
 
     def __init__(
-        self, workdir: Path, *, media_ports: str | None = None, log_level: str = "warning", auth: str = "none"
+        self, workdir: Path, *, media_ports: str | None = None, log_level: str = "warning", auth: str = "none",
+        tls: str = "mutual",
     ) -> None:
         self.controller_address = f"127.0.0.1:{free_port()}"
+        self.registry_address = f"127.0.0.1:{free_port()}"
+        """Where the daemons register (mutual TLS)."""
+        self.tls_dir = workdir / "state" / "tls"
         self.mediad_address = f"127.0.0.1:{free_port()}"
         web_port = free_port()
         self.web_url = f"http://127.0.0.1:{web_port}/"
@@ -55,6 +59,10 @@ class CharterUp:
             self.controller_address.rsplit(":", 1)[1],
             "--mediad-port",
             self.mediad_address.rsplit(":", 1)[1],
+            "--registry-port",
+            self.registry_address.rsplit(":", 1)[1],
+            "--tls",
+            tls,
             "--ports",
             media_ports,
             "--web-port",
@@ -73,11 +81,15 @@ class CharterUp:
         ]
         self.process = MediaProcess("charter-up", argv, workdir)
         self.channel = grpc.insecure_channel(self.controller_address)
-        self.daemon_channel = grpc.insecure_channel(self.mediad_address)
         self.conferences = controller_pb2_grpc.ConferenceServiceStub(self.channel)
         self._registry = controller_pb2_grpc.DaemonRegistryStub(self.channel)
         self._rtcp_sessions: dict[bytes, Any] = {}
         self._wait_daemon()
+        # The daemon answers only the controller under mutual TLS: the tests speak to it as
+        # the controller, with the certificate charter up made for it.
+        identity = pki.load(self.tls_dir, pki.CONTROLLER)
+        self.daemon_channel = (grpc.secure_channel(self.mediad_address, pki.channel_credentials(identity))
+                               if identity is not None else grpc.insecure_channel(self.mediad_address))
 
     def _wait_daemon(self) -> None:
         def registered() -> bool:

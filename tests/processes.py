@@ -171,13 +171,14 @@ def start_controller(
 ) -> Process:
     """A controller; its conferences in `store`, a SQLite file, or in memory (the default:
     stopping it ends its conferences and releases their endpoints). It asks for no token
-    (--auth none) unless `options` say otherwise: tests/test_auth.py tests tokens."""
+    (--auth none) and speaks plaintext to its daemons (--tls none) unless `options` say
+    otherwise: tests/test_auth.py tests tokens, tests/test_tls.py mutual TLS."""
     address = f"127.0.0.1:{port or free_port()}"
     store = store or "memory"
     return _start(
         "controller",
         ["-m", "controller", "--listen", address, "--store", store, "--lease-ttl", str(lease_ttl), "--grace", "2",
-         "--auth", "none", "--api-keys", str(log_dir / "api-keys.json"), *options],
+         "--auth", "none", "--tls", "none", "--api-keys", str(log_dir / "api-keys.json"), *options],
         address,
         log_dir,
     )
@@ -214,6 +215,8 @@ def start_mediad(
             str(drain_timeout),
             "--grace",
             "2",
+            "--tls",
+            "none",
         ],
         address,
         log_dir,

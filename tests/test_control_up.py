@@ -39,6 +39,8 @@ def test_charter_up_starts_everything_and_stops_cleanly(tmp_path: Path, stop_sig
         "2",
         "--controller-port",
         str(controller_port),
+        "--registry-port",
+        str(free_port()),
         "--mediad-port",
         str(free_tcp_ports(2)),
         "--ports",
@@ -120,6 +122,8 @@ def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
         CHARTER_MEDIAD_DAEMON_ID="from-env",
         CHARTER_MEDIAD_PORTS=f"{first}-{last}",
         CHARTER_MEDIAD_LOG_FORMAT="json",
+        CHARTER_CONTROLLER_TLS="none",
+        CHARTER_MEDIAD_TLS="none",
     )
     processes = []
     for name, module, address in (
@@ -151,7 +155,8 @@ def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
 def test_charter_up_starts_a_daemon_that_died_again(tmp_path: Path) -> None:
     controller_port = free_port()
     first, last = free_udp_range(20)
-    argv = [*charter_command(), "up", "--daemons", "2", "--controller-port", str(controller_port), "--mediad-port",
+    argv = [*charter_command(), "up", "--daemons", "2", "--controller-port", str(controller_port),
+            "--registry-port", str(free_port()), "--mediad-port",
             str(free_tcp_ports(2)), "--ports", f"{first}-{last}", "--web-port", "0", "--lease-ttl", "3",
             "--state-dir", str(tmp_path / "state"), "--metrics-port", "0", "--log-format", "json"]
     log = tmp_path / "up.log"
