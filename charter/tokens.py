@@ -38,6 +38,15 @@ class Grant:
     actions: tuple[str, ...]
     participant: str = ""
     """The one participant the holder acts as; empty: any."""
+    key_id: str = ""
+    """The API key that signed it (set when a token is verified)."""
+
+    @property
+    def holder(self) -> str:
+        """Who holds it, as the controller's limits count callers: the signing key and what
+        the grant names (every page of a gateway is its own caller; an operator's token of
+        one key is one caller wherever it calls from)."""
+        return f"token {self.key_id}:{self.conference}" + (f"/{self.participant}" if self.participant else "")
 
     def allows(self, action: str, conference_id: str, participant_id: str = "") -> None:
         """PermissionDenied saying why unless the grant covers this."""
@@ -86,7 +95,7 @@ def verify(token: str, keys: dict[str, bytes]) -> Grant:
         raise Unauthenticated("the token carries no grants")
     actions = grants.get("actions", [])
     return Grant(str(grants.get("conference", "")), tuple(str(a) for a in actions if isinstance(a, str)),
-                 str(grants.get("participant", "")))
+                 str(grants.get("participant", "")), str(key_id))
 
 
 def bearer(metadata: Iterable[tuple[str, str | bytes]]) -> str:

@@ -126,10 +126,11 @@ class EmbeddedCharter:
         self.process: subprocess.Popen[bytes] | None = None
 
     async def start(self, timeout: float = 60.0) -> None:
+        token = self.token()  # makes the API keys (in the state directory charter up reads them from)
         with open(self.log_path, "wb") as log:
             # Its own session: Ctrl-C reaches the demo only, which stops everything in order.
             self.process = processes.start(self.argv, output=log)
-        await wait_for_daemon(self.controller, timeout, self)
+        await wait_for_daemon(self.controller, timeout, self, token)
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -152,10 +153,12 @@ class EmbeddedCharter:
             return ""
 
 
-async def wait_for_daemon(controller: str, timeout: float, embedded: EmbeddedCharter | None = None) -> None:
+async def wait_for_daemon(controller: str, timeout: float, embedded: EmbeddedCharter | None = None,
+                          token: str = "") -> None:
     """Until the controller answers and has a live media daemon."""
     import grpc
 
+    from charter.tokens import call_metadata
     from charter.v1 import controller_pb2, controller_pb2_grpc
 
     deadline = time.monotonic() + timeout
@@ -165,7 +168,8 @@ async def wait_for_daemon(controller: str, timeout: float, embedded: EmbeddedCha
             if embedded is not None and embedded.exited() is not None:
                 raise RuntimeError(f"charter up exited with code {embedded.exited()}:\n{embedded.log_tail()}")
             try:
-                reply = await registry.ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=2.0)
+                reply = await registry.ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=2.0,
+                                                   metadata=call_metadata(token))
                 if reply.daemons:
                     return
             except grpc.aio.AioRpcError as error:
@@ -518,8 +522,8 @@ async def demo(args: argparse.Namespace) -> int:
             web_url = web_url or embedded.web_url
             token = embedded.token()
         else:
-            await wait_for_daemon(controller, 10.0)
             token = args.token
+            await wait_for_daemon(controller, 10.0, token=token)
         conference = Demo(args, controller, workdir, web_url, token,
                           embedded.tls_dir if embedded is not None else args.tls_dir)
         source = (

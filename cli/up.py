@@ -23,7 +23,7 @@ import grpc
 from charter import logs, pki, processes
 from charter.config import default_state_dir, env
 from charter.serving import stop_event, wait_serving
-from charter.tokens import ApiKeys
+from charter.tokens import ApiKeys, Grant, call_metadata
 
 log = logging.getLogger("cli.up")
 
@@ -239,7 +239,7 @@ async def up(args: argparse.Namespace) -> int:
             if child is not web:
                 await _wait_ready(child, stop, credentials if child.tls_name else None)
         if not stop.is_set():
-            await _wait_registered(controller.grpc_address, [d.name for d in daemons], stop)
+            await _wait_registered(controller.grpc_address, [d.name for d in daemons], stop, operator_token(args))
             if web is not None:
                 await _wait_ready(web, stop)
             shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
@@ -315,7 +315,15 @@ async def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})")
 
 
-async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio.Event, timeout: float = 30.0) -> None:
+def operator_token(args: argparse.Namespace) -> str:
+    """A short-lived token to read every conference and the daemons ("" with --auth none)."""
+    if args.auth != "token":
+        return ""
+    return ApiKeys(Path(args.state_dir) / "api-keys.json").token(Grant("*", ("read",)), ttl=120)
+
+
+async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio.Event, token: str = "",
+                           timeout: float = 30.0) -> None:
     """Until every daemon holds a lease: only then can conferences be placed on all of them."""
     from charter.v1 import controller_pb2, controller_pb2_grpc
 
@@ -324,7 +332,8 @@ async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio
     async with grpc.aio.insecure_channel(controller) as channel:
         registry = controller_pb2_grpc.DaemonRegistryStub(channel)
         while not stop.is_set():
-            reply = await registry.ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=5.0)
+            reply = await registry.ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=5.0,
+                                               metadata=call_metadata(token))
             if set(daemon_ids) <= {d.daemon.daemon_id for d in reply.daemons}:
                 return
             if loop.time() > deadline:

@@ -181,6 +181,10 @@ class Conferences:
             if len(conference.participants) >= most:
                 raise ResourceExhausted(f"conference {conference.conference_id!r} has {most} participants, the most "
                                         "a conference takes (the controller's --max-participants)")
+            if len(spec.tracks) > self.limits.tracks_per_participant:
+                raise ResourceExhausted(f"the participant publishes {len(spec.tracks)} tracks, more than the "
+                                        f"{self.limits.tracks_per_participant} one may (the controller's "
+                                        "--max-tracks)")
             published = {t.ssrc: p.participant_id for p in conference.participants.values() for t in p.tracks}
             for i, track in enumerate(spec.tracks):
                 if track.ssrc in published:
@@ -734,6 +738,7 @@ class Conferences:
                 endpoints=used.endpoints if used else 0,
                 conferences=used.conferences if used else 0,
                 draining=record.load.draining,
+                max_conferences=self.limits.conferences_per_daemon,
             )
             result[candidate.daemon_id] = (candidate, record)
         return result

@@ -78,6 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-participants", type=int,
                         default=int(env(p, "MAX_PARTICIPANTS", limits.participants_per_conference)),
                         help=f"participants one conference takes [{p}MAX_PARTICIPANTS, default %(default)s]")
+    parser.add_argument("--max-tracks", type=int,
+                        default=int(env(p, "MAX_TRACKS", limits.tracks_per_participant)),
+                        help=f"tracks one participant publishes at most [{p}MAX_TRACKS, default %(default)s]")
+    parser.add_argument("--max-conferences-per-caller", type=int,
+                        default=int(env(p, "MAX_CONFERENCES_PER_CALLER", limits.conferences_per_caller)),
+                        help=f"live conferences one caller (a token's holder) may have created "
+                        f"[{p}MAX_CONFERENCES_PER_CALLER, default %(default)s]")
+    parser.add_argument("--max-conferences-per-daemon", type=int,
+                        default=int(env(p, "MAX_CONFERENCES_PER_DAEMON", limits.conferences_per_daemon)),
+                        help=f"conferences placed on one media daemon at most "
+                        f"[{p}MAX_CONFERENCES_PER_DAEMON, default %(default)s]")
     parser.add_argument("--unused-conference-seconds", type=float,
                         default=float(env(p, "UNUSED_CONFERENCE_SECONDS", limits.unused_conference_seconds)),
                         help=f"a conference nobody joins (and not persistent) ends after this long "
@@ -103,9 +114,11 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
     if not args.store:
         raise SystemExit("--store needs a SQLite file or 'memory'")
     if args.max_calls_per_second <= 0 or args.max_watches_per_caller < 1 or args.max_participants < 2 \
-            or args.unused_conference_seconds <= 0:
+            or args.unused_conference_seconds <= 0 or min(args.max_tracks, args.max_conferences_per_caller,
+                                                          args.max_conferences_per_daemon) < 1:
         raise SystemExit("--max-calls-per-second and --unused-conference-seconds must be positive, "
-                         "--max-watches-per-caller at least 1, --max-participants at least 2")
+                         "--max-watches-per-caller, --max-tracks and --max-conferences-per-* at least 1, "
+                         "--max-participants at least 2")
     try:
         MediaDestinations.parse(args.receive_networks)
     except ValueError as error:
@@ -121,6 +134,8 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
         api_keys=args.api_keys,
         limits=Limits(calls_per_second=args.max_calls_per_second, watches_per_caller=args.max_watches_per_caller,
                       participants_per_conference=args.max_participants,
+                      tracks_per_participant=args.max_tracks, conferences_per_caller=args.max_conferences_per_caller,
+                      conferences_per_daemon=args.max_conferences_per_daemon,
                       unused_conference_seconds=args.unused_conference_seconds),
         metrics_listen=args.metrics_listen,
         lease_ttl=args.lease_ttl,

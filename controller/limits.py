@@ -1,8 +1,8 @@
 """How much of the controller one caller may take, so that no client (a bug, or someone
 hostile) can make it grow without bound or starve the others: calls per second (a token
-bucket) and open watch streams, per caller. A caller is the address it calls from until
-callers carry credentials of their own. Over a limit: RESOURCE_EXHAUSTED naming it and the
-setting that raises it."""
+bucket), open watch streams and live conferences it created, per caller. A caller is the
+holder of a token (its API key and grant) under --auth token, else the address it calls
+from. Over a limit: RESOURCE_EXHAUSTED naming it and the setting that raises it."""
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +20,11 @@ class Limits:
     watches_per_caller: int = 1000
     """Open WatchConference streams per caller."""
     participants_per_conference: int = 100
+    tracks_per_participant: int = 16
+    conferences_per_caller: int = 1000
+    """Live conferences one caller created (counted while the controller runs)."""
+    conferences_per_daemon: int = 5000
+    """Conferences placement puts on one media daemon at most, however many endpoints it has free."""
     unused_conference_seconds: float = 300.0
     """A conference nobody joins (and not persistent) ends after this long."""
     max_message_bytes: int = 256 * 1024
@@ -42,6 +47,8 @@ class CallerLimits:
         self._buckets: dict[str, tuple[float, float]] = {}
         """caller -> (tokens, when they were counted)."""
         self._watches: dict[str, int] = {}
+        self._created: dict[str, set[str]] = {}
+        """caller -> the conferences it created that may still be live."""
 
     def admit(self, caller: str) -> None:
         """One call of `caller`, or ResourceExhausted when it calls faster than allowed."""
@@ -57,6 +64,17 @@ class CallerLimits:
         self._buckets[caller] = (tokens - 1.0, now)
         if len(self._buckets) > 10_000:  # callers gone quiet are forgotten (a full bucket again)
             self._buckets = {c: (t, w) for c, (t, w) in self._buckets.items() if now - w < burst / rate}
+
+    def created(self, caller: str) -> set[str]:
+        """The conferences `caller` created that may still be live (the caller prunes the
+        ended ones when it nears the limit)."""
+        return self._created.setdefault(caller, set())
+
+    def check_conferences(self, caller: str) -> None:
+        most = self.limits.conferences_per_caller
+        if len(self._created.get(caller, ())) >= most:
+            raise ResourceExhausted(f"{caller} has created {most} conferences that have not ended, the most one "
+                                    "caller may (the controller's --max-conferences-per-caller): end one first")
 
     @contextlib.contextmanager
     def watching(self, caller: str) -> Iterator[None]:

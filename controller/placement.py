@@ -17,6 +17,8 @@ class Candidate:
     exact at once; a renewal's reported count lags by up to a third of the lease)."""
     conferences: int
     draining: bool = False
+    max_conferences: int = 0
+    """Conferences it takes at most (0: as many as its endpoints allow)."""
 
     @property
     def free(self) -> int:
@@ -36,7 +38,9 @@ moment."""
 
 
 def has_room(candidate: Candidate, endpoints_needed: int = 1) -> bool:
-    return not candidate.draining and candidate.free >= endpoints_needed
+    """Room for one more conference of `endpoints_needed` endpoints."""
+    full = 0 < candidate.max_conferences <= candidate.conferences
+    return not candidate.draining and not full and candidate.free >= endpoints_needed
 
 
 def least_loaded(
@@ -56,5 +60,7 @@ def describe(candidates: Iterable[Candidate]) -> str:
     parts = []
     for c in sorted(candidates, key=lambda c: c.daemon_id):
         state = "draining" if c.draining else f"{c.endpoints} of {c.capacity} endpoints in use"
+        if 0 < c.max_conferences <= c.conferences and not c.draining:
+            state = f"{c.conferences} conferences, its most (--max-conferences-per-daemon)"
         parts.append(f"{c.daemon_id}: {state}")
     return "; ".join(parts)

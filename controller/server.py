@@ -83,11 +83,13 @@ async def serve(config: ControllerConfig) -> None:
 
     server = Server(config.listen, SERVICE_NAMES, max_message_bytes=config.limits.max_message_bytes)
     host, _, listen_port = config.listen.rpartition(":")
+    api_keys = open_api_keys(config)
     service = ConferenceService(conferences, MediaDestinations.parse(config.receive_networks),
                                 (host, int(listen_port)) if listen_port.isdigit() else None,
-                                CallerLimits(config.limits), open_api_keys(config))
+                                CallerLimits(config.limits), api_keys)
     server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, service)
-    registry_service = DaemonRegistryService(registry, conferences, require_certificates=identity is not None)
+    registry_service = DaemonRegistryService(registry, conferences, require_certificates=identity is not None,
+                                             api_keys=api_keys)
     server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, registry_service)
     if identity is not None:
         # Daemons register here, over TLS, each with its own certificate of Charter's CA.

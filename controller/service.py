@@ -50,13 +50,14 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     def _admit(
         self, context: ServicerContext[Any, Any], action: str, conference_id: str, participant_id: str = ""
     ) -> str:
-        """The caller of this call, if its token (with --auth token) grants `action` on the
-        conference (as the participant) and it is within its rate; else UNAUTHENTICATED,
-        PERMISSION_DENIED or RESOURCE_EXHAUSTED saying why."""
+        """The caller of this call (its token's holder with --auth token, else its address),
+        if its token grants `action` on the conference (as the participant) and it is within
+        its rate; else UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED saying why."""
         caller = caller_of(context.peer() or "")
         if self.api_keys is not None:
             grant = tokens.verify(tokens.bearer(context.invocation_metadata() or ()), self.api_keys.keys)
             grant.allows(action, conference_id, participant_id)
+            caller = grant.holder
         self.caller_limits.admit(caller)
         return caller
 
@@ -77,12 +78,19 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
     async def CreateConference(
         self, request: pb.CreateConferenceRequest, context: ServicerContext[pb.CreateConferenceRequest, pb.Conference]
     ) -> pb.Conference:
-        self._admit(context, "create", request.conference_id)
+        caller = self._admit(context, "create", request.conference_id)
+        created = self.caller_limits.created(caller)
+        if len(created) >= self.caller_limits.limits.conferences_per_caller:
+            for conference_id in list(created):  # those that ended since no longer count
+                if await self.conferences.store.get(conference_id) is None:
+                    created.discard(conference_id)
+        self.caller_limits.check_conferences(caller)
         conference = await self.conferences.create(
             m.parse_id("conference_id", request.conference_id, required=False),
             m.parse_text("name", request.name),
             request.persistent,
         )
+        created.add(conference.conference_id)
         return m.conference_to_proto(conference)
 
     async def GetConference(
@@ -207,9 +215,13 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
 
 
 class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
-    def __init__(self, registry: Registry, conferences: Conferences, *, require_certificates: bool = False) -> None:
+    def __init__(self, registry: Registry, conferences: Conferences, *, require_certificates: bool = False,
+                 api_keys: tokens.ApiKeys | None = None) -> None:
         self.registry = registry
         self.conferences = conferences
+        self.api_keys = api_keys
+        """With --auth token, ListDaemons (where every daemon is, and its load) is for operators:
+        a token that may read every conference, or a certificate of Charter's CA."""
         self.require_certificates = require_certificates
         """A daemon proves its id with its certificate (CN = daemon id, Charter's CA): a stranger
         cannot register, nor one daemon take over another's entry."""
@@ -291,6 +303,9 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
     async def ListDaemons(
         self, request: pb.ListDaemonsRequest, context: ServicerContext[pb.ListDaemonsRequest, pb.ListDaemonsResponse]
     ) -> pb.ListDaemonsResponse:
+        if self.api_keys is not None and not pki.peer_name(context):
+            grant = tokens.verify(tokens.bearer(context.invocation_metadata() or ()), self.api_keys.keys)
+            grant.allows("read", "*")
         store_usage = await self.conferences.store.daemon_usage()
         reply = pb.ListDaemonsResponse()
         for record in self.registry.live():

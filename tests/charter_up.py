@@ -21,7 +21,7 @@ from charter.tracks import Track
 from charter.v1 import controller_pb2, controller_pb2_grpc, media_pb2, mediad_pb2, mediad_pb2_grpc
 from media_processes import MediaProcess
 from mediad import rtcp
-from processes import free_tcp_ports
+from processes import free_tcp_ports, operator_metadata
 from rtp import sender_session
 from waits import wait_until
 
@@ -37,6 +37,7 @@ class CharterUp:
         self.registry_address = f"127.0.0.1:{free_port()}"
         """Where the daemons register (mutual TLS)."""
         self.tls_dir = workdir / "state" / "tls"
+        self.api_keys = workdir / "state" / "api-keys.json"
         self.mediad_address = f"127.0.0.1:{free_port()}"
         web_port = free_port()
         self.web_url = f"http://127.0.0.1:{web_port}/"
@@ -95,7 +96,8 @@ class CharterUp:
         def registered() -> bool:
             assert self.process.running, f"charter up exited:\n{self.process.describe()}"
             try:
-                reply = self._registry.ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=2)
+                reply = self._registry.ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=2,
+                                                   metadata=operator_metadata(self.api_keys))
             except grpc.RpcError:
                 return False
             return len(reply.daemons) > 0

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from charter import processes
 from charter.processes import free_port
+from charter.tokens import ApiKeys, Grant
 from charter.v1 import controller_pb2, controller_pb2_grpc, mediad_pb2_grpc
 from waits import wait_until
 
@@ -235,8 +236,18 @@ def mediad_stub(p: Process) -> mediad_pb2_grpc.MediaDaemonStub:
     return mediad_pb2_grpc.MediaDaemonStub(p.channel)
 
 
+def operator_metadata(api_keys: Path) -> tuple[tuple[str, str], ...]:
+    """A token to read everything (ListDaemons under --auth token), from the controller's
+    API keys file; none while it has none."""
+    if not api_keys.exists():
+        return ()
+    return (("authorization", "Bearer " + ApiKeys(api_keys).token(Grant("*", ("read",)), ttl=600)),)
+
+
 def live_daemons(controller: Process) -> set[str]:
-    reply = registry_stub(controller).ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=5)
+    reply = registry_stub(controller).ListDaemons(controller_pb2.ListDaemonsRequest(), timeout=5,
+                                                  metadata=operator_metadata(controller.log_path.parent /
+                                                                             "api-keys.json"))
     return {d.daemon.daemon_id for d in reply.daemons}
 
 

@@ -20,7 +20,7 @@ from aiortc_peer import allow_loopback
 from charter.tokens import ApiKeys, Grant, issue
 from charter.v1 import controller_pb2 as pb
 from charter_up import CharterUp
-from processes import Cluster, cluster, conference_stub
+from processes import Cluster, cluster, conference_stub, registry_stub
 from test_web_gateway import browser_offer, reply_to
 
 ALL = ("create", "end", "read", "join", "watch")
@@ -40,9 +40,12 @@ def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def calls(api: Any) -> dict[str, Callable[..., Any]]:
-    """Every ConferenceService RPC, on conference "locked" as participant "p"."""
+def calls(api: Any, registry: Any = None) -> dict[str, Callable[..., Any]]:
+    """Every ConferenceService RPC, on conference "locked" as participant "p", and the
+    registry's ListDaemons (for operators; the rest of the registry is for daemons, with
+    their certificates: tests/test_tls.py)."""
     return {
+        "ListDaemons": lambda **kw: registry.ListDaemons(pb.ListDaemonsRequest(), **kw),
         "CreateConference": lambda **kw: api.CreateConference(pb.CreateConferenceRequest(conference_id="locked"), **kw),
         "GetConference": lambda **kw: api.GetConference(pb.GetConferenceRequest(conference_id="locked"), **kw),
         "ListConferences": lambda **kw: api.ListConferences(pb.ListConferencesRequest(), **kw),
@@ -74,7 +77,7 @@ def test_every_call_without_a_valid_token_is_unauthenticated(charter: Cluster, m
     api = conference_stub(charter.controller)
     admin = keys(charter).token(Grant("*", ALL))
     before = state(api, admin)
-    call = calls(api)[method]
+    call = calls(api, registry_stub(charter.controller))[method]
     expired = issue("default", keys(charter).keys["default"], Grant("*", ALL), ttl=1, now=1_000_000)
     foreign = issue("default", b"not the controller's secret, not at all", Grant("*", ALL))
     unknown = issue("someone", b"x" * 32, Grant("*", ALL))
@@ -90,6 +93,8 @@ def test_every_call_without_a_valid_token_is_unauthenticated(charter: Cluster, m
     ("CreateConference", Grant("other", ALL), "grants conference 'other', not 'locked'"),
     ("EndConference", Grant("locked", ("join", "watch")), "not end"),
     ("ListConferences", Grant("locked", ALL), "not '*'"),
+    ("ListDaemons", Grant("locked", ALL), "not '*'"),
+    ("ListDaemons", Grant("*", ("create", "join")), "not read"),
     ("Join", Grant("locked", ("join",), "q"), "acts as participant 'q', not 'p'"),
     ("WatchConference", Grant("locked", ("join",), "p"), "not watch"),
     ("WatchConference", Grant("locked", ("watch",), "q"), "acts as participant 'q'"),
@@ -99,7 +104,7 @@ def test_a_call_outside_the_grants_is_permission_denied(charter: Cluster, method
     api = conference_stub(charter.controller)
     admin = keys(charter).token(Grant("*", ALL))
     before = state(api, admin)
-    error = refused(calls(api)[method], metadata=auth(keys(charter).token(grant)))
+    error = refused(calls(api, registry_stub(charter.controller))[method], metadata=auth(keys(charter).token(grant)))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED and says in error.details(), error.details()
     assert state(api, admin) == before
 

@@ -18,7 +18,16 @@ import pytest
 from charter.processes import free_port
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
-from processes import Process, free_tcp_ports, free_udp_range, live_daemons, start_logged, udp_port_free, wait_serving
+from processes import (
+    Process,
+    free_tcp_ports,
+    free_udp_range,
+    live_daemons,
+    operator_metadata,
+    start_logged,
+    udp_port_free,
+    wait_serving,
+)
 from waits import wait_until
 
 
@@ -140,7 +149,8 @@ def test_configuration_by_environment_and_json_logs(tmp_path: Path) -> None:
             lambda: live_daemons(controller) == {"from-env"}, what="the daemon configured by environment to register"
         )
         registry = controller_pb2_grpc.DaemonRegistryStub(controller.channel)
-        described = registry.ListDaemons(pb.ListDaemonsRequest(), timeout=10).daemons[0].daemon
+        described = registry.ListDaemons(pb.ListDaemonsRequest(), timeout=10,
+                                         metadata=operator_metadata(tmp_path / "api-keys.json")).daemons[0].daemon
         assert (described.port_range.first, described.port_range.last, described.capacity) == (first, last, 4)
     finally:
         codes = [p.stop() for p in processes]
@@ -175,7 +185,8 @@ def test_charter_up_starts_a_daemon_that_died_again(tmp_path: Path) -> None:
 
         wait_until(registered_again, timeout=30, what="the restarted daemon to register again")
         with grpc.insecure_channel(f"127.0.0.1:{controller_port}") as channel:
-            daemons = controller_pb2_grpc.DaemonRegistryStub(channel).ListDaemons(pb.ListDaemonsRequest(), timeout=10)
+            daemons = controller_pb2_grpc.DaemonRegistryStub(channel).ListDaemons(
+                pb.ListDaemonsRequest(), timeout=10, metadata=operator_metadata(tmp_path / "state" / "api-keys.json"))
             assert {d.daemon.daemon_id for d in daemons.daemons} == {"mediad-0", "mediad-1"}
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0, log.read_text()[-3000:]

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from charter.errors import ResourceExhausted
+from charter.tokens import ApiKeys, Grant
 from charter.v1 import controller_pb2 as pb
 from conference_world import World, run, video
 from controller.limits import CallerLimits, Limits, caller_of
@@ -79,6 +80,50 @@ def test_a_full_conference_takes_nobody_more_and_an_unused_one_ends() -> None:
         assert {c.conference_id for c in (await w.conferences.page(10, ""))[0]} == {"full", "kept"}
 
     run(scenario)
+
+
+def test_a_participant_publishes_at_most_its_tracks_and_a_daemon_takes_at_most_its_conferences() -> None:
+    async def scenario() -> None:
+        w = World()
+        w.conferences.limits = Limits(tracks_per_participant=2, conferences_per_daemon=2)
+        w.daemon("d1", capacity=1000)
+        await w.conferences.create("one", "", persistent=False)
+        with pytest.raises(ResourceExhausted, match=r"publishes 3 tracks, more than the 2 one may \(the "
+                           "controller's --max-tracks"):
+            await w.join("one", "a", video(1), video(2), video(3))
+        assert not (await w.conference("one")).participants
+        await w.join("one", "a", video(1), video(2))
+        await w.conferences.create("two", "", persistent=False)
+        with pytest.raises(ResourceExhausted, match=r"d1: 2 conferences, its most \(--max-conferences-per-daemon"):
+            await w.conferences.create("three", "", persistent=False)
+        w.daemon("d2", capacity=1000)
+        assert (await w.conferences.create("three", "", persistent=False)).daemon_id == "d2"
+
+    run(scenario)
+
+
+def test_a_caller_may_have_so_many_live_conferences(tmp_path: Path) -> None:
+    """Counted per token holder: another token of the same key is another caller; ending a
+    conference frees its place."""
+    with cluster(tmp_path, daemons=1, controller_options=["--auth", "token", "--max-conferences-per-caller",
+                                                          "2"]) as charter:
+        keys = ApiKeys(Path(charter.controller.log_path).parent / "api-keys.json")
+        ops = (("authorization", "Bearer " + keys.token(Grant("*", ("create", "end")), 600)),)
+        team = (("authorization", "Bearer " + keys.token(Grant("team", ("create",)), 600)),)
+        api = conference_stub(charter.controller)
+        for name in ("c1", "c2"):
+            api.CreateConference(pb.CreateConferenceRequest(conference_id=name), timeout=10, metadata=ops)
+        with pytest.raises(grpc.RpcError) as error:
+            api.CreateConference(pb.CreateConferenceRequest(conference_id="c3"), timeout=10, metadata=ops)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "has created 2 conferences that have not ended" in error.value.details()
+        assert "--max-conferences-per-caller" in error.value.details()
+        listed = api.ListConferences(pb.ListConferencesRequest(), timeout=10, metadata=(
+            ("authorization", "Bearer " + keys.token(Grant("*", ("read",)), 600)),))
+        assert {c.conference_id for c in listed.conferences} == {"c1", "c2"}, "the refused call made nothing"
+        api.CreateConference(pb.CreateConferenceRequest(conference_id="team"), timeout=10, metadata=team)
+        api.EndConference(pb.EndConferenceRequest(conference_id="c1"), timeout=10, metadata=ops)
+        api.CreateConference(pb.CreateConferenceRequest(conference_id="c3"), timeout=10, metadata=ops)
 
 
 def test_a_real_controller_refuses_what_is_over_its_limits(tmp_path: Path) -> None:

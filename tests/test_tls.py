@@ -237,3 +237,54 @@ def test_grpcurl_speaks_to_a_daemon_with_the_controllers_certificate(up: Charter
     plain = subprocess.run(["grpcurl", "-max-time", "20", "-plaintext", "-d", "{}", up.mediad_address,
                             "charter.v1.MediaDaemon/GetStats"], capture_output=True, text=True, timeout=30)
     assert plain.returncode != 0
+
+
+MEDIA_DAEMON = mediad_pb2.DESCRIPTOR.services_by_name["MediaDaemon"]
+
+
+def daemon_call(channel: grpc.Channel, method: str, conference_id: str, endpoint_id: str) -> None:
+    """Call `method` of the MediaDaemon aimed at a real conference and endpoint (what an
+    intruder would do: delete them, drain the daemon, ...)."""
+    descriptor = MEDIA_DAEMON.methods_by_name[method]
+    request_type = getattr(mediad_pb2, descriptor.input_type.name)
+    response_type = getattr(mediad_pb2, descriptor.output_type.name)
+    request = request_type()
+    for field, value in (("conference_id", conference_id), ("endpoint_id", endpoint_id)):
+        if field in request_type.DESCRIPTOR.fields_by_name:
+            setattr(request, field, value)
+    path = f"/{MEDIA_DAEMON.full_name}/{method}"
+    if descriptor.server_streaming:
+        stream = channel.unary_stream(path, request_serializer=request_type.SerializeToString,
+                                      response_deserializer=response_type.FromString)
+        next(iter(stream(request, timeout=5)))
+    else:
+        unary = channel.unary_unary(path, request_serializer=request_type.SerializeToString,
+                                    response_deserializer=response_type.FromString)
+        unary(request, timeout=5)
+
+
+@pytest.mark.parametrize("method", [m.name for m in MEDIA_DAEMON.methods])
+def test_every_daemon_call_of_a_stranger_is_refused_and_changes_nothing(up: CharterUp, other_ca: Path,
+                                                                         method: str) -> None:
+    conference = f"guarded-{method.lower()}"
+    up.create_conference(conference)
+    up.join(conference, "alice")
+    endpoint_id = f"{conference}/alice"
+    with as_part(up.tls_dir, pki.CONTROLLER, up.mediad_address) as controller:
+        before = stats(controller)
+        pki.issue(up.tls_dir, "mediad-7", [])
+        strangers = {
+            "plaintext": (grpc.insecure_channel(up.mediad_address), grpc.StatusCode.UNAVAILABLE),
+            "another CA": (as_part_trusting(up.tls_dir, other_ca, pki.CONTROLLER, up.mediad_address),
+                           grpc.StatusCode.UNAVAILABLE),
+            "another daemon": (as_part(up.tls_dir, "mediad-7", up.mediad_address), grpc.StatusCode.PERMISSION_DENIED),
+        }
+        for who, (channel, code) in strangers.items():
+            with channel, pytest.raises(grpc.RpcError) as error:
+                daemon_call(channel, method, conference, endpoint_id)
+            assert error.value.code() == code, (who, error.value.details())
+        after = stats(controller)
+    assert (after.endpoint_count, after.track_count, after.subscription_count, after.draining) == \
+        (before.endpoint_count, before.track_count, before.subscription_count, False)
+    assert before.endpoint_count >= 1
+    assert up.session(conference, "alice").media_address[1] > 0
