@@ -89,6 +89,7 @@ cdef class Subscription:
     cdef readonly uint64_t packets, bytes, dropped_paused, dropped_no_remote, dropped_stale, send_errors
     cdef readonly uint64_t retransmitted, retransmit_misses
     cdef readonly uint64_t dropped_waiting_key_frame, rtx_sent
+    cdef readonly uint64_t dropped_unproven   # the target had spent its budget before proving itself
     cdef bint _arm(self) noexcept
     cdef readonly double last_activity
 
@@ -134,6 +135,10 @@ cdef class Endpoint:
     cdef bint _handshakes           # STUN and DTLS go to the forwarder's handshake handler
     cdef double handshake_tokens, handshake_refilled   # its rate limit (a token bucket)
     cdef double remote_tokens, remote_refilled         # the nominated remote's own bucket
+    # A receiver that has not proven it wants the media (an authenticated packet from its
+    # address) is sent at most `budget` packets: a Join cannot aim Charter at a stranger.
+    cdef bint unproven
+    cdef uint64_t budget
     cdef list _tracks               # owned
     cdef uint32_t *track_ssrcs      # owned flat copies of _tracks for the per-packet lookup
     cdef PyObject **track_ptrs

@@ -133,6 +133,15 @@ class Endpoint:
         """Subscriptions that send to this endpoint."""
     def set_remote(self, remote: tuple[str, int] | None, *, latch: bool = True) -> None:
         """Fix the remote address, or None: no remote, latching again unless `latch` is False."""
+    def require_proof(self, budget: int) -> None:
+        """Send the remote at most `budget` packets (RTP, RTCP, retransmissions) until a
+        packet that authenticates arrives from its address."""
+    @property
+    def proven(self) -> bool:
+        """False while the remote owes the proof require_proof asked for."""
+    @property
+    def budget_left(self) -> int | None:
+        """Packets it may still be sent before it proves itself; None once it has."""
     @property
     def keyed(self) -> bool:
         """False until SRTP keys are installed."""
@@ -268,6 +277,9 @@ class Subscription:
     @property
     def dropped_waiting_key_frame(self) -> int:
         """Not sent: the route waited for a key frame (wait_for_key_frame, skip_to_key_frame)."""
+    @property
+    def dropped_unproven(self) -> int:
+        """Not sent: the target spent its budget before proving it wants the media."""
     @property
     def retransmitted(self) -> int:
         """Packets sent again answering NACKs, RTX packets included."""

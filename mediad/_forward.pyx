@@ -473,6 +473,11 @@ cdef class Subscription:
                 or not target.has_remote or target.tx_ctx == NULL):
             self.retransmit_misses += 1
             return False
+        if target.unproven:
+            if target.budget == 0:
+                self.dropped_unproven += 1
+                return False
+            target.budget -= 1
         in_seq = <uint16_t>(out_seq - self.rw.seq_offset)
         k = in_seq % track.cache_packets
         # Only packets of the current mapping that were already forwarded map back.
@@ -791,6 +796,25 @@ cdef class Endpoint:
             self.has_remote = 1
             self._latching = 0
 
+    def require_proof(self, int budget):
+        """Send the remote at most `budget` packets (RTP, RTCP and retransmissions) until
+        a packet that authenticates with this endpoint's key arrives from its address: only
+        a receiver that sends shows it wants the media. A latched remote has proven itself."""
+        if budget < 0:
+            raise ValueError(f"the budget is a number of packets, 0 or more, got {budget}")
+        self.unproven = 1
+        self.budget = budget
+
+    @property
+    def proven(self):
+        """False while the remote has not sent a packet that authenticated (require_proof)."""
+        return not self.unproven
+
+    @property
+    def budget_left(self):
+        """Packets it may still be sent before it proves itself; None once it has."""
+        return self.budget if self.unproven else None
+
     def set_keys(self, *, rx_suite, rx_key, tx_suite, tx_key):
         rx_suite = _srtp.SrtpSuite.parse(rx_suite)
         tx_suite = _srtp.SrtpSuite.parse(tx_suite)
@@ -922,6 +946,10 @@ cdef class Endpoint:
             return False
         if not RTCP_HEADER <= length <= RX_SLOT:
             raise ValueError(f"an RTCP packet has 8 to {RX_SLOT} bytes, got {length}")
+        if self.unproven:
+            if self.budget == 0:
+                return False
+            self.budget -= 1
         memcpy(out, <const char *>packet, length)
         if _srtp_protect_rtcp(self.tx_ctx, out, &length) != SRTP_OK:
             self.counters.rtcp_errors += 1
@@ -1153,6 +1181,8 @@ cdef class Forwarder:
         if ep._latching:
             ep.remote_addr = self.rx_from[i]
             ep.has_remote = 1
+        if ep.unproven and self.rx_from[i].sin_addr.s_addr == ep.remote_addr.sin_addr.s_addr:
+            ep.unproven = 0
         self.rx_len[i] = length
         ep.counters.packets_in += 1
         ep.counters.bytes_in += length
@@ -1183,6 +1213,8 @@ cdef class Forwarder:
         if ep._latching:
             ep.remote_addr = self.rx_from[i]
             ep.has_remote = 1
+        if ep.unproven and self.rx_from[i].sin_addr.s_addr == ep.remote_addr.sin_addr.s_addr:
+            ep.unproven = 0
         ep.counters.rtcp_in += 1
         ep.last_activity = now
         if self._rtcp_handler is not None:
@@ -1271,6 +1303,15 @@ cdef class Forwarder:
                     sub.dropped_waiting_key_frame += 1
                     continue
                 sub.waiting = 0
+            if target.unproven:
+                if target.budget == 0:
+                    sub.dropped_unproven += 1
+                    # Once it proves itself the numbers go on without a gap (nothing to ask
+                    # again for), from a key frame where the route waits for one.
+                    if not (sub.wait_key_frame and sub._arm()) and sub.rw.started:
+                        sub.rw.resync = 1
+                    continue
+                target.budget -= 1
             if not _rewrite(&sub.rw, track.source, load16(src + 2), load32(src + 4), now,
                             track._clock_rate, &seq, &ts):
                 sub.dropped_stale += 1

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 
 from charter.config import add_server_arguments, default_state_dir, env
+from mediad.proof import ReceiverProof
 
 ENV_PREFIX = "CHARTER_MEDIAD_"
 
@@ -32,6 +33,10 @@ class MediadConfig:
     """A WebRTC endpoint without an ICE check for this long is closed (RFC 7675: 30 s)."""
     publish_bitrate: int = 2_500_000
     """Bits per second a browser may send per video track (its REMB); 0: no REMB."""
+    unproven_budget: int = 500
+    """Packets a receiver is sent before it proves it wants them (mediad/proof.py)."""
+    trusted_receivers: str = "127.0.0.0/8"
+    """Networks whose receivers need no proof; empty: none."""
     tls: str = "mutual"
     """"mutual": the API (listen) and the registration use TLS with certificates of Charter's
     CA, and the API answers the controller only; "none": plaintext, anyone who reaches it."""
@@ -42,6 +47,11 @@ class MediadConfig:
     grace: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
+
+    @property
+    def proof(self) -> ReceiverProof:
+        """Who must prove it wants the media, and what it gets until then."""
+        return ReceiverProof.parse(self.unproven_budget, self.trusted_receivers)
 
 
 def parse_ports(text: str) -> tuple[int, int]:
@@ -90,6 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=int(env(p, "PUBLISH_BITRATE", d.publish_bitrate)),
                         help=f"bits/s a browser may send per video track, told to it as REMB; 0: none "
                         f"[{p}PUBLISH_BITRATE, default %(default)s]")
+    parser.add_argument("--unproven-budget", type=int,
+                        default=int(env(p, "UNPROVEN_BUDGET", d.unproven_budget)),
+                        help=f"packets a receiver outside --trusted-receivers is sent until it proves it wants "
+                        f"them, by sending a packet with its key from its address [{p}UNPROVEN_BUDGET, "
+                        f"default %(default)s]")
+    parser.add_argument("--trusted-receivers", default=env(p, "TRUSTED_RECEIVERS", d.trusted_receivers),
+                        help=f"comma-separated networks whose receivers get media without that proof (recorders "
+                        f"and tools that only listen); empty: none [{p}TRUSTED_RECEIVERS, default %(default)s]")
     parser.add_argument("--consent-timeout", type=float, default=float(env(p, "CONSENT_TIMEOUT", d.consent_timeout)),
                         help=f"seconds without an ICE check after which a browser's endpoint is closed "
                         f"(RFC 7675) [{p}CONSENT_TIMEOUT, default %(default)s]")
@@ -108,6 +126,10 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
         raise SystemExit("--consent-timeout must be more than 0")
     if args.capacity < 0:
         raise SystemExit("--capacity must be 0 or more")
+    try:
+        ReceiverProof.parse(args.unproven_budget, args.trusted_receivers)
+    except ValueError as error:
+        raise SystemExit(f"--unproven-budget/--trusted-receivers: {error}") from None
     host, _, port = args.listen.rpartition(":")
     advertise = args.advertise or (f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}")
     daemon_id = args.daemon_id or f"mediad-{socket.gethostname()}-{port}"
@@ -123,6 +145,8 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
         drain_timeout=args.drain_timeout,
         consent_timeout=args.consent_timeout,
         publish_bitrate=args.publish_bitrate,
+        unproven_budget=args.unproven_budget,
+        trusted_receivers=args.trusted_receivers,
         metrics_listen=args.metrics_listen,
         tls=args.tls,
         tls_dir=args.tls_dir,

@@ -17,6 +17,7 @@ from charter.v1 import controller_pb2
 from mediad import _forward
 from mediad.dtls import Certificate
 from mediad.ports import PortAllocator, PortsExhausted
+from mediad.proof import ReceiverProof
 from mediad.rtcp_router import RtcpRouter
 from mediad.webrtc import WebRtcTransports
 
@@ -73,8 +74,10 @@ class Media:
         *,
         consent_timeout: float = 30.0,
         certificate: Certificate | None = None,
+        proof: ReceiverProof | None = None,
     ) -> None:
         self.forwarder = forwarder
+        self.proof = proof or ReceiverProof()
         self.ports = ports
         self.capacity = min(capacity, ports.size) if capacity > 0 else ports.size
         self.draining = False
@@ -150,6 +153,9 @@ class Media:
                     name=spec.endpoint_id,
                     description=description,
                 )
+                budget = self.proof.budget_for(spec.remote)
+                if budget is not None:
+                    endpoint.require_proof(budget)
         except ValueError as error:
             sock.close()
             self.ports.release(port)

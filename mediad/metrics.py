@@ -25,6 +25,10 @@ class MediadCollector(Collector):
                                   ("subscriptions", routes, "routes of a track to an endpoint"),
                                   ("draining", int(media.draining), "1 while the daemon takes no new endpoints")):
             yield GaugeMetricFamily(f"charter_mediad_{name}", what, value=value)
+        unproven = sum(1 for endpoint in media.list_endpoints() if not endpoint.proven)
+        yield GaugeMetricFamily("charter_mediad_unproven_endpoints",
+                                "endpoints whose receiver has not yet proven it wants the media (--unproven-budget)",
+                                value=unproven)
         totals = media.forwarder.totals()
         for name, value, what in (
             ("packets_in", totals.packets_in, "SRTP packets received that authenticated"),

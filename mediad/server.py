@@ -65,7 +65,7 @@ async def serve(config: MediadConfig) -> None:
     # needs uvloop for (its socket readiness callbacks).
     forwarder = _forward.Forwarder(asyncio.get_running_loop())
     media = Media(forwarder, PortAllocator(config.media_ip, config.port_first, config.port_last), config.capacity,
-                  consent_timeout=config.consent_timeout)
+                  consent_timeout=config.consent_timeout, proof=config.proof)
     consent = asyncio.create_task(media.webrtc.watch_consent())
     reports = asyncio.create_task(PublisherReports(media.rtcp, config.publish_bitrate).run(media.list_endpoints))
     identity = pki.require(Path(config.tls_dir), config.daemon_id) if config.tls == "mutual" else None

@@ -165,6 +165,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
                 conference_id=spec_of(endpoint).conference_id,
                 counters=counters_to_proto(endpoint.counters),
                 idle_seconds=now - last if last else -1.0,
+                proven=endpoint.proven,
             )
             for track in endpoint.tracks:
                 entry.tracks.add(ssrc=track.ssrc, packets=track.packets, bytes=track.bytes)
@@ -178,6 +179,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
                     send_errors=subscription.send_errors,
                     dropped_waiting_key_frame=subscription.dropped_waiting_key_frame,
                     rtx_sent=subscription.rtx_sent,
+                    dropped_unproven=subscription.dropped_unproven,
                 )
                 figures = self.media.rtcp.figures(subscription)
                 if figures is None:

@@ -193,6 +193,7 @@ def start_mediad(
     *,
     capacity: int = 0,
     drain_timeout: float = 10.0,
+    options: Sequence[str] = (),
 ) -> Process:
     address = f"127.0.0.1:{free_port()}"
     return _start(
@@ -218,6 +219,7 @@ def start_mediad(
             "2",
             "--tls",
             "none",
+            *options,
         ],
         address,
         log_dir,
@@ -282,6 +284,7 @@ def cluster(
     check_exit: bool = True,
     store: str | None = None,
     controller_options: Sequence[str] = (),
+    mediad_options: Sequence[str] = (),
 ) -> Iterator[Cluster]:
     """A controller (its conferences in memory, or in the SQLite file `store`) and `daemons`
     media daemons, each daemon registered before this yields."""
@@ -292,7 +295,8 @@ def cluster(
         for i in range(daemons):
             daemon_id = f"mediad-{i}"
             ranges[daemon_id] = free_udp_range(ports_per_daemon)
-            started.append(start_mediad(log_dir, controller.address, daemon_id, ranges[daemon_id], capacity=capacity))
+            started.append(start_mediad(log_dir, controller.address, daemon_id, ranges[daemon_id], capacity=capacity,
+                                        options=mediad_options))
         wait_until(lambda: live_daemons(controller) == set(ranges), what="every media daemon to register")
         result = Cluster(controller, started, ranges)
     except BaseException:
