@@ -1,8 +1,9 @@
 """Secrets stay secret: a full run of `charter up` at log level debug (SDES participants with
 keys Charter made and keys they chose, a refused key, a browser's DTLS handshake, media
-both ways, a leave and an end) leaves no SRTP key, no DTLS-exported key and no DTLS private
-key in any log line, any error, any stats or metrics answer, or the state file (where keys
-rest sealed). Each secret is looked for in every form it could be written in."""
+both ways, a leave and an end) leaves no SRTP key, no DTLS-exported key, no DTLS private
+key, no API secret and no private key of Charter's TLS certificates in any log line, any
+error, any stats or metrics answer, or the state file (where keys rest sealed). Each secret
+is looked for in every form it could be written in."""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +17,7 @@ import grpc
 
 from aiortc_peer import AiortcParticipant, allow_loopback
 from charter.suites import generate_key
+from charter.tokens import ApiKeys
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc, mediad_pb2, mediad_pb2_grpc
 from charter_up import CharterUp
@@ -106,6 +108,16 @@ def test_no_secret_in_logs_errors_stats_or_the_state_file(tmp_path: Path) -> Non
     with sqlite3.connect(state) as db:
         texts += [row[0].encode() for row in db.execute("SELECT record FROM events")]
     assert len(secrets) == 6, secrets.keys()
+    # What the state directory holds for the parts' own use: API secrets, TLS private keys.
+    for key_id, secret in ApiKeys(up.api_keys).keys.items():
+        secrets[f"API secret {key_id}"] = secret
+    key_files = sorted(up.tls_dir.glob("*-key.pem"))
+    assert {p.name for p in key_files} >= {"ca-key.pem", "charter-controller-key.pem", "mediad-0-key.pem"}, key_files
+    for path in key_files:
+        pem = path.read_bytes()
+        secrets[f"TLS key {path.name}"] = base64.b64decode(b"".join(pem.splitlines()[1:-1]))
+        texts_pem_lines = [line for line in pem.splitlines()[1:-1] if len(line) >= 32]
+        assert not [line for line in texts_pem_lines for text in texts if line in text], f"{path.name} leaked"
     log = up.process.log_path.read_text()
     assert "DTLS-SRTP connected" in log and "participant joined" in log, "a run logged in full"
     private = (tmp_path / "state").glob("*.pem")
