@@ -1285,6 +1285,9 @@ cdef class Forwarder:
         cdef uint16_t seq
         cdef uint32_t ts
         cdef uint64_t sent_bytes = 0
+        # Locals, written back after the loop: the budget costs a register test per packet.
+        cdef bint unproven = target.unproven
+        cdef uint64_t budget = target.budget
         for j in range(first, n):
             if self.rx_track[j] != t:
                 continue
@@ -1303,15 +1306,15 @@ cdef class Forwarder:
                     sub.dropped_waiting_key_frame += 1
                     continue
                 sub.waiting = 0
-            if target.unproven:
-                if target.budget == 0:
+            if unproven:
+                if budget == 0:
                     sub.dropped_unproven += 1
                     # Once it proves itself the numbers go on without a gap (nothing to ask
                     # again for), from a key frame where the route waits for one.
                     if not (sub.wait_key_frame and sub._arm()) and sub.rw.started:
                         sub.rw.resync = 1
                     continue
-                target.budget -= 1
+                budget -= 1
             if not _rewrite(&sub.rw, track.source, load16(src + 2), load32(src + 4), now,
                             track._clock_rate, &seq, &ts):
                 sub.dropped_stale += 1
@@ -1334,6 +1337,8 @@ cdef class Forwarder:
             self.tx_iov[count].iov_len = length
             self.tx_msgs[count].msg_hdr.msg_name = &target.remote_addr
             count += 1
+        if unproven:
+            target.budget = budget
         if count == 0:
             return
         sent = 0
