@@ -89,7 +89,10 @@ def issue_into(ca_directory: Path, out: Path, name: str, hosts: list[str]) -> Id
     ca_cert = x509.load_pem_x509_certificate(ca_pem)
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
-    for host in dict.fromkeys([*hosts, "127.0.0.1", "localhost"]):
+    # The controller's name too: a daemon that knows several controllers checks that name
+    # (mediad/registration.py), whichever address it reached.
+    also = [CONTROLLER] if name == CONTROLLER else []
+    for host in dict.fromkeys([*hosts, *also, "127.0.0.1", "localhost"]):
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:

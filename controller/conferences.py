@@ -155,8 +155,9 @@ class Conferences:
             # A live daemon that does not answer keeps the conference: nothing is lost, the
             # caller can try again. A daemon without a lease holds nothing we can reach.
             await client.release_conference(conference.conference_id)
-        await self.store.delete(conference.conference_id)
-        self.hub.publish(conference.conference_id, self._number(conference, [events.ConferenceEnded(reason)]))
+        ended = self._number(conference, [events.ConferenceEnded(reason)])
+        await self.store.delete(conference.conference_id, ended)
+        self.hub.publish(conference.conference_id, ended)
         self.hub.end(conference.conference_id)
         log.info(
             "conference ended",
@@ -458,9 +459,10 @@ class Conferences:
                 if missed is None:
                     raise FailedPrecondition(f"the events of conference {conference_id!r} after {after_sequence} "
                                              "are no longer kept: watch again without after_sequence for its state")
-                watcher = self.hub.watch(conference_id, participant_id, missed)
+                watcher = self.hub.watch(conference_id, participant_id, missed, last=after_sequence)
             else:
-                watcher = self.hub.watch(conference_id, participant_id, self._snapshot(conference, participant_id))
+                watcher = self.hub.watch(conference_id, participant_id, self._snapshot(conference, participant_id),
+                                         last=conference.sequence)
         try:
             async for event in watcher.events():
                 yield event

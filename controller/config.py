@@ -16,6 +16,8 @@ ENV_PREFIX = "CHARTER_CONTROLLER_"
 class ControllerConfig:
     listen: str = "127.0.0.1:50051"
     store: str = ""
+    store_key: str = ""
+    """With a Redis store: the file whose key seals SRTP keys in it (shared by its controllers)."""
     """A SQLite file of the conferences, or "memory" (lost when the controller stops)."""
     metrics_listen: str = ""
     """host:port of /metrics (Prometheus); empty: none."""
@@ -46,7 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store", default=env(p, "STORE", str(default_state_dir() / "controller.sqlite3")),
         help=f"where conferences live: a SQLite file (made on first start; its keys sealed under FILE.key "
-        f"beside it), or 'memory' to keep them only while the controller runs [{p}STORE, default %(default)s]",
+        f"beside it), redis://HOST:PORT/DB shared by several controllers, or 'memory' to keep them only while "
+        f"the controller runs [{p}STORE, default %(default)s]",
+    )
+    parser.add_argument(
+        "--store-key", default=env(p, "STORE_KEY", str(default_state_dir() / "redis-store.key")),
+        help=f"with --store redis://: the key file that seals SRTP keys in Redis (made on first start); every "
+        f"controller of one Redis needs a copy of the same file [{p}STORE_KEY, default %(default)s]",
     )
     parser.add_argument(
         "--metrics-listen", default=env(p, "METRICS_LISTEN", d.metrics_listen),
@@ -112,7 +120,7 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
     if args.lease_ttl <= 0:
         raise SystemExit("--lease-ttl must be positive")
     if not args.store:
-        raise SystemExit("--store needs a SQLite file or 'memory'")
+        raise SystemExit("--store needs a SQLite file, a redis:// URL or 'memory'")
     if args.max_calls_per_second <= 0 or args.max_watches_per_caller < 1 or args.max_participants < 2 \
             or args.unused_conference_seconds <= 0 or min(args.max_tracks, args.max_conferences_per_caller,
                                                           args.max_conferences_per_daemon) < 1:
@@ -126,6 +134,7 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
     return ControllerConfig(
         listen=args.listen,
         store=args.store,
+        store_key=args.store_key,
         receive_networks=args.receive_networks,
         auth=args.auth,
         tls=args.tls,

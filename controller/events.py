@@ -3,15 +3,19 @@
 Events are published while the conference's lock is held, and a watcher is added under the
 same lock right after its initial events are built, so a watcher sees every change after
 its snapshot exactly once.
+
+With several controllers (a shared store), events made by another controller arrive through
+the store's relay, and may come after a later one made here: a watcher yields each sequence
+number once, in order, and reads a gap back from the store (`fetch`) before going on.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from charter.errors import ResourceExhausted
+from charter.errors import FailedPrecondition, ResourceExhausted
 from charter.tracks import Track
 from controller.model import Participant
 
@@ -103,12 +107,19 @@ class Event:
 
 
 _END = object()
+_RESYNC = object()  # read back from the store whatever may have been missed
+
+Fetch = Callable[[str, int], Awaitable["list[Event] | None"]]
+"""The store's events_after: a conference's events after a sequence number, None if gone."""
 
 
 @dataclass(eq=False)
 class Watcher:
     conference_id: str
     participant_id: str
+    last: int = 0
+    """The sequence number of the last event yielded (or the snapshot's)."""
+    fetch: Fetch | None = None
     queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     lagging: bool = False
 
@@ -122,20 +133,55 @@ class Watcher:
                         f"{WATCHER_BACKLOG} events behind: watch again"
                     )
                 return
+            if item is _RESYNC:
+                for event in await self._missed(None):
+                    yield event
+                continue
             assert isinstance(item, Event)
+            if item.initial:
+                yield item
+                continue
+            if item.sequence <= self.last:
+                continue  # had it already (relayed, or read back)
+            if item.sequence > self.last + 1:
+                for event in await self._missed(item.sequence):
+                    yield event
+            self.last = item.sequence
             yield item
+
+    async def _missed(self, before: int | None) -> list[Event]:
+        """Events after `last` (and before `before`) read back from the store, in order."""
+        if self.fetch is None:
+            return []
+        missed = await self.fetch(self.conference_id, self.last)
+        if missed is None:
+            raise FailedPrecondition(f"the events of conference {self.conference_id!r} after {self.last} are no "
+                                     "longer kept: watch again without after_sequence for its state")
+        taken = [e for e in missed if e.sequence > self.last and (before is None or e.sequence < before)]
+        if taken:
+            self.last = taken[-1].sequence
+        return taken
 
 
 class EventHub:
-    def __init__(self) -> None:
+    def __init__(self, fetch: Fetch | None = None) -> None:
         self._watchers: dict[str, set[Watcher]] = {}
+        self.fetch = fetch
+        """Where watchers read back events they missed (a store shared by controllers)."""
 
-    def watch(self, conference_id: str, participant_id: str, initial: list[Event]) -> Watcher:
-        watcher = Watcher(conference_id, participant_id)
+    def watch(self, conference_id: str, participant_id: str, initial: list[Event], last: int = 0) -> Watcher:
+        """A watcher that gets `initial`, then every event after sequence number `last`."""
+        watcher = Watcher(conference_id, participant_id, last=last, fetch=self.fetch)
         for event in initial:
             watcher.queue.put_nowait(event)
         self._watchers.setdefault(conference_id, set()).add(watcher)
         return watcher
+
+    def resync_all(self) -> None:
+        """Every watcher reads back what it may have missed (the relay was down)."""
+        for watchers in self._watchers.values():
+            for watcher in watchers:
+                watcher.queue.put_nowait(_RESYNC)
 
     def unwatch(self, watcher: Watcher) -> None:
         watchers = self._watchers.get(watcher.conference_id)

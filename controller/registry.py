@@ -72,6 +72,31 @@ class Registry:
         )
         return record
 
+    def mirror(self, records: list[tuple[DaemonRecord, float]]) -> None:
+        """Make the live daemons exactly `records` (each with the seconds its lease has left),
+        as a shared lease store holds them: new ones and new leases are taken, a daemon that
+        is no longer there is dropped (its lease expired or it deregistered, perhaps at
+        another controller)."""
+        now = self.clock()
+        seen = set()
+        for shared, remaining in records:
+            daemon_id = shared.info.daemon_id
+            seen.add(daemon_id)
+            record = self._daemons.get(daemon_id)
+            if record is None or record.lease_id != shared.lease_id:
+                log.info("daemon registered" if record is None else "daemon registered again",
+                         extra={"daemon_id": daemon_id, "grpc_address": shared.info.grpc_address, "shared": True})
+                record = DaemonRecord(shared.info, shared.load, shared.lease_id, now + remaining,
+                                      shared.registered_at)
+                self._daemons[daemon_id] = record
+            else:
+                record.load = shared.load
+                record.expires_at = now + remaining
+        for daemon_id in [d for d in self._daemons if d not in seen]:
+            record = self._daemons.pop(daemon_id)
+            log.warning("daemon lease ended", extra={"daemon_id": daemon_id, "shared": True})
+            self._dropped(record)
+
     def keep_alive(self, daemon_id: str, lease_id: str, load: DaemonLoad) -> DaemonRecord:
         record = self._live_record(daemon_id, lease_id)
         record.load = load

@@ -23,8 +23,10 @@ from controller.conferences import Conferences
 from controller.config import ControllerConfig
 from controller.daemons import MediaDaemonClients
 from controller.events import EventHub
+from controller.leases import Leases, LocalLeases, SharedLeases
 from controller.limits import CallerLimits
 from controller.metrics import ControllerCollector
+from controller.redis_store import RedisStore
 from controller.registry import Registry
 from controller.service import ConferenceService, DaemonRegistryService
 from controller.sqlite_store import SqliteStore, StoreError
@@ -63,10 +65,12 @@ def open_api_keys(config: ControllerConfig) -> ApiKeys | None:
         raise SystemExit(f"charter controller: {error}") from None
 
 
-def open_store(config: ControllerConfig) -> ConferenceStore:
+async def open_store(config: ControllerConfig) -> ConferenceStore:
     if config.store == "memory":
         return MemoryStore()
     try:
+        if config.store.startswith(("redis://", "rediss://", "unix://")):
+            return await RedisStore.connect(config.store, config.store_key)
         return SqliteStore(config.store)
     except StoreError as error:
         raise SystemExit(f"charter controller: {error}") from None
@@ -77,8 +81,19 @@ async def serve(config: ControllerConfig) -> None:
     identity = controller_identity(config)
     daemons = MediaDaemonClients(config.daemon_timeout,
                                  pki.channel_credentials(identity) if identity is not None else None)
-    store = open_store(config)
-    conferences = Conferences(store, registry, daemons, EventHub(), limits=config.limits)
+    store = await open_store(config)
+    hub = EventHub()
+    shared: list[asyncio.Task[None]] = []
+    leases: Leases = LocalLeases(registry)
+    if isinstance(store, RedisStore):
+        # Events other controllers make reach this one's watchers (gaps are read back), and
+        # the daemons' leases are Redis keys every controller mirrors.
+        hub.fetch = store.events_after
+        shared_leases = SharedLeases(store.redis, registry, config.store)
+        await shared_leases.refresh()
+        leases = shared_leases
+        shared = [asyncio.create_task(store.relay(hub)), asyncio.create_task(shared_leases.run())]
+    conferences = Conferences(store, registry, daemons, hub, limits=config.limits)
     conferences.follow(registry)
 
     server = Server(config.listen, SERVICE_NAMES, max_message_bytes=config.limits.max_message_bytes)
@@ -89,7 +104,7 @@ async def serve(config: ControllerConfig) -> None:
                                 CallerLimits(config.limits), api_keys)
     server.add(controller_pb2_grpc.add_ConferenceServiceServicer_to_server, service)
     registry_service = DaemonRegistryService(registry, conferences, require_certificates=identity is not None,
-                                             api_keys=api_keys)
+                                             api_keys=api_keys, leases=leases)
     server.add(controller_pb2_grpc.add_DaemonRegistryServicer_to_server, registry_service)
     if identity is not None:
         # Daemons register here, over TLS, each with its own certificate of Charter's CA.
@@ -120,7 +135,12 @@ async def serve(config: ControllerConfig) -> None:
     sweeper.cancel()
     await asyncio.gather(sweeper, return_exceptions=True)
     await daemons.close()
+    for task in shared:
+        task.cancel()
+    await asyncio.gather(*shared, return_exceptions=True)
     store.close()
+    if isinstance(store, RedisStore):
+        await store.aclose()
     if metrics is not None:
         await metrics.cleanup()
     log.info("controller stopped")

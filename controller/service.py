@@ -21,6 +21,7 @@ from charter.webrtc_sdp import parse_offer
 from controller import events
 from controller import messages as m
 from controller.conferences import Conferences, JoinSpec
+from controller.leases import Leases, LocalLeases
 from controller.limits import CallerLimits, Limits, caller_of
 from controller.registry import Registry
 from controller.store import DaemonUsage
@@ -216,8 +217,10 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
 
 class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
     def __init__(self, registry: Registry, conferences: Conferences, *, require_certificates: bool = False,
-                 api_keys: tokens.ApiKeys | None = None) -> None:
+                 api_keys: tokens.ApiKeys | None = None, leases: Leases | None = None) -> None:
         self.registry = registry
+        self.leases = leases or LocalLeases(registry)
+        """Where leases are kept: this registry, or Redis shared with other controllers."""
         self.conferences = conferences
         self.api_keys = api_keys
         """With --auth token, ListDaemons (where every daemon is, and its load) is for operators:
@@ -236,7 +239,7 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
             raise InvalidArgument("daemon", "is required")
         info = m.parse_daemon("daemon", request.daemon)
         self._check_identity(context, info.daemon_id)
-        record = self.registry.register(info, m.parse_load(request.load))
+        record = await self.leases.register(info, m.parse_load(request.load))
         # After answering: a daemon that comes back may hold endpoints whose conference ended
         # or moved meanwhile, or may have lost the endpoints of its conferences (it
         # restarted); conferences waiting for room may now have some.
@@ -275,7 +278,7 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         if not request.lease_id:
             raise InvalidArgument("lease_id", "is required")
         load = m.parse_load(request.load)
-        self.registry.keep_alive(daemon_id, request.lease_id, load)
+        await self.leases.keep_alive(daemon_id, request.lease_id, load)
         if load.draining and daemon_id not in self._draining:
             # A daemon that drains (SIGTERM, or Drain) gets its conferences moved to others,
             # so that it can stop without cutting a call; those no other has room for stay.
@@ -297,7 +300,7 @@ class DaemonRegistryService(controller_pb2_grpc.DaemonRegistryServicer):
         self._check_identity(context, daemon_id)
         if not request.lease_id:
             raise InvalidArgument("lease_id", "is required")
-        self.registry.deregister(daemon_id, request.lease_id)
+        await self.leases.deregister(daemon_id, request.lease_id)
         return pb.DeregisterResponse()
 
     async def ListDaemons(

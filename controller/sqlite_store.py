@@ -173,10 +173,10 @@ class SqliteStore(LocalStore):
             raise
         await super().put(conference, events)
 
-    async def delete(self, conference_id: str) -> None:
+    async def delete(self, conference_id: str, events: Sequence[Event] = ()) -> None:
         self._write([("DELETE FROM conferences WHERE conference_id = ?", (conference_id,)),
                      ("DELETE FROM events WHERE conference_id = ?", (conference_id,))])
-        await super().delete(conference_id)
+        await super().delete(conference_id, events)
 
     def close(self) -> None:
         self._db.close()

@@ -39,7 +39,10 @@ class ConferenceStore(Protocol):
     async def put(self, conference: Conference, events: Sequence[Event] = ()) -> None:
         """Store the conference as it is now, with the events of the change (numbered)."""
         ...
-    async def delete(self, conference_id: str) -> None: ...
+    async def delete(self, conference_id: str, events: Sequence[Event] = ()) -> None:
+        """Forget the conference and its events; `events` are its last (ConferenceEnded), for
+        the watchers of other controllers."""
+        ...
     async def events_after(self, conference_id: str, sequence: int) -> list[Event] | None:
         """Its events numbered after `sequence`, oldest first (the last EVENTS_KEPT are
         kept); None when some of them are no longer kept."""
@@ -104,7 +107,7 @@ class LocalStore(ConferenceLocks):
         if events:
             self._events.setdefault(conference.conference_id, deque(maxlen=EVENTS_KEPT)).extend(events)
 
-    async def delete(self, conference_id: str) -> None:
+    async def delete(self, conference_id: str, events: Sequence[Event] = ()) -> None:
         self._conferences.pop(conference_id, None)
         self._events.pop(conference_id, None)
 

@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise", default=env(p, "ADVERTISE", d.advertise),
                         help=f"gRPC host:port the controller calls [{p}ADVERTISE, default the listen address]")
     parser.add_argument("--controller", default=env(p, "CONTROLLER", d.controller),
-                        help=f"controller to register with, host:port; empty: none "
+                        help=f"controller to register with, host:port, or several controllers of one store, "
+                        f"IP:port,IP:port (tried in turn); empty: none "
                         f"[{p}CONTROLLER, default %(default)s]")
     parser.add_argument("--media-ip", default=env(p, "MEDIA_IP", d.media_ip),
                         help=f"IPv4 address media ports bind to and are reached at [{p}MEDIA_IP, default %(default)s]")

@@ -1,0 +1,181 @@
+"""Two controllers in front of one real redis-server (`--store redis://`), and a media daemon
+that registers with either (`--controller A,B`): a conference made through one is joined
+through both; a watch on one sees every event, in order, whichever controller made it; media
+flows between participants who joined through different controllers. When either
+controller is killed (SIGKILL; one of them is the one the daemon talks to), the daemon's
+lease lives on with the other, which carries on: the conference is still there, a new
+participant joins through it and media flows."""
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from charter import pki
+from charter.processes import free_port
+from charter.v1 import controller_pb2 as pb
+from charter.v1 import controller_pb2_grpc
+from participants import Peer, exchange
+from processes import (
+    ROOT,
+    Process,
+    conference_stub,
+    free_udp_range,
+    live_daemons,
+    start_controller,
+    start_logged,
+    start_mediad,
+)
+from redis_server import RedisServer, missing, redis_server
+from waits import wait_until
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
+
+LEASE = 2.0
+
+
+class Shared:
+    def __init__(self, redis: RedisServer, controllers: list[Process], daemon: Process) -> None:
+        self.redis = redis
+        self.controllers = controllers
+        self.daemon = daemon
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Shared]:
+    with redis_server(tmp_path / "redis") as redis:
+        controllers: list[Process] = []
+        started: list[Process] = []
+        try:
+            for name in ("a", "b"):
+                (tmp_path / name).mkdir()
+                controllers.append(start_controller(
+                    tmp_path / name, lease_ttl=LEASE, store=redis.url,
+                    options=("--store-key", str(tmp_path / "store.key"))))
+            started += controllers
+            daemon = start_mediad(tmp_path, ",".join(c.address for c in controllers), "mediad-0",
+                                  free_udp_range(20))
+            started.append(daemon)
+            for controller in controllers:
+                wait_until(lambda c=controller: live_daemons(c) == {"mediad-0"},
+                           what=f"the daemon's lease seen by {controller.address}")
+            yield Shared(redis, controllers, daemon)
+        finally:
+            for process in started:
+                with contextlib.suppress(Exception):
+                    process.stop(10)
+
+
+def watch(controller: Process, conference_id: str, seen: list[pb.ConferenceEvent]) -> threading.Thread:
+    def run() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for event in conference_stub(controller).WatchConference(
+                    pb.WatchConferenceRequest(conference_id=conference_id), timeout=60):
+                seen.append(event)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("dies", [0, 1], ids=["first-dies", "second-dies"])
+def test_two_controllers_share_conferences_events_and_daemons(shared: Shared, dies: int) -> None:
+    a, b = (conference_stub(c) for c in shared.controllers)
+    survivor = shared.controllers[1 - dies]
+    conference = a.CreateConference(pb.CreateConferenceRequest(conference_id="shared"), timeout=10)
+    assert b.GetConference(pb.GetConferenceRequest(conference_id="shared"), timeout=10).daemon_id == "mediad-0"
+    seen: list[pb.ConferenceEvent] = []
+    watching = watch(survivor, "shared", seen)
+    time.sleep(0.5)  # the watch is open
+
+    ssrcs = random.sample(range(1, 2**32), 3)
+    alice, bob = Peer("alice", [ssrcs[0]]), Peer("bob", [ssrcs[1]])
+    peers = [alice, bob]
+    try:
+        alice.joined(a.Join(alice.join_request("shared"), timeout=10).participant)
+        bob.joined(b.Join(bob.join_request("shared"), timeout=10).participant)
+        exchange(peers, lambda: all(sum(p.counts().values()) >= 5 for p in peers))
+        wait_until(lambda: sum(1 for e in seen if e.HasField("participant_joined")) == 2,
+                   what="both joins on the survivor's watch")
+        sequences = [e.sequence for e in seen]
+        assert sequences == sorted(set(sequences)), "each event once, in order"
+        assert [e.participant_joined.participant.participant_id for e in seen
+                if e.HasField("participant_joined")] == ["alice", "bob"]
+
+        # One controller dies: the other carries on, with the daemon's lease.
+        shared.controllers[dies].signal(signal.SIGKILL)
+        time.sleep(2 * LEASE)
+        assert live_daemons(survivor) == {"mediad-0"}, "the lease lived on"
+        api = conference_stub(survivor)
+        carol = Peer("carol", [ssrcs[2]])
+        peers.append(carol)
+        carol.joined(api.Join(carol.join_request("shared"), timeout=10).participant)
+        assert carol.session is not None and carol.session.daemon_id == conference.daemon_id
+        exchange(peers, lambda: all(len(p.counts()) == 2 and min(p.counts().values()) >= 3 for p in peers))
+        assert len(api.GetConference(pb.GetConferenceRequest(conference_id="shared"), timeout=10).participants) == 3
+        api.EndConference(pb.EndConferenceRequest(conference_id="shared"), timeout=10)
+        watching.join(10)
+        assert seen[-1].HasField("conference_ended")
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def test_a_daemon_fails_over_between_controllers_over_mutual_tls(tmp_path: Path) -> None:
+    """Under --tls mutual, each controller holds a certificate of the one CA, and the daemon
+    checks the name they all carry: its lease lives on when the first controller dies."""
+    with redis_server(tmp_path / "redis") as redis, contextlib.ExitStack() as stack:
+        registries: list[str] = []
+        controllers: list[subprocess.Popen[bytes]] = []
+        for name in ("a", "b"):
+            tls = tmp_path / f"tls-{name}"
+            if controllers:  # the second gets a copy of the CA the first made
+                tls.mkdir()
+                for file in ("ca.pem", "ca-key.pem"):
+                    shutil.copy(tmp_path / "tls-a" / file, tls / file)
+            address, registry = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+            process = start_logged(
+                [sys.executable, "-m", "controller", "--listen", address, "--registry-listen", registry,
+                 "--tls-dir", str(tls), "--store", redis.url, "--store-key", str(tmp_path / "store.key"),
+                 "--auth", "none", "--lease-ttl", str(LEASE)], tmp_path / f"controller-{name}.log", cwd=ROOT)
+            stack.callback(process.kill)
+            wait_until(lambda t=tls, p=process: (t / f"{pki.CONTROLLER}.pem").exists() or p.poll() is not None,
+                       timeout=30, what="the controller's certificate")
+            controllers.append(process)
+            registries.append(registry)
+        out = tmp_path / "daemon-tls"
+        made = subprocess.run([sys.executable, "-m", "cli", "cert", "--name", "mediad-0", "--tls-dir",
+                               str(tmp_path / "tls-a"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        first, last = free_udp_range(4)
+        daemon = start_logged(
+            [sys.executable, "-m", "mediad", "--listen", f"127.0.0.1:{free_port()}", "--daemon-id", "mediad-0",
+             "--controller", ",".join(registries), "--tls-dir", str(out), "--media-ip", "127.0.0.1",
+             "--ports", f"{first}-{last}"], tmp_path / "mediad.log", cwd=ROOT)
+        stack.callback(daemon.kill)
+
+        def leases(registry: str) -> set[str]:
+            # The registry port answers ListDaemons to a certificate of Charter's CA.
+            identity = pki.load(tmp_path / "tls-b", pki.CONTROLLER)
+            assert identity is not None
+            with grpc.secure_channel(registry, pki.channel_credentials(identity)) as channel:
+                reply = controller_pb2_grpc.DaemonRegistryStub(channel).ListDaemons(pb.ListDaemonsRequest(),
+                                                                                   timeout=5)
+            return {d.daemon.daemon_id for d in reply.daemons}
+
+        wait_until(lambda: leases(registries[1]) == {"mediad-0"}, timeout=30,
+                   what=f"the daemon's lease over mutual TLS\n{(tmp_path / 'mediad.log').read_text()[-2000:]}")
+        controllers[0].kill()
+        time.sleep(3 * LEASE)
+        assert leases(registries[1]) == {"mediad-0"}, (tmp_path / "mediad.log").read_text()[-3000:]
+        assert "registering again" not in (tmp_path / "mediad.log").read_text(), "the lease was renewed, not remade"
