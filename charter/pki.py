@@ -75,9 +75,20 @@ def issue(directory: Path, name: str, hosts: list[str]) -> Identity:
     """The identity of part `name` in `directory`; made there, signed by the CA there, if
     it has none."""
     existing = load(directory, name)
-    if existing is not None:
+    if existing is not None and (name != CONTROLLER or _names_itself(existing)):
         return existing
     return issue_into(directory, directory, name, hosts)
+
+
+def _names_itself(identity: Identity) -> bool:
+    """Whether the certificate carries the controller's own name (those issued before it
+    did are issued again: daemons of several controllers check it)."""
+    cert = x509.load_pem_x509_certificate(identity.cert)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return CONTROLLER in names.get_values_for_type(x509.DNSName)
 
 
 def issue_into(ca_directory: Path, out: Path, name: str, hosts: list[str]) -> Identity:

@@ -1,5 +1,6 @@
 """`charter up`: the embedded default. Starts the controller, N media daemons and the web
-gateway (`charter web`, the page for browsers) on this machine as child processes, waits
+gateway (`charter web`, the page for browsers) on this machine as child processes (with
+`--store redis`: a redis-server first, and `--controllers` controllers sharing it), waits
 until each is ready (gRPC health SERVING; the gateway's /healthz), prints where they are,
 starts again any that dies (after 0.5 s, doubling up to 30 s while it keeps dying within a
 minute of its start), and on Ctrl-C or SIGTERM stops them in order: the gateway first (its browsers leave), then
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +46,8 @@ class Child:
     """Ready when this URL answers 200 (the web gateway), instead of gRPC health at grpc_address."""
     tls_name: str = ""
     """Its certificate's name in the TLS directory when it serves mutual TLS (a daemon)."""
+    redis_url: str = ""
+    """Ready when Redis at this URL answers PING (the shared store), instead of gRPC health."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
     restarts: int = 0
@@ -110,6 +114,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "[CHARTER_UP_WEB_PORT, default %(default)s]")
     parser.add_argument("--ports", default=_env("PORTS", "16384-32767"),
                         help="UDP media ports, split evenly among the daemons [CHARTER_UP_PORTS, default %(default)s]")
+    parser.add_argument("--store", choices=["sqlite", "redis"], default=_env("STORE", "sqlite"),
+                        help="sqlite: the controller's conferences in STATE_DIR/controller.sqlite3; redis: in a "
+                        "redis-server charter up starts (data in STATE_DIR/redis), shared by --controllers "
+                        "[CHARTER_UP_STORE, default %(default)s]")
+    parser.add_argument("--controllers", type=int, default=int(_env("CONTROLLERS", 1)),
+                        help="controllers to run (more than one needs --store redis); the next ones listen on the "
+                        "controller and registry ports + 2, + 4, ... [CHARTER_UP_CONTROLLERS, default %(default)s]")
+    parser.add_argument("--redis-port", type=int, default=int(_env("REDIS_PORT", 6379)),
+                        help="port of the redis-server of --store redis [CHARTER_UP_REDIS_PORT, default %(default)s]")
     parser.add_argument("--state-dir", default=_env("STATE_DIR", str(default_state_dir())),
                         help="where the controller keeps its conferences (controller.sqlite3), so that they "
                         "outlive a restart [CHARTER_UP_STATE_DIR, default %(default)s]")
@@ -131,11 +144,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[CHARTER_UP_LOG_LEVEL, default %(default)s]")
 
 
-def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
-    """The processes to start, as a user would start them by hand: the controller, the
-    daemons and the web gateway (None with --web-port 0)."""
+@dataclass
+class Plan:
+    """The processes `charter up` starts, as a user would start them by hand."""
+
+    redis: Child | None
+    """The shared store's redis-server (--store redis), else None."""
+    controllers: list[Child]
+    daemons: list[Child]
+    web: Child | None
+    """The web gateway; None with --web-port 0."""
+
+    @property
+    def children(self) -> list[Child]:
+        return [*([self.redis] if self.redis else []), *self.controllers, *self.daemons,
+                *([self.web] if self.web else [])]
+
+
+def plan(args: argparse.Namespace) -> Plan:
     if args.daemons < 1:
         raise SystemExit("--daemons must be at least 1")
+    if args.controllers < 1 or (args.controllers > 1 and args.store != "redis"):
+        raise SystemExit("--controllers must be at least 1, and more than 1 needs --store redis (they share it)")
     try:
         first, last = (int(p) for p in args.ports.split("-"))
     except ValueError:
@@ -144,21 +174,38 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
     if share < 1:
         raise SystemExit(f"--ports {args.ports} has fewer ports than --daemons {args.daemons}")
     common = ["--log-format", args.log_format, "--log-level", args.log_level]
-    controller_address = f"{args.host}:{args.controller_port}"
     tls_dir = str(tls_directory(args))
-    registry_address = f"{args.host}:{args.registry_port or args.controller_port + 1}"
-    controller = Child(
-        "controller",
-        controller_address,
-        [
-            sys.executable, "-m", "controller", "--listen", controller_address,
-            "--store", str(Path(args.state_dir) / "controller.sqlite3"), "--receive-networks", args.receive_networks,
-            "--auth", args.auth, "--api-keys", str(Path(args.state_dir) / "api-keys.json"),
-            "--tls", args.tls, "--tls-dir", tls_dir, "--registry-listen", registry_address,
-            "--lease-ttl", str(args.lease_ttl), *metrics(args, 0), *common,
-        ],
-        detail=f"daemons register on {registry_address} (mutual TLS)" if args.tls == "mutual" else "",
-    )
+    state = Path(args.state_dir)
+    redis = None
+    store = [str(state / "controller.sqlite3")]
+    if args.store == "redis":
+        url = f"redis://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.redis_port}/0"
+        redis = Child(
+            "redis", "",
+            [shutil.which("redis-server") or "redis-server", "--port", str(args.redis_port), "--bind", args.host,
+             "--dir", str(state / "redis"), "--appendonly", "yes", "--save", "", "--protected-mode", "no",
+             "--logfile", str(state / "redis" / "redis.log")],
+            detail=url, redis_url=url,
+        )
+        store = [url, "--store-key", str(state / "redis-store.key")]
+    controllers = []
+    registries = []
+    for i in range(args.controllers):
+        address = f"{args.host}:{args.controller_port + 2 * i}"
+        registry = f"{args.host}:{(args.registry_port or args.controller_port + 1) + 2 * i}"
+        registries.append(registry if args.tls == "mutual" else address)
+        controllers.append(Child(
+            "controller" if args.controllers == 1 else f"controller-{i}",
+            address,
+            [
+                sys.executable, "-m", "controller", "--listen", address,
+                "--store", *store, "--receive-networks", args.receive_networks,
+                "--auth", args.auth, "--api-keys", str(state / "api-keys.json"),
+                "--tls", args.tls, "--tls-dir", tls_dir, "--registry-listen", registry,
+                "--lease-ttl", str(args.lease_ttl), *metrics(args, i), *common,
+            ],
+            detail=f"daemons register on {registry} (mutual TLS)" if args.tls == "mutual" else "",
+        ))
     daemons = []
     for i in range(args.daemons):
         address = f"{args.host}:{args.mediad_port + i}"
@@ -170,9 +217,9 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
                 # Stopping charter up stops the whole service: there is no other daemon for a
                 # daemon's conferences to move to, and they stay in the controller's store.
                 [sys.executable, "-m", "mediad", "--listen", address, "--daemon-id", f"mediad-{i}",
-                 "--controller", registry_address if args.tls == "mutual" else controller_address,
+                 "--controller", ",".join(registries),
                  "--tls", args.tls, "--tls-dir", tls_dir, "--media-ip", args.host, "--ports", ports,
-                 "--drain-timeout", "1", *metrics(args, 1 + i), *common],
+                 "--drain-timeout", "1", *metrics(args, args.controllers + i), *common],
                 detail=f"media {args.host}:{ports}",
                 tls_name=f"mediad-{i}" if args.tls == "mutual" else "",
             )
@@ -184,11 +231,11 @@ def plan(args: argparse.Namespace) -> tuple[Child, list[Child], Child | None]:
             "web",
             "",
             [sys.executable, "-m", "cli", "web", "--listen", f"{args.host}:{args.web_port}",
-             "--controller", controller_address, "--api-keys", str(Path(args.state_dir) / "api-keys.json"), *common],
+             "--controller", controllers[0].grpc_address, "--api-keys", str(state / "api-keys.json"), *common],
             detail=url,
             http_health=url + "healthz",
         )
-    return controller, daemons, web
+    return Plan(redis, controllers, daemons, web)
 
 
 def tls_directory(args: argparse.Namespace) -> Path:
@@ -224,27 +271,32 @@ def web_url(host: str, port: int) -> str:
 
 
 async def up(args: argparse.Namespace) -> int:
-    controller, daemons, web = plan(args)
+    planned = plan(args)
+    daemons, web = planned.daemons, planned.web
     # The API keys and the certificates exist before the processes that read them start.
     ApiKeys(Path(args.state_dir) / "api-keys.json")
     identity = make_certificates(args, daemons)
     credentials = pki.channel_credentials(identity) if identity is not None else None
-    children = [controller, *daemons, *([web] if web else [])]
+    children = planned.children
+    if planned.redis is not None:
+        (Path(args.state_dir) / "redis").mkdir(parents=True, exist_ok=True)
     stop = stop_event()
     failed = False
     try:
         for child in children:
             child.start()
+            if child is planned.redis:
+                await _wait_ready(child, stop)  # the controllers connect to it as they start
         for child in children:
-            if child is not web:
+            if child is not web and child is not planned.redis:
                 await _wait_ready(child, stop, credentials if child.tls_name else None)
         if not stop.is_set():
-            await _wait_registered(controller.grpc_address, [d.name for d in daemons], stop, operator_token(args))
+            for each in planned.controllers:
+                await _wait_registered(each.grpc_address, [d.name for d in daemons], stop, operator_token(args))
             if web is not None:
                 await _wait_ready(web, stop)
             shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-            _print_summary(controller, daemons, web,
-                           f"http://{shown}:{args.metrics_port}/metrics" if args.metrics_port else "", args)
+            _print_summary(planned, f"http://{shown}:{args.metrics_port}/metrics" if args.metrics_port else "", args)
         while not stop.is_set():
             # A child that dies is started again: the controller finds its conferences in its
             # store, a daemon registers again and gets its conferences back.
@@ -267,11 +319,14 @@ async def up(args: argparse.Namespace) -> int:
     except (TimeoutError, RuntimeError) as error:
         log.error(str(error))
         failed = True
-    web_code = [await web.stop(STOP_TIMEOUT)] if web else []
-    codes = [await controller.stop(STOP_TIMEOUT)]
-    codes += await asyncio.gather(*(d.stop(STOP_TIMEOUT) for d in daemons))
-    codes += web_code
-    bad = [f"{c.name}={code}" for c, code in zip(children, codes, strict=True) if code != 0]
+    # The gateway first (its browsers leave), the controllers, the daemons, the store last.
+    order = [*([web] if web else []), *planned.controllers]
+    codes = {c.name: await c.stop(STOP_TIMEOUT) for c in order}
+    codes.update(zip([d.name for d in daemons], await asyncio.gather(*(d.stop(STOP_TIMEOUT) for d in daemons)),
+                     strict=True))
+    if planned.redis is not None:
+        codes[planned.redis.name] = await planned.redis.stop(STOP_TIMEOUT)
+    bad = [f"{c.name}={codes[c.name]}" for c in children if codes[c.name] != 0]
     if bad:
         log.error("not every process exited cleanly: " + ", ".join(bad))
     else:
@@ -280,7 +335,9 @@ async def up(args: argparse.Namespace) -> int:
 
 
 async def _wait_ready(child: Child, stop: asyncio.Event, credentials: grpc.ChannelCredentials | None = None) -> None:
-    if child.http_health:
+    if child.redis_url:
+        ready = asyncio.create_task(_wait_redis(child.redis_url, timeout=30.0))
+    elif child.http_health:
         ready = asyncio.create_task(_wait_http(child.http_health, timeout=30.0))
     else:
         ready = asyncio.create_task(wait_serving(child.grpc_address, timeout=30.0, credentials=credentials))
@@ -315,6 +372,27 @@ async def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})")
 
 
+async def _wait_redis(url: str, timeout: float) -> None:
+    """Until Redis at `url` answers PING; TimeoutError otherwise."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        while True:
+            try:
+                await client.ping()
+                return
+            except RedisError as error:
+                if loop.time() > deadline:
+                    raise TimeoutError(f"Redis at {url} did not answer within {timeout:.0f} s ({error})") from None
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+
+
 def operator_token(args: argparse.Namespace) -> str:
     """A short-lived token to read every conference and the daemons ("" with --auth none)."""
     if args.auth != "token":
@@ -341,17 +419,18 @@ async def _wait_registered(controller: str, daemon_ids: list[str], stop: asyncio
             await asyncio.sleep(0.1)
 
 
-def _print_summary(controller: Child, daemons: list[Child], web: Child | None, metrics_url: str = "",
-                   args: argparse.Namespace | None = None) -> None:
-    first = f"  {controller.name:<11} {controller.grpc_address:<16} pid {controller.pid}  {controller.detail}"
-    lines = ["", "Charter is up:", first.rstrip()]
-    for d in daemons:
-        lines.append(f"  {d.name:<11} {d.grpc_address:<16} pid {d.pid}  {d.detail}")
+def _print_summary(planned: Plan, metrics_url: str = "", args: argparse.Namespace | None = None) -> None:
+    controller, web = planned.controllers[0], planned.web
+    lines = ["", "Charter is up:"]
+    if planned.redis is not None:
+        lines.append(f"  {'redis':<13} {'':<16} pid {planned.redis.pid}  {planned.redis.detail}".rstrip())
+    for c in [*planned.controllers, *planned.daemons]:
+        lines.append(f"  {c.name:<13} {c.grpc_address:<16} pid {c.pid}  {c.detail}".rstrip())
     if web is not None:
-        lines.append(f"  {web.name:<11} {web.detail:<16} pid {web.pid}  the conference page (charter web)")
+        lines.append(f"  {web.name:<13} {web.detail:<16} pid {web.pid}  the conference page (charter web)")
         lines += ["", f"  Join a conference from your browser: {web.detail}?conference=NAME"]
     if metrics_url:
-        lines += ["", f"  Prometheus metrics: {metrics_url} (the controller; each daemon on the next ports)"]
+        lines += ["", f"  Prometheus metrics: {metrics_url} (the controller; the other parts on the next ports)"]
     header = ""
     if args is not None and args.auth == "token":
         keys = Path(args.state_dir) / "api-keys.json"

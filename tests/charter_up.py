@@ -31,7 +31,7 @@ class CharterUp:
 
     def __init__(
         self, workdir: Path, *, media_ports: str | None = None, log_level: str = "warning", auth: str = "none",
-        tls: str = "mutual",
+        tls: str = "mutual", options: Sequence[str] = (),
     ) -> None:
         self.controller_address = f"127.0.0.1:{free_port()}"
         self.registry_address = f"127.0.0.1:{free_port()}"
@@ -79,6 +79,7 @@ class CharterUp:
             "text",
             "--log-level",
             log_level,
+            *options,
         ]
         self.process = MediaProcess("charter-up", argv, workdir)
         self.channel = grpc.insecure_channel(self.controller_address)

@@ -25,6 +25,7 @@ from charter import pki
 from charter.processes import free_port
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
+from charter_up import CharterUp
 from participants import Peer, exchange
 from processes import (
     ROOT,
@@ -179,3 +180,28 @@ def test_a_daemon_fails_over_between_controllers_over_mutual_tls(tmp_path: Path)
         time.sleep(3 * LEASE)
         assert leases(registries[1]) == {"mediad-0"}, (tmp_path / "mediad.log").read_text()[-3000:]
         assert "registering again" not in (tmp_path / "mediad.log").read_text(), "the lease was renewed, not remade"
+
+
+def test_charter_up_runs_two_controllers_on_its_own_redis(tmp_path: Path) -> None:
+    """`charter up --store redis --controllers 2`: a redis-server of its own, two controllers
+    (mutual TLS to the daemon, which knows both); what one is told, the other knows."""
+    redis_port = free_port()
+    up = CharterUp(tmp_path, options=("--store", "redis", "--controllers", "2", "--redis-port", str(redis_port)))
+    try:
+        host, port = up.controller_address.rsplit(":", 1)
+        second = conference_stub_at(f"{host}:{int(port) + 2}")
+        up.create_conference("both")
+        joined = second.Join(pb.JoinRequest(conference_id="both", participant_id="via-second"), timeout=10)
+        assert joined.participant.daemon_id == "mediad-0"
+        seen = up.conferences.GetConference(pb.GetConferenceRequest(conference_id="both"), timeout=10)
+        assert [p.participant_id for p in seen.participants] == ["via-second"]
+        summary = up.process.log()
+        assert f"redis://127.0.0.1:{redis_port}/0" in summary
+        assert "controller-0" in summary and "controller-1" in summary
+        assert (tmp_path / "state" / "redis" / "appendonlydir").exists(), "Redis keeps its data in the state dir"
+    finally:
+        assert up.close() == 0, up.process.log()[-3000:]
+
+
+def conference_stub_at(address: str) -> controller_pb2_grpc.ConferenceServiceStub:
+    return controller_pb2_grpc.ConferenceServiceStub(grpc.insecure_channel(address))
