@@ -514,6 +514,19 @@ class Conferences:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
+    async def reconcile_every(self, period: float) -> None:
+        """Check every live daemon's endpoints against the store every `period` seconds
+        (controllers sharing a store: one killed between making an endpoint and storing its
+        participant left it behind; no registration of the daemon will tell)."""
+        while True:
+            await asyncio.sleep(period)
+            for record in self.registry.live():
+                try:
+                    await self.reconcile(record.info.daemon_id)
+                except CharterError as error:
+                    log.warning("reconciliation failed", extra={"daemon_id": record.info.daemon_id,
+                                                                "reason": str(error)})
+
     async def end_unused(self, period: float = 10.0) -> None:
         """End, every `period` seconds, the conferences nobody joined within the limit (an
         empty one that is not persistent: one whose last participant left has ended then)."""

@@ -36,6 +36,8 @@ class ControllerConfig:
     Charter's own ports)."""
     lease_ttl: float = 10.0
     daemon_timeout: float = 5.0
+    reconcile_seconds: float = 30.0
+    """With a shared store: how often every daemon's endpoints are checked against it."""
     grace: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
@@ -111,14 +113,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds a media daemon's lease lasts without renewal [{p}LEASE_TTL, default %(default)s]",
     )
     parser.add_argument(
+        "--reconcile-seconds", type=float, default=float(env(p, "RECONCILE_SECONDS", d.reconcile_seconds)),
+        help=f"with --store redis://: seconds between checks of every daemon's endpoints against the store, which "
+        f"delete what a controller killed mid-call left half-made [{p}RECONCILE_SECONDS, default %(default)s]",
+    )
+    parser.add_argument(
         "--daemon-timeout", type=float, default=float(env(p, "DAEMON_TIMEOUT", d.daemon_timeout)),
         help=f"seconds to wait for a media daemon's answer [{p}DAEMON_TIMEOUT, default %(default)s]",
     )
 
 
 def from_args(args: argparse.Namespace) -> ControllerConfig:
-    if args.lease_ttl <= 0:
-        raise SystemExit("--lease-ttl must be positive")
+    if args.lease_ttl <= 0 or args.reconcile_seconds <= 0:
+        raise SystemExit("--lease-ttl and --reconcile-seconds must be positive")
     if not args.store:
         raise SystemExit("--store needs a SQLite file, a redis:// URL or 'memory'")
     if args.max_calls_per_second <= 0 or args.max_watches_per_caller < 1 or args.max_participants < 2 \
@@ -149,6 +156,7 @@ def from_args(args: argparse.Namespace) -> ControllerConfig:
         metrics_listen=args.metrics_listen,
         lease_ttl=args.lease_ttl,
         daemon_timeout=args.daemon_timeout,
+        reconcile_seconds=args.reconcile_seconds,
         grace=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,

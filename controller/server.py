@@ -118,6 +118,8 @@ async def serve(config: ControllerConfig) -> None:
         metrics = await serve_metrics(config.metrics_listen, collector.refresh)
     sweeper = asyncio.create_task(registry.sweep())
     conferences.in_background(conferences.end_unused())
+    if isinstance(store, RedisStore):
+        conferences.in_background(conferences.reconcile_every(config.reconcile_seconds))
     if store.durable:
         # Conferences of daemons that died while this controller was down: no lease of theirs
         # will expire here, so they are moved once the others had a lease's time to register.

@@ -24,8 +24,9 @@ import pytest
 from charter import pki
 from charter.processes import free_port
 from charter.v1 import controller_pb2 as pb
-from charter.v1 import controller_pb2_grpc
+from charter.v1 import controller_pb2_grpc, mediad_pb2
 from charter_up import CharterUp
+from controller.conferences import endpoint_id
 from participants import Peer, exchange
 from processes import (
     ROOT,
@@ -33,6 +34,7 @@ from processes import (
     conference_stub,
     free_udp_range,
     live_daemons,
+    mediad_stub,
     start_controller,
     start_logged,
     start_mediad,
@@ -62,10 +64,10 @@ def shared(tmp_path: Path) -> Iterator[Shared]:
                 (tmp_path / name).mkdir()
                 controllers.append(start_controller(
                     tmp_path / name, lease_ttl=LEASE, store=redis.url,
-                    options=("--store-key", str(tmp_path / "store.key"))))
+                    options=("--store-key", str(tmp_path / "store.key"), "--reconcile-seconds", "1")))
             started += controllers
             daemon = start_mediad(tmp_path, ",".join(c.address for c in controllers), "mediad-0",
-                                  free_udp_range(20))
+                                  free_udp_range(256))
             started.append(daemon)
             for controller in controllers:
                 wait_until(lambda c=controller: live_daemons(c) == {"mediad-0"},
@@ -205,3 +207,73 @@ def test_charter_up_runs_two_controllers_on_its_own_redis(tmp_path: Path) -> Non
 
 def conference_stub_at(address: str) -> controller_pb2_grpc.ConferenceServiceStub:
     return controller_pb2_grpc.ConferenceServiceStub(grpc.insecure_channel(address))
+
+
+def test_a_controller_killed_mid_load_loses_no_join_and_leaves_nothing_half_made(shared: Shared) -> None:
+    """Joins stream through the first controller while it is killed: every join it
+    acknowledged is in the store; one in flight is absent, or there whole; what it left
+    half-made on the daemon (an endpoint without its participant) is deleted; joins of the
+    ones in flight, tried again through the other controller, take each exactly once."""
+    a, b = (conference_stub(c) for c in shared.controllers)
+    conferences = [f"load-{k}" for k in range(4)]
+    for conference_id in conferences:
+        a.CreateConference(pb.CreateConferenceRequest(conference_id=conference_id, persistent=True), timeout=10)
+    acked: dict[str, str] = {}      # participant -> conference
+    in_flight: dict[str, str] = {}  # answered with an error (the controller died under it)
+    stop = threading.Event()
+
+    def joiner(worker: int) -> None:
+        for k in range(1000):
+            if stop.is_set():
+                return
+            participant_id, conference_id = f"w{worker}-{k}", conferences[k % len(conferences)]
+            try:
+                a.Join(pb.JoinRequest(conference_id=conference_id, participant_id=participant_id), timeout=10)
+            except grpc.RpcError:
+                in_flight[participant_id] = conference_id
+                return
+            acked[participant_id] = conference_id
+
+    workers = [threading.Thread(target=joiner, args=(w,), daemon=True) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    wait_until(lambda: len(acked) >= 40, what="joins through the first controller")
+    shared.controllers[0].signal(signal.SIGKILL)
+    for worker in workers:
+        worker.join(30)
+    stop.set()
+    print(f"acknowledged {len(acked)} joins; {len(in_flight)} in flight at the kill")
+
+    daemon = mediad_stub(shared.daemon)
+
+    def stored() -> dict[str, set[str]]:
+        return {c: {p.participant_id for p in b.GetConference(pb.GetConferenceRequest(conference_id=c),
+                                                               timeout=20).participants} for c in conferences}
+
+    def consistent() -> bool:
+        # Every participant in the store has its endpoint on the daemon, and nothing else is there.
+        store = stored()
+        for conference_id in conferences:
+            held = {e.endpoint_id for e in daemon.ListEndpoints(
+                mediad_pb2.ListEndpointsRequest(conference_id=conference_id), timeout=10).endpoints}
+            if held != {endpoint_id(conference_id, p) for p in store[conference_id]}:
+                return False
+        return True
+
+    # The dead controller's locks expire (10 s), then a reconciliation sweeps what it left.
+    wait_until(consistent, timeout=60, what="the daemon's endpoints to match the store")
+    store = stored()
+    for participant_id, conference_id in acked.items():
+        assert participant_id in store[conference_id], f"acknowledged join {participant_id} lost"
+    everyone = {p for members in store.values() for p in members}
+    assert everyone <= set(acked) | set(in_flight), "nothing the callers did not ask for"
+
+    # The callers whose answer was lost join again through the other controller: each once.
+    for participant_id, conference_id in in_flight.items():
+        try:
+            b.Join(pb.JoinRequest(conference_id=conference_id, participant_id=participant_id), timeout=20)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error
+    store = stored()
+    assert sum(len(m) for m in store.values()) == len(acked) + len(in_flight)
+    wait_until(consistent, timeout=30, what="one endpoint per participant")
