@@ -108,84 +108,107 @@ async def bench(address: str, args: argparse.Namespace) -> list[dict[str, object
     return runs
 
 
-async def bench_once(address: str, args: argparse.Namespace, concurrency: int) -> dict[str, object]:
+async def bench_once(address: str | list[str], args: argparse.Namespace, concurrency: int) -> dict[str, object]:
+    """One run through the controller at `address`, or spread over several controllers
+    of one store (each join and leave goes to the next of them in turn)."""
+    addresses = [address] if isinstance(address, str) else address
     # Every call carries a token, as a production client's does (its check is in the figures).
     token = ApiKeys(Path(args.state_dir) / "api-keys.json").token(Grant("*", ACTIONS), ttl=24 * 3600)
-    async with grpc.aio.insecure_channel(address, interceptors=with_token(token)) as channel:
-        api = controller_pb2_grpc.ConferenceServiceStub(channel)
-        registry = controller_pb2_grpc.DaemonRegistryStub(channel)
-        conferences = [
-            (
-                await api.CreateConference(
-                    pb.CreateConferenceRequest(conference_id=f"bench-{concurrency}-{i:03d}"), timeout=10
-                )
+    channels = [grpc.aio.insecure_channel(a, interceptors=with_token(token)) for a in addresses]
+    try:
+        return await _bench_once([controller_pb2_grpc.ConferenceServiceStub(c) for c in channels],
+                                 controller_pb2_grpc.DaemonRegistryStub(channels[0]), args, concurrency)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def _bench_once(apis: list[controller_pb2_grpc.ConferenceServiceStub],
+                      registry: controller_pb2_grpc.DaemonRegistryStub, args: argparse.Namespace,
+                      concurrency: int) -> dict[str, object]:
+    api = apis[0]
+    turn = iter(range(1 << 62))
+
+    def next_api() -> controller_pb2_grpc.ConferenceServiceStub:
+        return apis[next(turn) % len(apis)]
+
+    conferences = [
+        (
+            await api.CreateConference(
+                pb.CreateConferenceRequest(conference_id=f"bench-{concurrency}-{i:03d}"), timeout=10
             )
-            for i in range(args.conferences)
-        ]
-        placed: dict[str, int] = {}
+        )
+        for i in range(args.conferences)
+    ]
+    placed: dict[str, int] = {}
+    for c in conferences:
+        placed[c.daemon_id] = placed.get(c.daemon_id, 0) + 1
+
+    # Joins go round-robin over the conferences, as many independent users would arrive.
+    per_conference = args.participants // args.conferences
+    joins = []
+    ssrc = 1000
+    for n in range(per_conference):
         for c in conferences:
-            placed[c.daemon_id] = placed.get(c.daemon_id, 0) + 1
-
-        # Joins go round-robin over the conferences, as many independent users would arrive.
-        per_conference = args.participants // args.conferences
-        joins = []
-        ssrc = 1000
-        for n in range(per_conference):
-            for c in conferences:
-                ssrc += 2
-                request = pb.JoinRequest(
-                    conference_id=c.conference_id,
-                    participant_id=f"p{n:03d}",
-                    tracks=[
-                        media_pb2.Track(
-                            ssrc=ssrc,
-                            kind=media_pb2.AUDIO,
-                            codec="opus",
-                            payload_type=111,
-                            clock_rate=48000,
-                            channels=2,
-                        ),
-                        media_pb2.Track(
-                            ssrc=ssrc + 1, kind=media_pb2.VIDEO, codec="VP8", payload_type=96, clock_rate=90000
-                        ),
-                    ],
-                )
-                joins.append(lambda r=request: api.Join(r, timeout=10))
-        # A short warm-up (connections, first allocations) outside the figures.
-        warm = await api.CreateConference(pb.CreateConferenceRequest(conference_id="warm-up"), timeout=10)
-        for i in range(20):
-            await api.Join(pb.JoinRequest(conference_id=warm.conference_id, participant_id=f"w{i}"), timeout=10)
-        await api.EndConference(pb.EndConferenceRequest(conference_id=warm.conference_id), timeout=10)
-
-        join_latencies, join_elapsed = await run_calls(joins, concurrency)
-        daemons = await registry.ListDaemons(pb.ListDaemonsRequest(), timeout=10)
-        endpoints = {d.daemon.daemon_id: d.endpoints_assigned for d in daemons.daemons}
-
-        leaves = [
-            functools.partial(
-                api.Leave, pb.LeaveRequest(conference_id=c.conference_id, participant_id=f"p{n:03d}"), timeout=10
+            ssrc += 2
+            request = pb.JoinRequest(
+                conference_id=c.conference_id,
+                participant_id=f"p{n:03d}",
+                tracks=[
+                    media_pb2.Track(
+                        ssrc=ssrc,
+                        kind=media_pb2.AUDIO,
+                        codec="opus",
+                        payload_type=111,
+                        clock_rate=48000,
+                        channels=2,
+                    ),
+                    media_pb2.Track(
+                        ssrc=ssrc + 1, kind=media_pb2.VIDEO, codec="VP8", payload_type=96, clock_rate=90000
+                    ),
+                ],
             )
-            for n in range(per_conference)
-            for c in conferences
-        ]
-        leave_latencies, leave_elapsed = await run_calls(leaves, concurrency)
-        left = await api.ListConferences(pb.ListConferencesRequest(page_size=1000), timeout=10)
-        if left.conferences:
-            raise RuntimeError(f"{len(left.conferences)} conferences still live after every participant left")
-        join = summary(join_latencies, join_elapsed)
-        return {
-            "concurrency": concurrency,
-            "target_met": join["p99_ms"] <= TARGET_JOIN_P99_MS and join["per_second"] >= TARGET_JOINS_PER_SECOND,
-            "conferences_per_daemon": placed,
-            "endpoints_per_daemon_at_peak": endpoints,
-            "join": join,
-            "leave": summary(leave_latencies, leave_elapsed),
-        }
+            joins.append(lambda r=request: next_api().Join(r, timeout=10))
+    # A short warm-up (connections, first allocations) outside the figures.
+    warm = await api.CreateConference(pb.CreateConferenceRequest(conference_id="warm-up"), timeout=10)
+    for i in range(20):
+        await api.Join(pb.JoinRequest(conference_id=warm.conference_id, participant_id=f"w{i}"), timeout=10)
+    await api.EndConference(pb.EndConferenceRequest(conference_id=warm.conference_id), timeout=10)
+
+    join_latencies, join_elapsed = await run_calls(joins, concurrency)
+    daemons = await registry.ListDaemons(pb.ListDaemonsRequest(), timeout=10)
+    endpoints = {d.daemon.daemon_id: d.endpoints_assigned for d in daemons.daemons}
+
+    leaves = [
+        functools.partial(
+            lambda r: next_api().Leave(r, timeout=10),
+            pb.LeaveRequest(conference_id=c.conference_id, participant_id=f"p{n:03d}"),
+        )
+        for n in range(per_conference)
+        for c in conferences
+    ]
+    leave_latencies, leave_elapsed = await run_calls(leaves, concurrency)
+    left = await api.ListConferences(pb.ListConferencesRequest(page_size=1000), timeout=10)
+    if left.conferences:
+        raise RuntimeError(f"{len(left.conferences)} conferences still live after every participant left")
+    join = summary(join_latencies, join_elapsed)
+    return {
+        "concurrency": concurrency,
+        "target_met": join["p99_ms"] <= TARGET_JOIN_P99_MS and join["per_second"] >= TARGET_JOINS_PER_SECOND,
+        "conferences_per_daemon": placed,
+        "endpoints_per_daemon_at_peak": endpoints,
+        "join": join,
+        "leave": summary(leave_latencies, leave_elapsed),
+    }
 
 
-def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+def start_charter(args: argparse.Namespace, controllers: int = 1,
+                  store: str = "sqlite") -> tuple[subprocess.Popen[bytes], str]:
+    """`charter up` with args.daemons daemons and `controllers` controllers (more than one:
+    on --store redis, a redis-server of its own; their addresses: the one returned, then
+    every second port)."""
     args.state_dir = tempfile.mkdtemp(prefix="charter-bench-")
-    controller_port = free_port()
+    controller_port = free_port_block(2 * controllers, socket.SOCK_STREAM, 40000, 60000)
     mediad_port = free_port_block(args.daemons, socket.SOCK_STREAM, 40000, 60000)
     ports_per_daemon = args.participants // args.daemons + 200
     first = free_port_block(ports_per_daemon * args.daemons, socket.SOCK_DGRAM, 16384, 32000)
@@ -199,7 +222,9 @@ def start_charter(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], st
         "--controller-port",
         str(controller_port),
         "--registry-port",
-        str(free_port()),
+        str(controller_port + 1),
+        *(["--store", "redis", "--controllers", str(controllers), "--redis-port", str(free_port())]
+          if controllers > 1 or store == "redis" else []),
         "--mediad-port",
         str(mediad_port),
         "--ports",

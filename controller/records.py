@@ -6,6 +6,7 @@ A record that does not read back raises RecordError naming the conference and th
 a store must not lose a conference silently."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -45,8 +46,15 @@ def track_record(track: Track) -> dict[str, Any]:
 
 
 def track_from(record: dict[str, Any]) -> Track:
-    return Track(int(record["ssrc"]), str(record["kind"]), str(record["codec"]), int(record["payload_type"]),
-                 int(record["clock_rate"]), int(record["channels"]), str(record["name"]))
+    return _track(int(record["ssrc"]), str(record["kind"]), str(record["codec"]), int(record["payload_type"]),
+                  int(record["clock_rate"]), int(record["channels"]), str(record["name"]))
+
+
+@functools.lru_cache(maxsize=8192)
+def _track(ssrc: int, kind: str, codec: str, payload_type: int, clock_rate: int, channels: int, name: str) -> Track:
+    # A conference record holds each track once per subscriber: a Track (immutable) is built
+    # and checked once, not on every read of a shared store.
+    return Track(ssrc, kind, codec, payload_type, clock_rate, channels, name)
 
 
 def _route_record(route: Route) -> dict[str, Any]:

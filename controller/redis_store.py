@@ -53,14 +53,34 @@ T = TypeVar("T")
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
 _RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
           "else return 0 end")
-# A new conference: the record only if its id is free, with its index entries.
-_ADD = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('ZADD', KEYS[2], 0, ARGV[2])
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-  return 1
+# Where a conference is placed ("PARTICIPANTS DAEMON" in PLACED), and the totals per daemon
+# that placement reads (USAGE: "DAEMON c" conferences, "DAEMON e" endpoints), kept together.
+# ARGV: id, participants, daemon; participants "-1": the conference is gone.
+_PLACE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  local count, daemon = string.match(old, '^(%d+) (.*)$')
+  redis.call('HINCRBY', KEYS[2], daemon .. ' c', -1)
+  redis.call('HINCRBY', KEYS[2], daemon .. ' e', 0 - tonumber(count))  -- never "-0"
 end
-return 0
+if ARGV[2] == '-1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+redis.call('HINCRBY', KEYS[2], ARGV[3] .. ' c', 1)
+redis.call('HINCRBY', KEYS[2], ARGV[3] .. ' e', tonumber(ARGV[2]))
+return 1
+"""
+# A new conference: the record only if its id is free, with its index and placement.
+# KEYS: record, IDS, PLACED, USAGE; ARGV: record, id, participants, daemon.
+_ADD = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. ARGV[4])
+redis.call('HINCRBY', KEYS[4], ARGV[4] .. ' c', 1)
+redis.call('HINCRBY', KEYS[4], ARGV[4] .. ' e', tonumber(ARGV[3]))
+return 1
 """
 
 
@@ -78,15 +98,12 @@ def _lock_key(conference_id: str) -> str:
 
 IDS = PREFIX + "conferences"
 PLACED = PREFIX + "placed"
+USAGE = PREFIX + "usage"
 
 
 def _text(value: object) -> str:
     """A reply of redis-py (bytes: the client does not decode) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _placement(conference: Conference) -> str:
-    return f"{len(conference.participants)} {conference.daemon_id}"
 
 
 class RedisStore:
@@ -102,8 +119,10 @@ class RedisStore:
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._add = self._redis.register_script(_ADD)
+        self._place = self._redis.register_script(_PLACE)
         self.origin = secrets.token_hex(8)
         """This process, in what it publishes: its own events reach its watchers directly."""
+        self._own = b'{"origin":"%s"' % self.origin.encode()
 
     @classmethod
     async def connect(cls, url: str, key_path: Path | str) -> RedisStore:
@@ -175,9 +194,13 @@ class RedisStore:
     async def add(self, conference: Conference) -> bool:
         conference_id = conference.conference_id
         added = await self._call("add a conference", lambda: self._add(
-            keys=[_key(conference_id), IDS, PLACED], args=[self._record(conference), conference_id,
-                                                             _placement(conference)]))
+            keys=[_key(conference_id), IDS, PLACED, USAGE],
+            args=[self._record(conference), conference_id, len(conference.participants), conference.daemon_id]))
         return bool(added)
+
+    @staticmethod
+    def _placed(conference: Conference) -> list[str | int]:
+        return [conference.conference_id, len(conference.participants), conference.daemon_id]
 
     async def put(self, conference: Conference, events: Sequence[Event] = ()) -> None:
         conference_id = conference.conference_id
@@ -187,7 +210,7 @@ class RedisStore:
             async with self._redis.pipeline(transaction=True) as tx:
                 tx.set(_key(conference_id), self._record(conference))
                 tx.zadd(IDS, {conference_id: 0})
-                tx.hset(PLACED, conference_id, _placement(conference))
+                await self._place(keys=[PLACED, USAGE], args=self._placed(conference), client=tx)
                 if events:
                     tx.zadd(_events_key(conference_id), {r: e.sequence for r, e in zip(records, events, strict=True)})
                     tx.zremrangebyscore(_events_key(conference_id), "-inf", events[-1].sequence - EVENTS_KEPT)
@@ -203,7 +226,7 @@ class RedisStore:
             async with self._redis.pipeline(transaction=True) as tx:
                 tx.delete(_key(conference_id), _events_key(conference_id))
                 tx.zrem(IDS, conference_id)
-                tx.hdel(PLACED, conference_id)
+                await self._place(keys=[PLACED, USAGE], args=[conference_id, -1, ""], client=tx)
                 if records:
                     tx.publish(CHANNEL, self._message(conference_id, records))
                 await tx.execute()
@@ -233,14 +256,13 @@ class RedisStore:
         return [_text(i) for i in await self._call("list conferences", lambda: self._redis.zrange(IDS, 0, -1))]
 
     async def daemon_usage(self) -> dict[str, DaemonUsage]:
-        placed = await self._call("read placements", lambda: self._redis.hgetall(PLACED))
+        totals = await self._call("read placements", lambda: self._redis.hgetall(USAGE))
         usage: dict[str, list[int]] = {}
-        for value in placed.values():
-            participants, _, daemon_id = _text(value).partition(" ")
+        for field, value in totals.items():
+            daemon_id, _, what = _text(field).rpartition(" ")
             counts = usage.setdefault(daemon_id, [0, 0])
-            counts[0] += 1
-            counts[1] += int(participants)
-        return {d: DaemonUsage(c, e) for d, (c, e) in usage.items()}
+            counts[0 if what == "c" else 1] = int(value)
+        return {d: DaemonUsage(c, e) for d, (c, e) in usage.items() if c > 0}
 
     def close(self) -> None:
         pass
@@ -275,6 +297,8 @@ class RedisStore:
                 await asyncio.sleep(retry)
 
     def _deliver(self, hub: EventHub, data: bytes) -> None:
+        if data.startswith(self._own):
+            return  # this controller's own events reached its watchers directly
         try:
             message = json.loads(data)
             if message["origin"] == self.origin:
