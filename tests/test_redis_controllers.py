@@ -4,7 +4,9 @@ through both; a watch on one sees every event, in order, whichever controller ma
 flows between participants who joined through different controllers. When either
 controller is killed (SIGKILL; one of them is the one the daemon talks to), the daemon's
 lease lives on with the other, which carries on: the conference is still there, a new
-participant joins through it and media flows."""
+participant joins through it and media flows. A controller killed under a stream of joins
+loses none it acknowledged and leaves nothing half-made; Redis restarted, both carry on;
+`charter up --store redis --controllers 2` runs all of it on one machine."""
 from __future__ import annotations
 
 import contextlib
@@ -277,3 +279,26 @@ def test_a_controller_killed_mid_load_loses_no_join_and_leaves_nothing_half_made
     store = stored()
     assert sum(len(m) for m in store.values()) == len(acked) + len(in_flight)
     wait_until(consistent, timeout=30, what="one endpoint per participant")
+
+
+def test_redis_restarted_the_controllers_reconnect_and_carry_on(shared: Shared) -> None:
+    a, b = (conference_stub(c) for c in shared.controllers)
+    a.CreateConference(pb.CreateConferenceRequest(conference_id="before", persistent=True), timeout=10)
+    shared.redis.stop()
+    with pytest.raises(grpc.RpcError) as refused:
+        b.GetConference(pb.GetConferenceRequest(conference_id="before"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "cannot reach its store" in (refused.value.details() or "")
+    shared.redis.start()
+
+    def served() -> bool:
+        try:
+            b.Join(pb.JoinRequest(conference_id="before", participant_id="after"), timeout=10)
+        except grpc.RpcError:
+            return False
+        return True
+
+    wait_until(served, timeout=30, what="a join through the other controller once Redis is back")
+    seen = a.GetConference(pb.GetConferenceRequest(conference_id="before"), timeout=10)
+    assert [p.participant_id for p in seen.participants] == ["after"]
+    assert live_daemons(shared.controllers[0]) == live_daemons(shared.controllers[1]) == {"mediad-0"}
