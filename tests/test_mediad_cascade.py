@@ -1,0 +1,119 @@
+"""The building block of one conference across daemons: two real media daemons linked by a
+pair of relay endpoints (ordinary SDES endpoints, daemon to daemon, made through the
+MediaDaemon API as a controller would). A publisher on one daemon reaches a subscriber on
+the other through the same hot path on both sides (its track routed to the relay endpoint,
+which on the far side publishes it to the local subscribers), and the subscriber's key-frame
+request (PLI) crosses back over the link to the publisher, with each side's SSRCs."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from charter.endpoints import EndpointSpec
+from charter.subscriptions import SubscriptionSpec
+from charter.suites import SrtpSuite
+from charter.tracks import Track
+from controller.daemons import MediaDaemonClient
+from mediad import rtcp
+from processes import Process, free_udp_range, start_mediad
+from rtp import build_rtp, parse_rtp, receiver_session, sender_session
+
+SUITE = SrtpSuite.AES_CM_128_HMAC_SHA1_80
+TRACK = Track(0x1111_1111, "video", "VP8", 96, 90000, name="camera")
+RELAYED = 0x2222_2222   # the track's SSRC on the link
+RECEIVED = 0x3333_3333  # the subscriber's SSRC of it
+PACKETS = 60
+
+
+@pytest.fixture
+def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process]]:
+    log_dir = tmp_path_factory.mktemp("cascade")
+    x = start_mediad(log_dir, "", "mediad-x", free_udp_range(4), drain_timeout=1)
+    try:
+        y = start_mediad(log_dir, "", "mediad-y", free_udp_range(4), drain_timeout=1)
+        try:
+            yield x, y
+        finally:
+            y.stop()
+    finally:
+        x.stop()
+
+
+def key() -> bytes:
+    return os.urandom(30)
+
+
+def udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5.0)
+    return sock
+
+
+def test_a_track_crosses_a_relay_link_and_its_key_frame_request_comes_back(
+        daemons: tuple[Process, Process]) -> None:
+    async def scenario() -> None:
+        x = MediaDaemonClient("mediad-x", daemons[0].address)
+        y = MediaDaemonClient("mediad-y", daemons[1].address)
+        publisher_keys, subscriber_keys, x_to_y, y_to_x = (key(), key()), (key(), key()), key(), key()
+        publisher, subscriber = udp(), udp()
+        try:
+            # On X: the publisher (latched from what it sends).
+            p_port = await x.create_endpoint(EndpointSpec(
+                "c/publisher", "c", SUITE, publisher_keys[0], publisher_keys[1], None, tracks=(TRACK,)))
+            # On Y: its end of the link, publishing the relayed track; it latches onto X's end.
+            relay_y = await y.create_endpoint(EndpointSpec(
+                "c/relay-x", "c", SUITE, x_to_y, y_to_x, None,
+                tracks=(Track(RELAYED, "video", "VP8", 96, 90000, name="camera"),)))
+            # On X: its end of the link, sending the track there with the link's SSRC.
+            await x.create_endpoint(EndpointSpec(
+                "c/relay-y", "c", SUITE, y_to_x, x_to_y, ("127.0.0.1", relay_y),
+                subscriptions=(SubscriptionSpec("c/publisher", TRACK.ssrc, "c/relay-y", RELAYED),)))
+            # On Y: the subscriber, receiving the relayed track as any local one.
+            s_port = await y.create_endpoint(EndpointSpec(
+                "c/subscriber", "c", SUITE, subscriber_keys[0], subscriber_keys[1], subscriber.getsockname()[:2],
+                subscriptions=(SubscriptionSpec("c/relay-x", RELAYED, "c/subscriber", RECEIVED),)))
+        finally:
+            await x.close()
+            await y.close()
+
+        send = sender_session(SUITE.value, publisher_keys[0])
+        for seq in range(PACKETS):
+            publisher.sendto(send.protect(build_rtp(seq, seq * 3000, TRACK.ssrc, b"frame %d" % seq)),
+                             ("127.0.0.1", p_port))
+            time.sleep(0.002)
+        receive = receiver_session(SUITE.value, subscriber_keys[1])
+        payloads = []
+        while len(payloads) < PACKETS:
+            data = subscriber.recv(2048)
+            if 192 <= data[1] <= 223:
+                continue  # RTCP
+            packet = parse_rtp(receive.unprotect(data))
+            assert packet.ssrc == RECEIVED
+            payloads.append(packet.payload)
+        assert payloads == [b"frame %d" % seq for seq in range(PACKETS)]
+
+        # The subscriber asks for a key frame: the publisher is asked, for its own SSRC.
+        ask = sender_session(SUITE.value, subscriber_keys[0])
+        subscriber.sendto(ask.protect_rtcp(bytes(rtcp.PictureLossIndication(0xABCD, RECEIVED))),
+                          ("127.0.0.1", s_port))
+        hear = receiver_session(SUITE.value, publisher_keys[1])
+        deadline = time.monotonic() + 5
+        asked = []
+        while not asked and time.monotonic() < deadline:
+            data = publisher.recv(2048)
+            if not 192 <= data[1] <= 223:
+                continue
+            for packet in rtcp.parse_compound(hear.unprotect_rtcp(data)):
+                if isinstance(packet, rtcp.PictureLossIndication):
+                    asked.append(packet.media_ssrc)
+        assert asked == [TRACK.ssrc]
+        publisher.close()
+        subscriber.close()
+
+    asyncio.run(scenario())
