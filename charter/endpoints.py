@@ -3,6 +3,7 @@ the one description both sides use, with its proto conversion and its checks. Th
 endpoint is the forwarding core's `_forward.Endpoint`, which carries this description."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -110,6 +111,13 @@ class EndpointSpec:
         return (self.conference_id, self.suite, self.rx_key, self.tx_key, self.remote, self.webrtc) == (
             other.conference_id, other.suite, other.rx_key, other.tx_key, other.remote, other.webrtc
         )
+
+    def fixes_remote(self, other: EndpointSpec) -> bool:
+        """Whether `other` asks this latching endpoint again with a fixed remote, all else the
+        same: the two ends of a relay link between daemons are made one after the other, so
+        the first learns the second's address only once that is made."""
+        return (self.remote is None and other.remote is not None and self.webrtc is None
+                and dataclasses.replace(self, remote=other.remote).same_endpoint(other))
 
     def to_proto(self) -> mediad_pb2.CreateEndpointRequest:
         request = mediad_pb2.CreateEndpointRequest(

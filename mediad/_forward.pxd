@@ -125,7 +125,7 @@ cdef class Endpoint:
     cdef object _on_readable_cb
     cdef int fd
     cdef str _name
-    cdef readonly object description  # owned: what the control side made it from (opaque here)
+    cdef public object description  # owned: what the control side made it from (opaque here)
     cdef object _rx_session, _tx_session   # owned pylibsrtp sessions behind rx_ctx / tx_ctx
     cdef void *rx_ctx
     cdef void *tx_ctx

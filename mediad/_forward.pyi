@@ -111,9 +111,8 @@ class Endpoint:
     @property
     def last_activity(self) -> float:
         """time.monotonic() of the last packet that authenticated; 0.0 if none."""
-    @property
-    def description(self) -> object:
-        """What the control side made it from (Forwarder.create_endpoint)."""
+    description: object
+    """What the control side made it from (Forwarder.create_endpoint)."""
     @property
     def name(self) -> str: ...
     @property

@@ -119,7 +119,11 @@ class Media:
     def create_endpoint(self, spec: EndpointSpec) -> _forward.Endpoint:
         endpoint = self._endpoints.get(spec.endpoint_id)
         if endpoint is not None:
-            if not spec_of(endpoint).same_endpoint(spec):
+            held = spec_of(endpoint)
+            if held.fixes_remote(spec):
+                endpoint.set_remote(spec.remote, latch=False)
+                endpoint.description = dataclasses.replace(held, remote=spec.remote)
+            elif not held.same_endpoint(spec):
                 raise AlreadyExists(f"endpoint {spec.endpoint_id!r} exists with other parameters")
             for track in spec.tracks:
                 self._add_track(endpoint, track)

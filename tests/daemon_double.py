@@ -377,7 +377,9 @@ class DaemonDouble:
     def _create(self, spec: EndpointSpec) -> int:
         endpoint = self._endpoints.get(spec.endpoint_id)
         if endpoint is not None:
-            if not endpoint.spec.same_endpoint(spec):
+            if endpoint.spec.fixes_remote(spec):
+                endpoint.spec = dataclasses.replace(endpoint.spec, remote=spec.remote)
+            elif not endpoint.spec.same_endpoint(spec):
                 raise AlreadyExists(f"endpoint {spec.endpoint_id!r} exists with other parameters")
             for track in spec.tracks:
                 self._add_track(endpoint, track)

@@ -7,6 +7,7 @@ real client raises them, with the daemon's own messages."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class View:
     port: int
     tracks: dict[int, Track]
     receives: set[SubscriptionSpec]
+    remote: tuple[str, int] | None = None
+    """Its fixed remote; None while it latches."""
 
 
 @dataclass
@@ -72,7 +75,7 @@ async def _double_target(double: DaemonDouble) -> Target:
         held = double.endpoint(endpoint_id)
         if held is None:
             return None
-        return View(held.port, dict(held.tracks), double.routes_to(endpoint_id))
+        return View(held.port, dict(held.tracks), double.routes_to(endpoint_id), held.spec.remote)
 
     return Target(double, (double.port_first, double.port_last), drain, view)
 
@@ -94,6 +97,7 @@ def _real_target(process: Process, ports: tuple[int, int], channel: grpc.aio.Cha
             e.local_address.port,
             {t.ssrc: parse_track("track", t) for t in e.tracks},
             {parse_subscription_spec("subscription", s) for s in e.subscriptions},
+            None if e.latching or not e.HasField("remote") else (e.remote.ip, e.remote.port),
         )
 
     return Target(MediaDaemonClient(DAEMON_ID, process.address), ports, drain, view)
@@ -174,6 +178,25 @@ def test_create_is_idempotent_and_other_parameters_are_refused_unless_replaced(r
         assert replaced != port and t.ports[0] <= replaced <= t.ports[1]
         assert await t.client.create_endpoint(spec("c/a", key=2)) == replaced
         assert await t.client.list_endpoints() == {"c/a": "c"}
+
+    run(scenario)
+
+
+def test_a_latching_endpoint_takes_a_fixed_remote_when_asked_again(run: Callable[[Scenario], None]) -> None:
+    # The two ends of a relay link between daemons: the first is made latching, and told
+    # the second's address once that is made; its port, tracks and routes stay.
+    async def scenario(t: Target) -> None:
+        port = await t.client.create_endpoint(spec("c/link", tracks=(video(1),)))
+        assert (await t.view("c/link")).remote is None  # type: ignore[union-attr]
+        fixed = dataclasses.replace(spec("c/link"), remote=("127.0.0.1", 40000))
+        assert await t.client.create_endpoint(fixed) == port
+        held = await t.view("c/link")
+        assert held is not None and held.remote == ("127.0.0.1", 40000) and set(held.tracks) == {1}
+        assert await t.client.create_endpoint(fixed) == port, "asked again, the same"
+        with pytest.raises(AlreadyExists, match="exists with other parameters"):
+            await t.client.create_endpoint(dataclasses.replace(fixed, remote=("127.0.0.1", 40002)))
+        with pytest.raises(AlreadyExists, match="exists with other parameters"):
+            await t.client.create_endpoint(dataclasses.replace(spec("c/link", key=3), remote=("127.0.0.1", 40000)))
 
     run(scenario)
 

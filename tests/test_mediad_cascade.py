@@ -7,6 +7,7 @@ request (PLI) crosses back over the link to the publisher, with each side's SSRC
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import time
@@ -66,14 +67,17 @@ def test_a_track_crosses_a_relay_link_and_its_key_frame_request_comes_back(
             # On X: the publisher (latched from what it sends).
             p_port = await x.create_endpoint(EndpointSpec(
                 "c/publisher", "c", SUITE, publisher_keys[0], publisher_keys[1], None, tracks=(TRACK,)))
-            # On Y: its end of the link, publishing the relayed track; it latches onto X's end.
-            relay_y = await y.create_endpoint(EndpointSpec(
-                "c/relay-x", "c", SUITE, x_to_y, y_to_x, None,
-                tracks=(Track(RELAYED, "video", "VP8", 96, 90000, name="camera"),)))
+            # On Y: its end of the link, publishing the relayed track (made first: its address
+            # is not known yet).
+            y_end = EndpointSpec("c/relay-x", "c", SUITE, x_to_y, y_to_x, None,
+                                 tracks=(Track(RELAYED, "video", "VP8", 96, 90000, name="camera"),))
+            relay_y = await y.create_endpoint(y_end)
             # On X: its end of the link, sending the track there with the link's SSRC.
-            await x.create_endpoint(EndpointSpec(
+            relay_x = await x.create_endpoint(EndpointSpec(
                 "c/relay-y", "c", SUITE, y_to_x, x_to_y, ("127.0.0.1", relay_y),
                 subscriptions=(SubscriptionSpec("c/publisher", TRACK.ssrc, "c/relay-y", RELAYED),)))
+            # Y's end told X's address: both ends fixed, neither waits to latch.
+            assert await y.create_endpoint(dataclasses.replace(y_end, remote=("127.0.0.1", relay_x))) == relay_y
             # On Y: the subscriber, receiving the relayed track as any local one.
             s_port = await y.create_endpoint(EndpointSpec(
                 "c/subscriber", "c", SUITE, subscriber_keys[0], subscriber_keys[1], subscriber.getsockname()[:2],
