@@ -36,11 +36,11 @@ from charter.webrtc_sdp import (
     render_answer,
     render_offer,
 )
-from controller import events
+from controller import events, relays
 from controller.daemons import DaemonClient, DaemonClients
 from controller.limits import Limits
 from controller.model import Conference, Participant, WebRtcSession
-from controller.placement import Candidate, describe, least_loaded
+from controller.placement import Candidate, describe, least_loaded, place_participant
 from controller.registry import DaemonRecord, Registry
 from controller.store import ConferenceStore
 
@@ -150,11 +150,12 @@ class Conferences:
             return count
 
     async def _end_locked(self, conference: Conference, reason: str) -> None:
-        client = self._client(conference.daemon_id)
-        if client is not None:
-            # A live daemon that does not answer keeps the conference: nothing is lost, the
-            # caller can try again. A daemon without a lease holds nothing we can reach.
-            await client.release_conference(conference.conference_id)
+        for daemon_id in sorted(conference.daemons()):
+            client = self._client(daemon_id)
+            if client is not None:
+                # A live daemon that does not answer keeps the conference: nothing is lost, the
+                # caller can try again. A daemon without a lease holds nothing we can reach.
+                await client.release_conference(conference.conference_id)
         ended = self._number(conference, [events.ConferenceEnded(reason)])
         await self.store.delete(conference.conference_id, ended)
         self.hub.publish(conference.conference_id, ended)
@@ -192,8 +193,7 @@ class Conferences:
                     # Two streams with one SSRC in a conference: receivers could not tell them apart.
                     raise AlreadyExists(f"tracks[{i}].ssrc: {track.ssrc} is published by participant "
                                         f"{published[track.ssrc]!r} of this conference; choose another (random) SSRC")
-            record = self._live_daemon(conference)
-            await self._check_room(record, conference)
+            record = await self._place_participant(conference)
             client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)
 
             suite = spec.suite
@@ -217,7 +217,9 @@ class Conferences:
                 joined_at=self._clock(),
             )
             routes, new_subscriptions = self._assign(conference, participant, offer)
-            await self._make_endpoint(client, record, participant, routes, offer)
+            relays = await self._make_relays(conference, participant, routes)
+            await self._make_endpoint(client, record, participant, relays.on_newcomer, offer)
+            conference.links = relays.links
 
             conference.participants[participant_id] = participant
             for receiver_id, subscription in new_subscriptions:
@@ -328,12 +330,13 @@ class Conferences:
         async with self.store.lock(conference_id):
             conference = await self.get(conference_id)
             participant = self._participant(conference, participant_id)
-            client = self._client(conference.daemon_id)
+            client = self._client(participant.daemon_id)
             if client is not None:
                 # Closing the endpoint removes its tracks, their subscriptions and the
                 # subscriptions sending to it, and releases its port.
                 await client.delete_endpoint(participant.endpoint_id)
             del conference.participants[participant_id]
+            await self._unlink(conference, participant)
             removed: list[events.Body] = []
             for track in participant.tracks:
                 ssrcs = {}
@@ -363,6 +366,27 @@ class Conferences:
                 return True
             return False
 
+    async def _unlink(self, conference: Conference, gone: Participant) -> None:
+        """After `gone` left: forget the relayed copies of its tracks, and close the links of
+        a daemon none of the conference's participants is on any more."""
+        for link in conference.links.values():
+            for track in gone.tracks:
+                link.relayed.pop((gone.participant_id, track.ssrc), None)
+        hosting = {p.daemon_id for p in conference.participants.values()}
+        for pair, link in list(conference.links.items()):
+            if all(d in hosting for d in link.daemons):
+                continue
+            del conference.links[pair]
+            for daemon_id in link.daemons:
+                client = self._client(daemon_id)
+                if client is None:
+                    continue
+                try:
+                    await client.delete_endpoint(link.end(conference.conference_id, daemon_id))
+                except CharterError as error:  # owned by nobody now: reconciliation deletes it
+                    log.info("link end not closed", extra={"conference_id": conference.conference_id,
+                                                           "daemon_id": daemon_id, "why": str(error)})
+
     # --- WebRTC offer/answer ------------------------------------------------------------
 
     async def answer(self, conference_id: str, participant_id: str, sdp: str, version: int) -> None:
@@ -381,13 +405,13 @@ class Conferences:
                 raise FailedPrecondition(f"version {version} is not the offer awaiting an answer ({outstanding} "
                                          "outstanding): answer the newest session_offer of WatchConference")
             check_answer(sdp, session.offer, session.outstanding)
-            publishers = {p.participant_id: p.endpoint_id for p in conference.participants.values()}
             resume = [
-                SubscriptionSpec(publishers[r.publisher_id], r.track.ssrc, participant.endpoint_id, r.ssrc)
+                SubscriptionSpec(*relays.route_source(conference, r.publisher_id, r.track.ssrc, participant.daemon_id),
+                                 participant.endpoint_id, r.ssrc)
                 for r in session.outstanding
                 if r.active and (r.publisher_id, r.track.ssrc) in participant.subscriptions
             ]
-            client = self._client(conference.daemon_id)
+            client = self._client(participant.daemon_id)
             if resume and client is not None:
                 await client.update_subscriptions(resume)
             session.answered, session.outstanding = session.outstanding, None
@@ -427,9 +451,10 @@ class Conferences:
         participants are gone."""
         for conference_id, ep_id, why in closed:
             conference = await self.store.get(conference_id)
-            if conference is None or conference.daemon_id != daemon_id:
+            if conference is None:
                 continue
-            owner = next((p for p in conference.participants.values() if p.endpoint_id == ep_id), None)
+            owner = next((p for p in conference.participants.values()
+                          if p.endpoint_id == ep_id and p.daemon_id == daemon_id), None)
             if owner is None:
                 continue
             log.warning("participant gone: its daemon closed its endpoint",
@@ -556,7 +581,7 @@ class Conferences:
         still serves), a conference no other daemon has room for stays where it is."""
         moved = 0
         for conference in await self.store.page(limit=1 << 30):
-            if conference.daemon_id == daemon_id:
+            if daemon_id in conference.daemons():
                 moved += await self.move(conference.conference_id, reason, away_from=daemon_id,
                                          only_if_room=only_if_room)
         return moved
@@ -572,9 +597,7 @@ class Conferences:
         if held:
             await self.reconcile(daemon_id)
         for conference in await self.store.page(limit=1 << 30):
-            if conference.daemon_id == daemon_id and any(
-                p.endpoint_id not in held for p in conference.participants.values()
-            ):
+            if any(endpoint not in held for endpoint in conference.endpoints_on(daemon_id)):
                 await self.move(conference.conference_id, "daemon restarted", lost_on=daemon_id)
         await self.place_unplaced()
 
@@ -584,7 +607,7 @@ class Conferences:
         (it died while this controller was down)."""
         await asyncio.sleep(after)
         moved = 0
-        for daemon_id in sorted({c.daemon_id for c in await self.store.page(limit=1 << 30) if c.daemon_id}):
+        for daemon_id in sorted({d for c in await self.store.page(limit=1 << 30) for d in c.daemons()}):
             if self.registry.get(daemon_id) is None:
                 moved += await self.move_off(daemon_id, "daemon lost")
         return moved
@@ -610,9 +633,10 @@ class Conferences:
         async with self.store.lock(conference_id):
             conference = await self.store.get(conference_id)
             expected = away_from or lost_on
-            if conference is None or (expected and conference.daemon_id != expected):
+            if conference is None or (expected and expected not in conference.daemons()):
                 return False  # ended, or moved meanwhile
             old_daemon = conference.daemon_id
+            old_daemons, old_links = conference.daemons(), conference.links
             live = {d: c for d, c in (await self.candidates()).items() if d != away_from}
             chosen = least_loaded([c for c, _ in live.values()], endpoints_needed=max(1, len(conference.participants)))
             if chosen is None and only_if_room:
@@ -632,6 +656,7 @@ class Conferences:
             participants = list(conference.participants.values())
             before = copy.deepcopy(conference.participants)
             conference.participants = {}
+            conference.links = {}  # all of it on one daemon again
             conference.daemon_id = record.info.daemon_id
             made: list[str] = []
             try:
@@ -645,6 +670,7 @@ class Conferences:
                     await self._delete_quietly(client, endpoint)
                 conference.daemon_id = old_daemon
                 conference.participants = before
+                conference.links = old_links
                 log.error("conference not moved", extra={"conference_id": conference_id, "to": chosen.daemon_id,
                                                          "why": str(error)})
                 return False
@@ -659,13 +685,22 @@ class Conferences:
             log.warning("conference moved", extra={"conference_id": conference_id, "from": old_daemon or "nowhere",
                                                    "to": record.info.daemon_id, "reason": reason,
                                                    "participants": len(participants)})
-        old = self._client(old_daemon) if old_daemon and old_daemon != record.info.daemon_id else None
-        if old is not None and not lost_on:
-            try:  # a daemon that drains, or came back: its copies of the endpoints go
-                await old.release_conference(conference_id)
+        for daemon_id in sorted(old_daemons):
+            old = self._client(daemon_id)
+            if old is None:
+                continue
+            try:
+                if daemon_id == record.info.daemon_id:
+                    # The conference is here again: only the ends of its old links go.
+                    for link in old_links.values():
+                        if daemon_id in link.daemons:
+                            await old.delete_endpoint(link.end(conference_id, daemon_id))
+                elif daemon_id != lost_on:
+                    # A daemon that drains, or came back: its copies of the endpoints go.
+                    await old.release_conference(conference_id)
             except CharterError as error:
                 log.info("moved conference not released on its old daemon (reconciled when it registers)",
-                         extra={"conference_id": conference_id, "daemon_id": old_daemon, "why": str(error)})
+                         extra={"conference_id": conference_id, "daemon_id": daemon_id, "why": str(error)})
         return True
 
     async def _move_participant(
@@ -701,11 +736,7 @@ class Conferences:
         for conference_id in conference_ids:
             async with self.store.lock(conference_id):
                 conference = await self.store.get(conference_id)
-                owned = (
-                    {p.endpoint_id for p in conference.participants.values()}
-                    if conference is not None and conference.daemon_id == daemon_id
-                    else set()
-                )
+                owned = conference.endpoints_on(daemon_id) if conference is not None else set()
                 for held in await client.list_endpoints(conference_id):
                     if held not in owned:
                         deleted += await client.delete_endpoint(held)
@@ -768,6 +799,77 @@ class Conferences:
             raise ResourceExhausted(f"no media daemon has room for a new conference ({describe(candidates)})")
         # The record of the same read: a lease that ends meanwhile cannot make it vanish.
         return live[chosen.daemon_id][1]
+
+    async def _place_participant(self, conference: Conference) -> DaemonRecord:
+        """The daemon of the conference's next participant: one it is on while it has room,
+        else another, linked to them (placement.place_participant)."""
+        home = self._live_daemon(conference)
+        for daemon_id in sorted(conference.daemons() - {home.info.daemon_id}):
+            if self.registry.get(daemon_id) is None:
+                raise Unavailable(f"media daemon {daemon_id} of conference {conference.conference_id!r} is gone: its "
+                                  "participants are being moved to another daemon, try again in a moment")
+        live = await self.candidates()
+        hosting: dict[str, int] = {}
+        for participant in conference.participants.values():
+            hosting[participant.daemon_id] = hosting.get(participant.daemon_id, 0) + 1
+        chosen = place_participant(home.info.daemon_id, hosting, set(conference.links),
+                                   [c for c, _ in live.values()])
+        if chosen is None:
+            await self._check_room(home, conference)  # says why the conference's own daemon cannot
+            raise ResourceExhausted(f"no media daemon has room for another participant of conference "
+                                    f"{conference.conference_id!r} ({describe([c for c, _ in live.values()])})")
+        return live[chosen.daemon_id][1]
+
+    async def _make_relays(self, conference: Conference, newcomer: Participant,
+                           routes: list[SubscriptionSpec]) -> relays.RelayPlan:
+        """Make what the join's routes need beyond the newcomer's endpoint: the relay links
+        to the daemons of the conference the newcomer is not on, the relayed tracks on their
+        ends, and the routes on the other daemons. The returned plan holds the routes made
+        with the newcomer's endpoint and the links the conference has once it is made."""
+        everyone = [*conference.participants.values(), newcomer]
+        daemon_of = {p.endpoint_id: p.daemon_id for p in everyone}
+        publisher_of = {p.endpoint_id: p.participant_id for p in everyone}
+        tracks = {(p.participant_id, t.ssrc): t for p in everyone for t in p.tracks}
+        for link in conference.links.values():
+            for daemon_id in link.daemons:
+                end = link.end(conference.conference_id, daemon_id)
+                daemon_of[end] = daemon_id
+        made = relays.plan(conference, newcomer.daemon_id, routes, daemon_of, publisher_of, tracks)
+        if not made.new_links and not made.end_tracks and not made.elsewhere:
+            return made
+        cid = conference.conference_id
+        for pair in made.new_links:
+            link = made.links[pair]
+            first, second = link.daemons
+            records = {d: self._record_of(conference, d) for d in link.daemons}
+            # The second end first (latching), then the first told its address, then the
+            # second told the first's: both ends fixed (mediad: a latching endpoint takes a
+            # fixed remote when asked again).
+            port = await self._client_of(conference, second).create_endpoint(relays.end_spec(cid, link, second))
+            link.addresses = (("", 0), (records[second].info.media_ip, port))
+            port = await self._client_of(conference, first).create_endpoint(relays.end_spec(cid, link, first))
+            link.addresses = ((records[first].info.media_ip, port), link.addresses[1])
+            await self._client_of(conference, second).create_endpoint(relays.end_spec(cid, link, second))
+        for (daemon_id, pair), added in made.end_tracks.items():
+            spec = relays.end_spec(cid, made.links[pair], daemon_id, tracks=tuple(added))
+            await self._client_of(conference, daemon_id).create_endpoint(spec)
+        for daemon_id, specs in made.elsewhere.items():
+            # Asking again for an end of a link on that daemon makes the routes (all or none).
+            link = next(lk for lk in made.links.values() if daemon_id in lk.daemons)
+            await self._client_of(conference, daemon_id).create_endpoint(
+                relays.end_spec(cid, link, daemon_id, subscriptions=tuple(specs)))
+        return made
+
+    def _record_of(self, conference: Conference, daemon_id: str) -> DaemonRecord:
+        record = self.registry.get(daemon_id)
+        if record is None:
+            raise Unavailable(f"media daemon {daemon_id} of conference {conference.conference_id!r} is gone: try "
+                              "again in a moment")
+        return record
+
+    def _client_of(self, conference: Conference, daemon_id: str) -> DaemonClient:
+        record = self._record_of(conference, daemon_id)
+        return self.daemons.get(daemon_id, record.info.grpc_address)
 
     def _live_daemon(self, conference: Conference) -> DaemonRecord:
         if not conference.daemon_id:

@@ -52,6 +52,46 @@ class Conference:
     """In the order they joined."""
     sequence: int = 0
     """Number of the last event of the conference."""
+    links: dict[frozenset[str], RelayLink] = field(default_factory=dict)
+    """Relay links between the daemons its participants are on, by pair of daemon ids."""
+
+    def daemons(self) -> set[str]:
+        """Every daemon holding an endpoint of it (its own, its participants', link ends)."""
+        held = {p.daemon_id for p in self.participants.values() if p.daemon_id}
+        held |= {d for link in self.links.values() for d in link.daemons}
+        return held | ({self.daemon_id} if self.daemon_id else set())
+
+    def endpoints_on(self, daemon_id: str) -> set[str]:
+        """The ids of its endpoints on `daemon_id`."""
+        owned = {p.endpoint_id for p in self.participants.values() if p.daemon_id == daemon_id}
+        return owned | {link.end(self.conference_id, daemon_id) for link in self.links.values()
+                        if daemon_id in link.daemons}
+
+
+@dataclass
+class RelayLink:
+    """Two daemons of one conference joined daemon to daemon: an SDES endpoint on each, sending
+    to the other. A track of a participant on one daemon that a participant on the other
+    receives is routed to this daemon's end with an SSRC of the link, and the other end
+    publishes it there like any participant's track."""
+
+    daemons: tuple[str, str]
+    """The two daemon ids, sorted."""
+    keys: tuple[bytes, bytes]
+    """keys[i]: what the end on daemons[i] protects with (the other end unprotects)."""
+    addresses: tuple[tuple[str, int], tuple[str, int]]
+    """Where each end receives."""
+    relayed: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(publisher id, its SSRC) -> the SSRC the track has on the link."""
+
+    def end(self, conference_id: str, daemon_id: str) -> str:
+        """The endpoint id of the end on `daemon_id` ('/' never occurs in a participant id
+        and '~' starts none, so it is no participant's)."""
+        other = self.daemons[1] if daemon_id == self.daemons[0] else self.daemons[0]
+        return f"{conference_id}/~link~{other}"
+
+    def side(self, daemon_id: str) -> int:
+        return self.daemons.index(daemon_id)
 
 
 @dataclass

@@ -64,3 +64,47 @@ def describe(candidates: Iterable[Candidate]) -> str:
             state = f"{c.conferences} conferences, its most (--max-conferences-per-daemon)"
         parts.append(f"{c.daemon_id}: {state}")
     return "; ".join(parts)
+
+
+MAX_LINK_RESERVE = 4
+"""At most this many endpoints a daemon keeps free for the ends of links to come."""
+
+
+def place_participant(
+    home: str, hosting: dict[str, int], linked: set[frozenset[str]], candidates: Iterable[Candidate]
+) -> Candidate | None:
+    """Which daemon takes a conference's next participant. `home`: the daemon the conference
+    was placed on; `hosting`: its participants per daemon; `linked`: the pairs of daemons
+    already joined by a relay link. A daemon that takes the participant needs an endpoint
+    for it and one per daemon of the conference it has no link to yet; each of those needs
+    one for its end of the new link.
+
+    In order: a daemon of the conference with room, most participants first (fewer relayed
+    streams), the home daemon on ties; else the spread: the least-loaded other daemon with
+    room for the participant and its links. Each keeps endpoints free for the ends of later
+    links (one per other daemon, at most MAX_LINK_RESERVE), unless there is nowhere to spread
+    to. None when none has room."""
+    pool = {c.daemon_id: c for c in candidates}
+    # Room for an end of a link to each other daemon (up to MAX_LINK_RESERVE) stays free: a
+    # daemon filled to its last endpoints could never let its conference spread further.
+    link_reserve = min(len(pool) - 1, MAX_LINK_RESERVE) if pool else 0
+
+    def fits(candidate: Candidate, reserve: int = link_reserve) -> bool:
+        others = [d for d in hosting if d != candidate.daemon_id and hosting[d] > 0]
+        new_links = [d for d in others if frozenset((d, candidate.daemon_id)) not in linked]
+        if candidate.draining or candidate.free < 1 + len(new_links) + reserve:
+            return False
+        return all(d in pool and not pool[d].draining and pool[d].free >= 1 for d in new_links)
+
+    def here(daemon_id: str) -> tuple[int, int, str]:
+        return (-hosting.get(daemon_id, 0), 0 if daemon_id == home else 1, daemon_id)
+
+    members = [pool[d] for d in sorted(set(hosting) | ({home} if home else set()), key=here) if d in pool]
+    for candidate in members:
+        if fits(candidate):
+            return candidate
+    spread = [c for c in pool.values() if c.daemon_id not in hosting and c.daemon_id != home and fits(c)]
+    if spread:
+        return min(spread, key=lambda c: (c.load(0), c.conferences, c.daemon_id))
+    # Nowhere to spread to: the conference's daemons give their last endpoints too.
+    return next((c for c in members if fits(c, reserve=0)), None)

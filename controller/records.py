@@ -27,7 +27,7 @@ from controller.events import (
     TrackAdded,
     TrackRemoved,
 )
-from controller.model import Conference, Participant, WebRtcSession
+from controller.model import Conference, Participant, RelayLink, WebRtcSession
 
 RECORD_VERSION = 1
 """Of the record layout below (the store's schema version is separate)."""
@@ -168,7 +168,22 @@ def conference_record(conference: Conference, seal: Seal) -> dict[str, Any]:
         "created_at": conference.created_at,
         "participants": [_participant_record(p, seal) for p in conference.participants.values()],
         "sequence": conference.sequence,
+        "links": [_link_record(link, seal) for link in conference.links.values()],
     }
+
+
+def _link_record(link: RelayLink, seal: Seal) -> dict[str, Any]:
+    return {"daemons": list(link.daemons), "keys": [seal(k) for k in link.keys],
+            "addresses": [list(a) for a in link.addresses],
+            "relayed": [[publisher, ssrc, relayed] for (publisher, ssrc), relayed in link.relayed.items()]}
+
+
+def _link_from(record: dict[str, Any], unseal: Unseal) -> RelayLink:
+    a, b = (str(d) for d in record["daemons"])
+    key_a, key_b = (unseal(k) for k in record["keys"])
+    (ip_a, port_a), (ip_b, port_b) = record["addresses"]
+    return RelayLink((a, b), (key_a, key_b), ((str(ip_a), int(port_a)), (str(ip_b), int(port_b))),
+                     {(str(p), int(s)): int(r) for p, s, r in record["relayed"]})
 
 
 def conference_from(record: dict[str, Any], unseal: Unseal) -> Conference:
@@ -185,6 +200,8 @@ def conference_from(record: dict[str, Any], unseal: Unseal) -> Conference:
             created_at=float(record["created_at"]),
             participants={p.participant_id: p for p in participants},
             sequence=int(record["sequence"]),
+            links={frozenset(link.daemons): link for link in
+                   (_link_from(r, unseal) for r in record.get("links", ()))},
         )
     except RecordError as error:
         raise RecordError(f"conference {conference_id!r}: {error}") from None

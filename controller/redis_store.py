@@ -36,7 +36,7 @@ from controller.events import ConferenceEnded, Event, EventHub
 from controller.model import Conference
 from controller.records import RecordError, conference_from, conference_record, event_from, event_record
 from controller.sqlite_store import SealingKey, StoreError
-from controller.store import EVENTS_KEPT, ConferenceLocks, DaemonUsage
+from controller.store import EVENTS_KEPT, ConferenceLocks, DaemonUsage, endpoints_per_daemon
 
 log = logging.getLogger("controller.store")
 
@@ -53,33 +53,38 @@ T = TypeVar("T")
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
 _RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
           "else return 0 end")
-# Where a conference is placed ("PARTICIPANTS DAEMON" in PLACED), and the totals per daemon
-# that placement reads (USAGE: "DAEMON c" conferences, "DAEMON e" endpoints), kept together.
-# ARGV: id, participants, daemon; participants "-1": the conference is gone.
-_PLACE = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then
-  local count, daemon = string.match(old, '^(%d+) (.*)$')
-  redis.call('HINCRBY', KEYS[2], daemon .. ' c', -1)
-  redis.call('HINCRBY', KEYS[2], daemon .. ' e', 0 - tonumber(count))  -- never "-0"
+# Where a conference is placed and what it holds on each daemon ("HOME;D1=N1,D2=N2" in
+# PLACED), and the totals per daemon that placement reads (USAGE: "DAEMON c" conferences
+# placed on it, "DAEMON e" endpoints), kept together. apply() adds (sign 1) or takes away
+# (sign -1) one placement's counts.
+_APPLY = """
+local function apply(usage, value, sign)
+  local home, rest = string.match(value, '^([^;]*);(.*)$')
+  if home ~= '' then redis.call('HINCRBY', usage, home .. ' c', sign) end
+  for daemon, count in string.gmatch(rest, '([^,=]+)=(%d+)') do
+    if count ~= '0' then redis.call('HINCRBY', usage, daemon .. ' e', sign * tonumber(count)) end
+  end
 end
-if ARGV[2] == '-1' then
+"""
+# KEYS: PLACED, USAGE; ARGV: id, placement ("" when the conference is gone).
+_PLACE = _APPLY + """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then apply(KEYS[2], old, -1) end
+if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return 0
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
-redis.call('HINCRBY', KEYS[2], ARGV[3] .. ' c', 1)
-redis.call('HINCRBY', KEYS[2], ARGV[3] .. ' e', tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+apply(KEYS[2], ARGV[2], 1)
 return 1
 """
 # A new conference: the record only if its id is free, with its index and placement.
-# KEYS: record, IDS, PLACED, USAGE; ARGV: record, id, participants, daemon.
-_ADD = """
+# KEYS: record, IDS, PLACED, USAGE; ARGV: record, id, placement.
+_ADD = _APPLY + """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. ARGV[4])
-redis.call('HINCRBY', KEYS[4], ARGV[4] .. ' c', 1)
-redis.call('HINCRBY', KEYS[4], ARGV[4] .. ' e', tonumber(ARGV[3]))
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+apply(KEYS[4], ARGV[3], 1)
 return 1
 """
 
@@ -195,12 +200,13 @@ class RedisStore:
         conference_id = conference.conference_id
         added = await self._call("add a conference", lambda: self._add(
             keys=[_key(conference_id), IDS, PLACED, USAGE],
-            args=[self._record(conference), conference_id, len(conference.participants), conference.daemon_id]))
+            args=[self._record(conference), *self._placed(conference)]))
         return bool(added)
 
     @staticmethod
-    def _placed(conference: Conference) -> list[str | int]:
-        return [conference.conference_id, len(conference.participants), conference.daemon_id]
+    def _placed(conference: Conference) -> list[str]:
+        counts = ",".join(f"{d}={n}" for d, n in sorted(endpoints_per_daemon(conference).items()) if d)
+        return [conference.conference_id, f"{conference.daemon_id};{counts}"]
 
     async def put(self, conference: Conference, events: Sequence[Event] = ()) -> None:
         conference_id = conference.conference_id
@@ -226,7 +232,7 @@ class RedisStore:
             async with self._redis.pipeline(transaction=True) as tx:
                 tx.delete(_key(conference_id), _events_key(conference_id))
                 tx.zrem(IDS, conference_id)
-                await self._place(keys=[PLACED, USAGE], args=[conference_id, -1, ""], client=tx)
+                await self._place(keys=[PLACED, USAGE], args=[conference_id, ""], client=tx)
                 if records:
                     tx.publish(CHANNEL, self._message(conference_id, records))
                 await tx.execute()
@@ -262,7 +268,7 @@ class RedisStore:
             daemon_id, _, what = _text(field).rpartition(" ")
             counts = usage.setdefault(daemon_id, [0, 0])
             counts[0 if what == "c" else 1] = int(value)
-        return {d: DaemonUsage(c, e) for d, (c, e) in usage.items() if c > 0}
+        return {d: DaemonUsage(c, e) for d, (c, e) in usage.items() if c > 0 or e > 0}
 
     def close(self) -> None:
         pass

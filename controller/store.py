@@ -139,10 +139,22 @@ class MemoryStore(LocalStore):
     memory`)."""
 
 
+def endpoints_per_daemon(conference: Conference) -> dict[str, int]:
+    """The endpoints a conference has on each daemon: its participants' and its link ends."""
+    counts: dict[str, int] = {}
+    for participant in conference.participants.values():
+        counts[participant.daemon_id] = counts.get(participant.daemon_id, 0) + 1
+    for link in conference.links.values():
+        for daemon_id in link.daemons:
+            counts[daemon_id] = counts.get(daemon_id, 0) + 1
+    return counts
+
+
 def usage_of(conferences: Iterable[Conference]) -> dict[str, DaemonUsage]:
+    """Per daemon: the conferences placed on it, and the endpoints of any conference it holds."""
     usage: dict[str, list[int]] = {}
     for conference in conferences:
-        counts = usage.setdefault(conference.daemon_id, [0, 0])
-        counts[0] += 1
-        counts[1] += len(conference.participants)
+        usage.setdefault(conference.daemon_id, [0, 0])[0] += 1
+        for daemon_id, count in endpoints_per_daemon(conference).items():
+            usage.setdefault(daemon_id, [0, 0])[1] += count
     return {d: DaemonUsage(c, e) for d, (c, e) in usage.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.placement import RESERVE_PER_CONFERENCE, Candidate, describe, has_room, least_loaded
+from controller.placement import RESERVE_PER_CONFERENCE, Candidate, describe, has_room, least_loaded, place_participant
 
 
 def chosen_id(pool: list[Candidate], **kwargs: int) -> str | None:
@@ -93,3 +93,57 @@ def test_choice_has_room_and_no_eligible_daemon_is_less_loaded(pool: list[Candid
         return
     assert has_room(chosen)
     assert all(chosen.load(RESERVE_PER_CONFERENCE) <= x.load(RESERVE_PER_CONFERENCE) for x in eligible)
+
+
+def placed(home: str, hosting: dict[str, int], pool: list[Candidate], linked: set[frozenset[str]] | None = None
+           ) -> str | None:
+    chosen = place_participant(home, hosting, linked or set(), pool)
+    return chosen.daemon_id if chosen else None
+
+
+def test_a_participant_goes_where_its_conference_is_while_there_is_room() -> None:
+    # (home, participants per daemon, pool, linked pairs) -> where the next one goes
+    table = [
+        ("a", {}, [c("a", 0, 10), c("b", 0, 10)], set(), "a"),                      # the first: home
+        ("a", {"a": 3}, [c("a", 3, 10), c("b", 0, 10)], set(), "a"),                # home has room
+        ("a", {"a": 10}, [c("a", 10, 10), c("b", 0, 10)], set(), None),             # home full, no end for a link
+        ("a", {}, [c("a", 0, 1), c("b", 0, 1)], set(), "a"),                        # nowhere to spread: the last one
+        ("a", {"a": 1}, [c("a", 1, 1), c("b", 0, 1)], set(), None),
+        ("a", {"a": 9}, [c("a", 9, 10)], set(), "a"),                               # alone: fills to the last
+        ("a", {"a": 8}, [c("a", 8, 10), c("b", 0, 10)], set(), "a"),                # home keeps 1 for a link
+        ("a", {"a": 9}, [c("a", 9, 10), c("b", 0, 10)], set(), "b"),                # then spreads: a's last is the link
+        ("a", {"a": 9, "b": 4}, [c("a", 10, 10), c("b", 5, 10)], {frozenset("ab")}, "b"),  # b hosts and is linked
+        ("a", {"a": 2, "b": 5}, [c("a", 3, 10), c("b", 6, 10)], {frozenset("ab")}, "b"),   # most participants first
+        ("a", {"a": 5, "b": 5}, [c("a", 6, 10), c("b", 6, 10)], {frozenset("ab")}, "a"),   # ties: home
+        ("a", {"a": 9}, [c("a", 9, 10), c("b", 8, 10), c("c", 2, 10)], set(), "c"),        # least loaded spreads
+        ("a", {"a": 9}, [c("a", 9, 10), c("b", 0, 10, draining=True)], set(), "a"),        # draining never: a fills
+        ("a", {"a": 9, "b": 9}, [c("a", 10, 10), c("b", 10, 10), c("c", 0, 10)], {frozenset("ab")}, None),
+        ("a", {"a": 9, "b": 8}, [c("a", 9, 10), c("b", 9, 10), c("c", 0, 10)], {frozenset("ab")}, "c"),
+        ("gone", {"gone": 3}, [c("b", 0, 10)], set(), None),                         # its daemon is gone: moved first
+    ]
+    for home, hosting, pool, linked, expected in table:
+        assert placed(home, hosting, pool, linked) == expected, (home, hosting, pool, linked)
+
+
+def test_six_participants_spread_over_three_daemons_of_five_endpoints() -> None:
+    # Each daemon keeps an endpoint per other daemon for link ends; links count as endpoints.
+    used = {"m0": 0, "m1": 0, "m2": 0}
+    hosting: dict[str, int] = {}
+    linked: set[frozenset[str]] = set()
+    order = []
+    for _ in range(6):
+        chosen = place_participant("m0", hosting, linked, [c(d, n, 5) for d, n in used.items()])
+        assert chosen is not None
+        d = chosen.daemon_id
+        for other in [h for h in hosting if h != d and frozenset((h, d)) not in linked]:
+            linked.add(frozenset((other, d)))
+            used[other] += 1
+            used[d] += 1
+        used[d] += 1
+        hosting[d] = hosting.get(d, 0) + 1
+        order.append(d)
+    assert order == ["m0", "m0", "m0", "m1", "m1", "m2"]
+    assert used == {"m0": 5, "m1": 4, "m2": 3}
+    # Nowhere left to spread to: the 7th takes a daemon's last endpoint.
+    last = place_participant("m0", hosting, linked, [c(d, n, 5) for d, n in used.items()])
+    assert last is not None and last.daemon_id == "m1"

@@ -199,6 +199,7 @@ def test_charter_up_runs_two_controllers_on_its_own_redis(tmp_path: Path) -> Non
         assert joined.participant.daemon_id == "mediad-0"
         seen = up.conferences.GetConference(pb.GetConferenceRequest(conference_id="both"), timeout=10)
         assert [p.participant_id for p in seen.participants] == ["via-second"]
+        wait_until(lambda: "Charter is up" in up.process.log(), what="charter up's summary")
         summary = up.process.log()
         assert f"redis://127.0.0.1:{redis_port}/0" in summary
         assert "controller-0" in summary and "controller-1" in summary

@@ -1,0 +1,117 @@
+"""One conference across daemons, in process (the daemon double): when the conference's
+daemon runs short, the next participants go to another one, and the two are linked by a
+relay endpoint on each (both ends sending to each other); every route that crosses goes
+publisher -> its daemon's end of the link -> the other end -> the receiver, each track once
+over the link whatever the number of its receivers there. Leaving, the relayed copies are
+forgotten and a daemon nobody of the conference is on any more loses its link ends; ending
+releases the conference on every daemon; a daemon of it that is lost moves it whole."""
+from __future__ import annotations
+
+import asyncio
+
+from charter.subscriptions import SubscriptionSpec
+from conference_world import LEASE_TTL, run, two_daemons, video
+
+CAPACITY = 4  # endpoints per daemon: d1 takes 2 participants, keeps 1 for a link end
+
+
+def test_a_conference_spreads_over_two_daemons_through_a_relay_link() -> None:
+    async def scenario() -> None:
+        w, d1, d2 = two_daemons(capacity=CAPACITY)
+        await w.conferences.create("c", "", persistent=False)
+        for name, ssrc in (("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)):
+            await w.join("c", name, video(ssrc))
+        conference = await w.conference("c")
+        placed = {p.participant_id: p.daemon_id for p in conference.participants.values()}
+        assert placed == {"a": "d1", "b": "d1", "c": "d1", "d": "d2", "e": "d2"}
+        assert d1.endpoint_ids("c") == ["c/a", "c/b", "c/c", "c/~link~d2"]
+        assert d2.endpoint_ids("c") == ["c/d", "c/e", "c/~link~d1"]
+        (link,) = conference.links.values()
+        assert link.daemons == ("d1", "d2")
+        # Both ends fixed, each at the other.
+        end1, end2 = d1.endpoint("c/~link~d2"), d2.endpoint("c/~link~d1")
+        assert end1 is not None and end2 is not None
+        assert end1.spec.remote == ("127.0.0.1", end2.port) and end2.spec.remote == ("127.0.0.1", end1.port)
+        assert end1.spec.tx_key == end2.spec.rx_key and end2.spec.tx_key == end1.spec.rx_key
+        # Every track crosses once: a, b, c to d2, d and e to d1.
+        assert set(link.relayed) == {("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)}
+        relayed = link.relayed
+        for publisher, ssrc in (("a", 1), ("b", 2), ("c", 3)):
+            assert SubscriptionSpec(f"c/{publisher}", ssrc, "c/~link~d2", relayed[(publisher, ssrc)]) in d1.routes
+            assert relayed[(publisher, ssrc)] in end2.tracks
+        for receiver in ("d", "e"):
+            got = conference.participants[receiver].subscriptions
+            for publisher, ssrc in (("a", 1), ("b", 2), ("c", 3)):
+                assert SubscriptionSpec("c/~link~d1", relayed[(publisher, ssrc)], f"c/{receiver}",
+                                        got[(publisher, ssrc)].ssrc) in d2.routes
+        for receiver in ("a", "b", "c"):
+            got = conference.participants[receiver].subscriptions
+            for publisher, ssrc in (("d", 4), ("e", 5)):
+                assert SubscriptionSpec("c/~link~d2", relayed[(publisher, ssrc)], f"c/{receiver}",
+                                        got[(publisher, ssrc)].ssrc) in d1.routes
+        # Local routes stay local.
+        assert SubscriptionSpec("c/d", 4, "c/e", conference.participants["e"].subscriptions[("d", 4)].ssrc) \
+            in d2.routes
+
+        # d and e leave: d2 holds nothing of the conference, the link is gone on both sides.
+        await w.conferences.leave("c", "d")
+        assert (await w.conference("c")).links[frozenset(("d1", "d2"))].relayed.keys() == {
+            ("a", 1), ("b", 2), ("c", 3), ("e", 5)}
+        await w.conferences.leave("c", "e")
+        assert (await w.conference("c")).links == {}
+        assert d2.endpoint_ids("c") == [] and d1.endpoint_ids("c") == ["c/a", "c/b", "c/c"]
+
+        # Spread again, then end: released on both daemons.
+        await w.join("c", "f", video(6))
+        assert d2.endpoint_ids("c") == ["c/f", "c/~link~d1"]
+        await w.conferences.end("c")
+        assert d1.endpoint_ids() == [] and d2.endpoint_ids() == []
+
+    run(scenario)
+
+
+def test_the_usage_placement_reads_counts_every_endpoint_where_it_is() -> None:
+    async def scenario() -> None:
+        w, _, _ = two_daemons(capacity=CAPACITY)
+        await w.conferences.create("c", "", persistent=False)
+        for name, ssrc in (("a", 1), ("b", 2), ("c", 3), ("d", 4)):
+            await w.join("c", name, video(ssrc))
+        usage = await w.store.daemon_usage()
+        assert (usage["d1"].conferences, usage["d1"].endpoints) == (1, 4)   # a, b, c and the link end
+        assert (usage["d2"].conferences, usage["d2"].endpoints) == (0, 2)   # d and the link end
+
+    run(scenario)
+
+
+def test_a_lost_daemon_of_a_spread_conference_moves_it_whole() -> None:
+    async def scenario() -> None:
+        w, d1, d2 = two_daemons(capacity=10)
+        d3 = w.daemon("d3", capacity=10)
+        await w.conferences.create("c", "", persistent=False)
+        # Fill d1 so that the conference spreads to the least loaded daemon.
+        for i in range(10):
+            await w.join("c", f"p{i}", video(100 + i))
+        conference = await w.conference("c")
+        spread = {p.daemon_id for p in conference.participants.values()}
+        assert len(spread) == 2, spread
+        other = (spread - {"d1"}).pop()
+        # The other daemon's lease ends: the conference is made again on one daemon with room.
+        w.clock.advance(LEASE_TTL / 2)
+        for d in ("d1", "d2", "d3"):
+            if d != other:
+                w.renew(d)
+        w.clock.advance(LEASE_TTL / 2 + 0.01)
+        w.registry.expire()
+        for _ in range(50):
+            conference = await w.conference("c")
+            if other not in conference.daemons():
+                break
+            await asyncio.sleep(0.01)
+        assert other not in conference.daemons()
+        assert len({p.daemon_id for p in conference.participants.values()}) == 1
+        assert conference.links == {}
+        assert len(conference.participants) == 10
+        held = {d.daemon_id: d.endpoint_ids("c") for d in (d1, d2, d3) if d.daemon_id != other}
+        assert sorted(e for ids in held.values() for e in ids) == sorted(f"c/p{i}" for i in range(10))
+
+    run(scenario)
