@@ -635,6 +635,8 @@ class Conferences:
             expected = away_from or lost_on
             if conference is None or (expected and expected not in conference.daemons()):
                 return False  # ended, or moved meanwhile
+            if expected and await self._move_part(conference, expected, reason, excluded=away_from):
+                return True  # the conference is on other daemons too: only its part there moved
             old_daemon = conference.daemon_id
             old_daemons, old_links = conference.daemons(), conference.links
             live = {d: c for d, c in (await self.candidates()).items() if d != away_from}
@@ -703,11 +705,93 @@ class Conferences:
                          extra={"conference_id": conference_id, "daemon_id": daemon_id, "why": str(error)})
         return True
 
+    async def _move_part(self, conference: Conference, lost: str, reason: str, *, excluded: str) -> bool:
+        """When a conference spread over daemons loses one (`lost`), only the participants
+        that were on it move: each is placed again as a join would place it (never on
+        `excluded`), with new keys and routes, and told so (ParticipantMoved); the others keep
+        their endpoints, keys and routes, and learn the moved ones' tracks anew (TrackRemoved,
+        TrackAdded). False, changing nothing, when the conference is on that daemon only, or a
+        part of it cannot be moved (then the whole conference moves)."""
+        cid = conference.conference_id
+        stay = [p for p in conference.participants.values() if p.daemon_id != lost]
+        moving = [p for p in conference.participants.values() if p.daemon_id == lost]
+        if not stay or any(self.registry.get(p.daemon_id) is None for p in stay):
+            return False
+        before = copy.deepcopy(conference)
+        moved_ids = {p.participant_id for p in moving}
+        removed: list[events.Body] = []
+        for gone in moving:
+            del conference.participants[gone.participant_id]
+            for track in gone.tracks:
+                ssrcs = {}
+                for other in stay:
+                    subscription = other.subscriptions.pop((gone.participant_id, track.ssrc), None)
+                    if subscription is not None:
+                        ssrcs[other.participant_id] = subscription.ssrc
+                removed.append(events.TrackRemoved(gone.participant_id, track, ssrcs))
+            for link in conference.links.values():
+                for track in gone.tracks:
+                    link.relayed.pop((gone.participant_id, track.ssrc), None)
+        dropped = {pair: link for pair, link in conference.links.items() if lost in link.daemons}
+        for pair in dropped:
+            del conference.links[pair]
+        if conference.daemon_id == lost:
+            conference.daemon_id = stay[0].daemon_id
+        made: list[tuple[str, str]] = []
+        try:
+            for link in dropped.values():  # the ends of its links on the daemons that stay
+                far = link.daemons[1] if link.daemons[0] == lost else link.daemons[0]
+                await self._client_of(conference, far).delete_endpoint(link.end(cid, far))
+            for participant in moving:
+                record = await self._place_participant(conference, excluded=excluded)
+                client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)
+                await self._move_participant(conference, participant, client, record)
+                made.append((record.info.daemon_id, participant.endpoint_id))
+        except CharterError as error:
+            for daemon_id, endpoint in made:
+                client_of = self._client(daemon_id)
+                if client_of is not None:
+                    await self._delete_quietly(client_of, endpoint)
+            conference.__dict__.update(copy.deepcopy(before).__dict__)
+            log.warning("part of a conference not moved: moving all of it",
+                        extra={"conference_id": cid, "daemon_id": lost, "why": str(error)})
+            return False
+        bodies: list[events.Body] = [*removed]
+        for participant in moving:
+            bodies.append(events.ParticipantMoved(copy.deepcopy(participant), reason))
+        for participant in moving:
+            for track in participant.tracks:
+                ssrcs = {q.participant_id: q.subscriptions[(participant.participant_id, track.ssrc)].ssrc
+                         for q in conference.participants.values()
+                         if q.participant_id not in moved_ids and (participant.participant_id, track.ssrc)
+                         in q.subscriptions}
+                bodies.append(events.TrackAdded(participant.participant_id, track, ssrcs))
+        for participant in conference.participants.values():
+            bodies += self._renegotiate(participant)
+        batch = self._number(conference, bodies)
+        await self.store.put(conference, batch)
+        self.hub.publish(cid, batch)
+        held = self._client(lost)
+        if held is not None:  # a daemon that drains, or came back: what it held of this goes
+            try:
+                if any(p.daemon_id == lost for p in moving):
+                    for link in dropped.values():
+                        await held.delete_endpoint(link.end(cid, lost))
+                else:
+                    await held.release_conference(cid)
+            except CharterError as error:
+                log.info("moved part not released on its old daemon (reconciled when it registers)",
+                         extra={"conference_id": cid, "daemon_id": lost, "why": str(error)})
+        log.warning("part of a conference moved", extra={
+            "conference_id": cid, "from": lost, "participants": len(moving),
+            "to": sorted({p.daemon_id for p in moving})})
+        return True
+
     async def _move_participant(
         self, conference: Conference, participant: Participant, client: DaemonClient, record: DaemonRecord
     ) -> None:
         """Re-join `participant` into `conference` on the daemon of `record`: new keys, new
-        routes with the participants before it."""
+        routes with the participants in it (through relay links to those on other daemons)."""
         session = participant.webrtc
         offer = session.offer if session is not None else None
         if offer is None:
@@ -715,8 +799,11 @@ class Conferences:
             participant.receive_key = generate_key(participant.suite)
         participant.subscriptions = {}
         participant.webrtc = None
+        participant.daemon_id = record.info.daemon_id
         routes, others = self._assign(conference, participant, offer)
-        await self._make_endpoint(client, record, participant, routes, offer)
+        relayed = await self._make_relays(conference, participant, routes)
+        await self._make_endpoint(client, record, participant, relayed.on_newcomer, offer)
+        conference.links = relayed.links
         conference.participants[participant.participant_id] = participant
         for receiver_id, subscription in others:
             receiver = conference.participants[receiver_id]
@@ -800,15 +887,15 @@ class Conferences:
         # The record of the same read: a lease that ends meanwhile cannot make it vanish.
         return live[chosen.daemon_id][1]
 
-    async def _place_participant(self, conference: Conference) -> DaemonRecord:
+    async def _place_participant(self, conference: Conference, *, excluded: str = "") -> DaemonRecord:
         """The daemon of the conference's next participant: one it is on while it has room,
-        else another, linked to them (placement.place_participant)."""
+        else another, linked to them (placement.place_participant); never `excluded`."""
         home = self._live_daemon(conference)
         for daemon_id in sorted(conference.daemons() - {home.info.daemon_id}):
             if self.registry.get(daemon_id) is None:
                 raise Unavailable(f"media daemon {daemon_id} of conference {conference.conference_id!r} is gone: its "
                                   "participants are being moved to another daemon, try again in a moment")
-        live = await self.candidates()
+        live = {d: c for d, c in (await self.candidates()).items() if d != excluded}
         hosting: dict[str, int] = {}
         for participant in conference.participants.values():
             hosting[participant.daemon_id] = hosting.get(participant.daemon_id, 0) + 1

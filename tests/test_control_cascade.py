@@ -6,30 +6,40 @@ cross the links through the same hot path as local ones."""
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from charter.v1 import controller_pb2 as pb
-from charter.v1 import mediad_pb2
+from charter.v1 import controller_pb2_grpc, mediad_pb2
 from participants import Peer, exchange
 from processes import Cluster, cluster, conference_stub, mediad_stub
+from waits import wait_until
 
 
 @pytest.fixture(scope="module")
 def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with cluster(tmp_path_factory.mktemp("cascade"), daemons=3, ports_per_daemon=8, capacity=5) as running:
+    with cluster(tmp_path_factory.mktemp("cascade"), daemons=3, ports_per_daemon=8, capacity=5, lease_ttl=2.0,
+                 check_exit=False) as running:
         yield running
+
+
+def join_all(api: controller_pb2_grpc.ConferenceServiceStub, conference_id: str, prefix: str,
+             count: int) -> list[Peer]:
+    """A new conference and `count` participants in it, each publishing one track."""
+    api.CreateConference(pb.CreateConferenceRequest(conference_id=conference_id), timeout=10)
+    ssrcs = random.sample(range(1, 2**32), count)
+    peers = [Peer(f"{prefix}{i}", [ssrcs[i]]) for i in range(count)]
+    for peer in peers:
+        peer.joined(api.Join(peer.join_request(conference_id), timeout=10).participant)
+    return peers
 
 
 def test_six_participants_over_three_daemons_each_receive_all_others(charter: Cluster) -> None:
     api = conference_stub(charter.controller)
-    api.CreateConference(pb.CreateConferenceRequest(conference_id="spread"), timeout=10)
-    ssrcs = random.sample(range(1, 2**32), 6)
-    peers = [Peer(f"p{i}", [ssrcs[i]]) for i in range(6)]
+    peers = join_all(api, "spread", "p", 6)
     try:
-        for peer in peers:
-            peer.joined(api.Join(peer.join_request("spread"), timeout=10).participant)
         placed = [peer.session.daemon_id for peer in peers if peer.session is not None]
         assert sorted(placed.count(d) for d in set(placed)) == [1, 2, 3], placed
 
@@ -53,6 +63,45 @@ def test_six_participants_over_three_daemons_each_receive_all_others(charter: Cl
         for daemon in charter.daemons:
             assert mediad_stub(daemon).ListEndpoints(mediad_pb2.ListEndpointsRequest(conference_id="spread"),
                                                      timeout=10).endpoints == []
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def test_a_killed_daemon_of_a_spread_conference_moves_only_its_participants(charter: Cluster) -> None:
+    api = conference_stub(charter.controller)
+    peers = join_all(api, "part", "q", 4)
+    try:
+        placed = {peer.participant_id: peer.session.daemon_id for peer in peers if peer.session is not None}
+        alone = [d for d in set(placed.values()) if list(placed.values()).count(d) == 1]
+        assert alone, placed
+        victim = alone[0]
+        (moving,) = [p for p in peers if placed[p.participant_id] == victim]
+        staying = [p for p in peers if p is not moving]
+        exchange(peers, lambda: all(len(p.counts()) == 3 for p in peers), timeout=30)
+        keys = {p.participant_id: p.session.send_key for p in staying if p.session is not None}
+
+        charter.daemon(victim).signal(signal.SIGKILL)
+
+        def moved() -> bool:
+            session = api.GetParticipant(pb.GetParticipantRequest(conference_id="part",
+                                                                  participant_id=moving.participant_id), timeout=10)
+            return session.daemon_id != victim
+        wait_until(moved, timeout=30, what="the participant of the killed daemon to move")
+        for peer in peers:
+            peer.joined(api.GetParticipant(pb.GetParticipantRequest(conference_id="part",
+                                                                    participant_id=peer.participant_id), timeout=10))
+            peer.received.clear()
+        # The others kept their daemons and keys; everyone receives everyone again.
+        for peer in staying:
+            assert peer.session is not None
+            assert peer.session.daemon_id == placed[peer.participant_id]
+            assert peer.session.send_key == keys[peer.participant_id]
+        exchange(peers, lambda: all(len(p.counts()) == 3 and min(p.counts().values()) >= 3 for p in peers),
+                 timeout=30)
+        for peer in peers:
+            assert peer.session is not None
+            assert set(peer.counts()) == {(s.publisher_id, s.track.ssrc, s.ssrc) for s in peer.session.subscriptions}
     finally:
         for peer in peers:
             peer.close()
