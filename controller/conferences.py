@@ -216,15 +216,7 @@ class Conferences:
                 media_address=(record.info.media_ip, 0),
                 joined_at=self._clock(),
             )
-            routes, new_subscriptions = self._assign(conference, participant, offer)
-            relays = await self._make_relays(conference, participant, routes)
-            await self._make_endpoint(client, record, participant, relays.on_newcomer, offer)
-            conference.links = relays.links
-
-            conference.participants[participant_id] = participant
-            for receiver_id, subscription in new_subscriptions:
-                receiver = conference.participants[receiver_id]
-                receiver.subscriptions[(subscription.publisher_id, subscription.track.ssrc)] = subscription
+            await self._admit(conference, participant, client, record, offer)
             added: list[events.Body] = [events.ParticipantJoined.of(participant)]
             for track in participant.tracks:
                 ssrcs = {
@@ -369,9 +361,7 @@ class Conferences:
     async def _unlink(self, conference: Conference, gone: Participant) -> None:
         """After `gone` left: forget the relayed copies of its tracks, and close the links of
         a daemon none of the conference's participants is on any more."""
-        for link in conference.links.values():
-            for track in gone.tracks:
-                link.relayed.pop((gone.participant_id, track.ssrc), None)
+        relays.forget(conference, gone)
         hosting = {p.daemon_id for p in conference.participants.values()}
         for pair, link in list(conference.links.items()):
             if all(d in hosting for d in link.daemons):
@@ -729,9 +719,7 @@ class Conferences:
                     if subscription is not None:
                         ssrcs[other.participant_id] = subscription.ssrc
                 removed.append(events.TrackRemoved(gone.participant_id, track, ssrcs))
-            for link in conference.links.values():
-                for track in gone.tracks:
-                    link.relayed.pop((gone.participant_id, track.ssrc), None)
+            relays.forget(conference, gone)
         dropped = {pair: link for pair, link in conference.links.items() if lost in link.daemons}
         for pair in dropped:
             del conference.links[pair]
@@ -752,7 +740,7 @@ class Conferences:
                 client_of = self._client(daemon_id)
                 if client_of is not None:
                     await self._delete_quietly(client_of, endpoint)
-            conference.__dict__.update(copy.deepcopy(before).__dict__)
+            conference.__dict__.update(before.__dict__)
             log.warning("part of a conference not moved: moving all of it",
                         extra={"conference_id": cid, "daemon_id": lost, "why": str(error)})
             return False
@@ -800,6 +788,13 @@ class Conferences:
         participant.subscriptions = {}
         participant.webrtc = None
         participant.daemon_id = record.info.daemon_id
+        await self._admit(conference, participant, client, record, offer)
+
+    async def _admit(self, conference: Conference, participant: Participant, client: DaemonClient,
+                     record: DaemonRecord, offer: BrowserOffer | None) -> None:
+        """Make `participant`'s endpoint on the daemon of `record`, with its routes to and from
+        everyone in `conference` (through relay links to those on other daemons), then add it
+        and the others' new subscriptions to the conference: one step of a join or a move."""
         routes, others = self._assign(conference, participant, offer)
         relayed = await self._make_relays(conference, participant, routes)
         await self._make_endpoint(client, record, participant, relayed.on_newcomer, offer)
@@ -922,8 +917,6 @@ class Conferences:
                 end = link.end(conference.conference_id, daemon_id)
                 daemon_of[end] = daemon_id
         made = relays.plan(conference, newcomer.daemon_id, routes, daemon_of, publisher_of, tracks)
-        if not made.new_links and not made.end_tracks and not made.elsewhere:
-            return made
         cid = conference.conference_id
         for pair in made.new_links:
             link = made.links[pair]

@@ -116,15 +116,14 @@ class RedisStore:
 
     def __init__(self, url: str, key_path: Path | str) -> None:
         self.url = url
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
-        self.redis = self._redis
-        """The client, for what else the controllers share there (controller/leases.py)."""
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        """The client, also for what else the controllers share there (controller/leases.py)."""
         self._key = SealingKey(Path(key_path))
         self._local = ConferenceLocks()
-        self._release = self._redis.register_script(_RELEASE)
-        self._renew = self._redis.register_script(_RENEW)
-        self._add = self._redis.register_script(_ADD)
-        self._place = self._redis.register_script(_PLACE)
+        self._release = self.redis.register_script(_RELEASE)
+        self._renew = self.redis.register_script(_RENEW)
+        self._add = self.redis.register_script(_ADD)
+        self._place = self.redis.register_script(_PLACE)
         self.origin = secrets.token_hex(8)
         """This process, in what it publishes: its own events reach its watchers directly."""
         self._own = b'{"origin":"%s"' % self.origin.encode()
@@ -134,7 +133,7 @@ class RedisStore:
         """A store whose Redis answered; StoreError naming it otherwise."""
         try:
             store = cls(url, key_path)
-            await store._redis.ping()
+            await store.redis.ping()
         except (RedisError, ValueError) as error:
             raise StoreError(f"cannot reach Redis at {url} ({error}): start it, or give --store another URL") from None
         return store
@@ -168,7 +167,7 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOCK_WAIT_SECONDS
         delay = 0.001
-        while not await self._redis.set(key, token, nx=True, px=int(LOCK_SECONDS * 1000)):
+        while not await self.redis.set(key, token, nx=True, px=int(LOCK_SECONDS * 1000)):
             if loop.time() > deadline:
                 raise Unavailable(f"conference {conference_id!r} is busy (another controller holds it): try again")
             await asyncio.sleep(delay)
@@ -193,7 +192,7 @@ class RedisStore:
                               "the other controllers use?") from None
 
     async def get(self, conference_id: str) -> Conference | None:
-        data = await self._call("read a conference", lambda: self._redis.get(_key(conference_id)))
+        data = await self._call("read a conference", lambda: self.redis.get(_key(conference_id)))
         return None if data is None else self._conference(data)
 
     async def add(self, conference: Conference) -> bool:
@@ -210,10 +209,10 @@ class RedisStore:
 
     async def put(self, conference: Conference, events: Sequence[Event] = ()) -> None:
         conference_id = conference.conference_id
-        records = [json.dumps(event_record(e, self._key.seal), separators=(",", ":")) for e in events]
+        records = self._event_texts(events)
 
         async def write() -> None:
-            async with self._redis.pipeline(transaction=True) as tx:
+            async with self.redis.pipeline(transaction=True) as tx:
                 tx.set(_key(conference_id), self._record(conference))
                 tx.zadd(IDS, {conference_id: 0})
                 await self._place(keys=[PLACED, USAGE], args=self._placed(conference), client=tx)
@@ -226,10 +225,10 @@ class RedisStore:
         await self._call(f"write conference {conference_id!r}", write)
 
     async def delete(self, conference_id: str, events: Sequence[Event] = ()) -> None:
-        records = [json.dumps(event_record(e, self._key.seal), separators=(",", ":")) for e in events]
+        records = self._event_texts(events)
 
         async def write() -> None:
-            async with self._redis.pipeline(transaction=True) as tx:
+            async with self.redis.pipeline(transaction=True) as tx:
                 tx.delete(_key(conference_id), _events_key(conference_id))
                 tx.zrem(IDS, conference_id)
                 await self._place(keys=[PLACED, USAGE], args=[conference_id, ""], client=tx)
@@ -243,7 +242,7 @@ class RedisStore:
         conference = await self.get(conference_id)
         if conference is None or sequence >= conference.sequence:
             return []
-        rows = await self._call("read events", lambda: self._redis.zrangebyscore(
+        rows = await self._call("read events", lambda: self.redis.zrangebyscore(
             _events_key(conference_id), f"({sequence}", "+inf"))
         events = [self._event(conference_id, _text(row)) for row in rows]
         if not events or events[0].sequence > sequence + 1:
@@ -251,18 +250,18 @@ class RedisStore:
         return events
 
     async def page(self, after: str = "", limit: int = 100) -> list[Conference]:
-        ids = await self._call("list conferences", lambda: self._redis.zrangebylex(
+        ids = await self._call("list conferences", lambda: self.redis.zrangebylex(
             IDS, f"({after}" if after else "-", "+", start=0, num=limit))
         if not ids:
             return []
-        rows = await self._call("read conferences", lambda: self._redis.mget([_key(_text(i)) for i in ids]))
+        rows = await self._call("read conferences", lambda: self.redis.mget([_key(_text(i)) for i in ids]))
         return [self._conference(row) for row in rows if row is not None]
 
     async def ids(self) -> list[str]:
-        return [_text(i) for i in await self._call("list conferences", lambda: self._redis.zrange(IDS, 0, -1))]
+        return [_text(i) for i in await self._call("list conferences", lambda: self.redis.zrange(IDS, 0, -1))]
 
     async def daemon_usage(self) -> dict[str, DaemonUsage]:
-        totals = await self._call("read placements", lambda: self._redis.hgetall(USAGE))
+        totals = await self._call("read placements", lambda: self.redis.hgetall(USAGE))
         usage: dict[str, list[int]] = {}
         for field, value in totals.items():
             daemon_id, _, what = _text(field).rpartition(" ")
@@ -274,13 +273,17 @@ class RedisStore:
         pass
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await self.redis.aclose()
 
     # --- events to every controller's watchers -------------------------------------------
 
+    def _event_texts(self, events: Sequence[Event]) -> list[str]:
+        return [json.dumps(event_record(e, self._key.seal), separators=(",", ":")) for e in events]
+
     def _message(self, conference_id: str, records: list[str]) -> str:
-        return json.dumps({"origin": self.origin, "conference_id": conference_id,
-                           "events": [json.loads(r) for r in records]}, separators=(",", ":"))
+        # The records are JSON already: put in as they are (and "origin" first, see _deliver).
+        head = json.dumps({"origin": self.origin, "conference_id": conference_id}, separators=(",", ":"))
+        return f'{head[:-1]},"events":[{",".join(records)}]}}'
 
     def _event(self, conference_id: str, data: str | dict[str, Any]) -> Event:
         record = data if isinstance(data, dict) else json.loads(data)
@@ -291,7 +294,7 @@ class RedisStore:
         lost, every watcher of `hub` reads back what it may have missed."""
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     hub.resync_all()
                     while True:

@@ -18,7 +18,7 @@ from charter.endpoints import EndpointSpec
 from charter.subscriptions import SubscriptionSpec
 from charter.suites import DEFAULT_SUITE, generate_key
 from charter.tracks import Track
-from controller.model import Conference, RelayLink
+from controller.model import Conference, Participant, RelayLink
 
 LINK_SUITE = DEFAULT_SUITE
 
@@ -98,6 +98,13 @@ def route_source(conference: Conference, publisher_id: str, track_ssrc: int, rec
         return publisher.endpoint_id, track_ssrc
     link = conference.links[frozenset((publisher.daemon_id, receiver_daemon))]
     return link.end(conference.conference_id, receiver_daemon), link.relayed[(publisher_id, track_ssrc)]
+
+
+def forget(conference: Conference, gone: Participant) -> None:
+    """Drop the links' relayed copies of the tracks of a participant that is gone."""
+    for link in conference.links.values():
+        for track in gone.tracks:
+            link.relayed.pop((gone.participant_id, track.ssrc), None)
 
 
 def _new_ssrc(taken: set[int]) -> int:

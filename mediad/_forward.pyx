@@ -473,11 +473,9 @@ cdef class Subscription:
                 or not target.has_remote or target.tx_ctx == NULL):
             self.retransmit_misses += 1
             return False
-        if target.unproven:
-            if target.budget == 0:
-                self.dropped_unproven += 1
-                return False
-            target.budget -= 1
+        if not _take_budget(target):
+            self.dropped_unproven += 1
+            return False
         in_seq = <uint16_t>(out_seq - self.rw.seq_offset)
         k = in_seq % track.cache_packets
         # Only packets of the current mapping that were already forwarded map back.
@@ -946,10 +944,8 @@ cdef class Endpoint:
             return False
         if not RTCP_HEADER <= length <= RX_SLOT:
             raise ValueError(f"an RTCP packet has 8 to {RX_SLOT} bytes, got {length}")
-        if self.unproven:
-            if self.budget == 0:
-                return False
-            self.budget -= 1
+        if not _take_budget(self):
+            return False
         memcpy(out, <const char *>packet, length)
         if _srtp_protect_rtcp(self.tx_ctx, out, &length) != SRTP_OK:
             self.counters.rtcp_errors += 1
@@ -965,6 +961,27 @@ cdef class Endpoint:
 
     def __repr__(self):
         return f"<Endpoint {self._name!r} tracks={len(self._tracks)} closed={bool(self._closed)}>"
+
+
+cdef inline bint _take_budget(Endpoint ep) noexcept:
+    """One packet of what `ep` may be sent before it proves itself (require_proof); False
+    when its budget is spent."""
+    if not ep.unproven:
+        return 1
+    if ep.budget == 0:
+        return 0
+    ep.budget -= 1
+    return 1
+
+
+cdef inline void _heard_from(Endpoint ep, sockaddr_in *source) noexcept:
+    """A packet that authenticated came from `source`: a latching endpoint sends there from
+    now on, and a remote at that address has proven it wants the media."""
+    if ep._latching:
+        ep.remote_addr = source[0]
+        ep.has_remote = 1
+    if ep.unproven and source.sin_addr.s_addr == ep.remote_addr.sin_addr.s_addr:
+        ep.unproven = 0
 
 
 cdef inline void _count_srtp_error(Endpoint ep, int err) noexcept:
@@ -1178,11 +1195,7 @@ cdef class Forwarder:
             if padding == 0 or header + padding > length:
                 ep.counters.drop_counts[DROP_MALFORMED] += 1
                 return NULL
-        if ep._latching:
-            ep.remote_addr = self.rx_from[i]
-            ep.has_remote = 1
-        if ep.unproven and self.rx_from[i].sin_addr.s_addr == ep.remote_addr.sin_addr.s_addr:
-            ep.unproven = 0
+        _heard_from(ep, &self.rx_from[i])
         self.rx_len[i] = length
         ep.counters.packets_in += 1
         ep.counters.bytes_in += length
@@ -1210,11 +1223,7 @@ cdef class Forwarder:
         if err != SRTP_OK:
             _count_srtp_error(ep, err)
             return
-        if ep._latching:
-            ep.remote_addr = self.rx_from[i]
-            ep.has_remote = 1
-        if ep.unproven and self.rx_from[i].sin_addr.s_addr == ep.remote_addr.sin_addr.s_addr:
-            ep.unproven = 0
+        _heard_from(ep, &self.rx_from[i])
         ep.counters.rtcp_in += 1
         ep.last_activity = now
         if self._rtcp_handler is not None:

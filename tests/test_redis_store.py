@@ -60,7 +60,7 @@ def test_what_one_controller_writes_the_other_reads_whole(redis: RedisServer, tm
         assert await a.ids() == ["a", "c", "standup"] and await a.get("b") is None
         assert (await a.daemon_usage())["d2"].conferences == 2
         # SRTP keys rest sealed: the raw record holds none of them, in any encoding.
-        raw = await a._redis.get("charter:conference:standup")
+        raw = await a.redis.get("charter:conference:standup")
         for participant in written.participants.values():
             for key in (participant.send_key, participant.receive_key):
                 if key:
@@ -95,9 +95,9 @@ def test_a_conference_lock_excludes_across_controllers(redis: RedisServer, tmp_p
 
         # A controller that died holding the lock: the others wait for its expiry, no longer.
         monkeypatch.setattr(redis_store, "LOCK_SECONDS", 0.5)
-        await a._redis.set("charter:lock:c", "a dead controller", px=500)
+        await a.redis.set("charter:lock:c", "a dead controller", px=500)
         async with b.lock("c"):
-            assert await b._redis.get("charter:lock:c") != b"a dead controller"
+            assert await b.redis.get("charter:lock:c") != b"a dead controller"
         await a.aclose()
         await b.aclose()
 
@@ -158,11 +158,11 @@ def test_events_reach_the_other_controllers_watchers_in_order_once(redis: RedisS
         assert await b.events_after("ev", 5) is None
         assert [e.sequence for e in await b.events_after("ev", EVENTS_KEPT + 14) or []] == [EVENTS_KEPT + 15,
                                                                                             EVENTS_KEPT + 16]
-        assert await a._redis.zcard("charter:events:ev") == EVENTS_KEPT
+        assert await a.redis.zcard("charter:events:ev") == EVENTS_KEPT
         await a.delete("ev", [Event(EVENTS_KEPT + 17, 0.0, ConferenceEnded("ended"))])
         await asyncio.wait_for(reading, 10)
         assert seen[-1] == EVENTS_KEPT + 17 and len(seen) == len(set(seen))
-        assert await a._redis.exists("charter:events:ev") == 0
+        assert await a.redis.exists("charter:events:ev") == 0
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
         await a.aclose()
