@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +108,9 @@ class Conferences:
         self._clock = clock
         self._background: set[asyncio.Task[object]] = set()
         self.limits = limits or Limits()
+        self.refresh_leases: Callable[[], Awaitable[None]] | None = None
+        """With leases shared by controllers: read them now (a daemon may have registered at
+        another controller since this one last mirrored them)."""
 
     # --- conferences ---------------------------------------------------------------------
 
@@ -885,6 +888,9 @@ class Conferences:
     async def _place_participant(self, conference: Conference, *, excluded: str = "") -> DaemonRecord:
         """The daemon of the conference's next participant: one it is on while it has room,
         else another, linked to them (placement.place_participant); never `excluded`."""
+        unknown = any(self.registry.get(d) is None for d in conference.daemons())
+        if unknown and self.refresh_leases is not None:
+            await self.refresh_leases()
         home = self._live_daemon(conference)
         for daemon_id in sorted(conference.daemons() - {home.info.daemon_id}):
             if self.registry.get(daemon_id) is None:

@@ -94,6 +94,8 @@ async def serve(config: ControllerConfig) -> None:
         leases = shared_leases
         shared = [asyncio.create_task(store.relay(hub)), asyncio.create_task(shared_leases.run())]
     conferences = Conferences(store, registry, daemons, hub, limits=config.limits)
+    if isinstance(leases, SharedLeases):
+        conferences.refresh_leases = leases.refresh
     conferences.follow(registry)
 
     server = Server(config.listen, SERVICE_NAMES, max_message_bytes=config.limits.max_message_bytes)

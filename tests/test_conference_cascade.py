@@ -121,3 +121,23 @@ def test_a_lost_daemon_of_a_spread_conference_moves_only_its_participants() -> N
         await watch.close()
 
     run(scenario)
+
+
+def test_a_controller_that_has_not_yet_mirrored_a_daemons_lease_reads_the_leases_again() -> None:
+    # Controllers sharing leases mirror them every half second: a join may reach one before
+    # it has seen the lease of the daemon another placed the conference on.
+    async def scenario() -> None:
+        w, d1, _ = two_daemons()
+        await w.conferences.create("c", "", persistent=False)
+        unseen = w.registry._daemons.pop("d1")
+        mirrored: list[str] = []
+
+        async def refresh() -> None:
+            mirrored.append("d1")
+            w.registry._daemons["d1"] = unseen
+
+        w.conferences.refresh_leases = refresh
+        await w.join("c", "a", video(1))
+        assert mirrored == ["d1"] and d1.endpoint_ids("c") == ["c/a"]
+
+    run(scenario)
