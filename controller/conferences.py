@@ -42,7 +42,7 @@ from controller.limits import Limits
 from controller.model import Conference, Participant, WebRtcSession
 from controller.placement import Candidate, describe, least_loaded, place_participant
 from controller.registry import DaemonRecord, Registry
-from controller.store import ConferenceStore
+from controller.store import ConferenceStore, endpoints_per_daemon
 
 log = logging.getLogger("controller.conferences")
 
@@ -362,9 +362,10 @@ class Conferences:
             return False
 
     async def _unlink(self, conference: Conference, gone: Participant) -> None:
-        """After `gone` left: forget the relayed copies of its tracks, and close the links of
-        a daemon none of the conference's participants is on any more."""
-        relays.forget(conference, gone)
+        """After `gone` left: close the links of a daemon none of the conference's participants
+        is on any more, and remove the relayed copies of its tracks from the far ends of the
+        others (before the conference is stored: their SSRCs are free again from then on)."""
+        copies = relays.forget(conference, gone)
         hosting = {p.daemon_id for p in conference.participants.values()}
         for pair, link in list(conference.links.items()):
             if all(d in hosting for d in link.daemons):
@@ -379,6 +380,25 @@ class Conferences:
                 except CharterError as error:  # owned by nobody now: reconciliation deletes it
                     log.info("link end not closed", extra={"conference_id": conference.conference_id,
                                                            "daemon_id": daemon_id, "why": str(error)})
+        await self._remove_copies(conference, copies)
+
+    async def _remove_copies(self, conference: Conference,
+                             copies: dict[tuple[str, frozenset[str]], list[int]]) -> None:
+        """Remove relayed copies of a gone participant's tracks (relays.forget) from the ends
+        of the conference's links that publish them, with the routes from them. A link that
+        closed took them with its ends. A failure is only logged: the participant is gone
+        either way, and the dead copy forwards nothing until its link end closes."""
+        cid = conference.conference_id
+        for (daemon_id, pair), ssrcs in copies.items():
+            link = conference.links.get(pair)
+            client = self._client(daemon_id)
+            if link is None or client is None:
+                continue
+            try:
+                await client.remove_tracks(link.end(cid, daemon_id), ssrcs)
+            except CharterError as error:
+                log.info("relayed tracks not removed from a link end", extra={
+                    "conference_id": cid, "daemon_id": daemon_id, "ssrcs": ssrcs, "why": str(error)})
 
     # --- WebRTC offer/answer ------------------------------------------------------------
 
@@ -628,6 +648,9 @@ class Conferences:
             expected = away_from or lost_on
             if conference is None or (expected and expected not in conference.daemons()):
                 return False  # ended, or moved meanwhile
+            # Readers take no lock (GetParticipant, watch snapshots): a move is made on a copy,
+            # stored whole once done, so that none sees a participant missing halfway.
+            conference = copy.deepcopy(conference)
             if expected and await self._move_part(conference, expected, reason, excluded=away_from):
                 return True  # the conference is on other daemons too: only its part there moved
             old_daemon = conference.daemon_id
@@ -713,6 +736,7 @@ class Conferences:
         before = copy.deepcopy(conference)
         moved_ids = {p.participant_id for p in moving}
         removed: list[events.Body] = []
+        copies: dict[tuple[str, frozenset[str]], list[int]] = {}
         for gone in moving:
             del conference.participants[gone.participant_id]
             for track in gone.tracks:
@@ -722,10 +746,14 @@ class Conferences:
                     if subscription is not None:
                         ssrcs[other.participant_id] = subscription.ssrc
                 removed.append(events.TrackRemoved(gone.participant_id, track, ssrcs))
-            relays.forget(conference, gone)
+            for key, relayed in relays.forget(conference, gone).items():
+                copies.setdefault(key, []).extend(relayed)
         dropped = {pair: link for pair, link in conference.links.items() if lost in link.daemons}
         for pair in dropped:
             del conference.links[pair]
+        # Copies on links that stay go before the moved are admitted again (a new relayed SSRC
+        # must not meet an old copy); those on the links of `lost` closed with them.
+        await self._remove_copies(conference, copies)
         if conference.daemon_id == lost:
             conference.daemon_id = stay[0].daemon_id
         made: list[tuple[str, str]] = []
@@ -734,7 +762,7 @@ class Conferences:
                 far = link.daemons[1] if link.daemons[0] == lost else link.daemons[0]
                 await self._client_of(conference, far).delete_endpoint(link.end(cid, far))
             for participant in moving:
-                record = await self._place_participant(conference, excluded=excluded)
+                record = await self._place_participant(conference, excluded=excluded, stored=before)
                 client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)
                 await self._move_participant(conference, participant, client, record)
                 made.append((record.info.daemon_id, participant.endpoint_id))
@@ -885,9 +913,12 @@ class Conferences:
         # The record of the same read: a lease that ends meanwhile cannot make it vanish.
         return live[chosen.daemon_id][1]
 
-    async def _place_participant(self, conference: Conference, *, excluded: str = "") -> DaemonRecord:
+    async def _place_participant(self, conference: Conference, *, excluded: str = "",
+                                 stored: Conference | None = None) -> DaemonRecord:
         """The daemon of the conference's next participant: one it is on while it has room,
-        else another, linked to them (placement.place_participant); never `excluded`."""
+        else another, linked to them (placement.place_participant); never `excluded`.
+        `stored`: the conference as the store still counts it, when `conference` is a copy
+        being changed (a move): the daemons' usage counts it as it is now."""
         unknown = any(self.registry.get(d) is None for d in conference.daemons())
         if unknown and self.refresh_leases is not None:
             await self.refresh_leases()
@@ -897,6 +928,10 @@ class Conferences:
                 raise Unavailable(f"media daemon {daemon_id} of conference {conference.conference_id!r} is gone: its "
                                   "participants are being moved to another daemon, try again in a moment")
         live = {d: c for d, c in (await self.candidates()).items() if d != excluded}
+        if stored is not None:
+            now, then = endpoints_per_daemon(conference), endpoints_per_daemon(stored)
+            live = {d: (dataclasses.replace(c, endpoints=c.endpoints + now.get(d, 0) - then.get(d, 0)), record)
+                    for d, (c, record) in live.items()}
         hosting: dict[str, int] = {}
         for participant in conference.participants.values():
             hosting[participant.daemon_id] = hosting.get(participant.daemon_id, 0) + 1

@@ -47,6 +47,11 @@ class DaemonClient(Protocol):
         """Close it; False when it did not exist."""
         ...
 
+    async def remove_tracks(self, endpoint_id: str, ssrcs: Sequence[int]) -> int:
+        """Remove the endpoint's tracks with these SSRCs and the routes from them; how many it
+        held (a retry removes 0). NotFound when the endpoint does not exist."""
+        ...
+
     async def release_conference(self, conference_id: str) -> int:
         """Close every endpoint of the conference; how many there were."""
         ...
@@ -113,6 +118,11 @@ class MediaDaemonClient:
         reply = await self._call("DeleteEndpoint", request)
         return bool(reply.deleted)
 
+    async def remove_tracks(self, endpoint_id: str, ssrcs: Sequence[int]) -> int:
+        request = mediad_pb2.RemoveTracksRequest(endpoint_id=endpoint_id, ssrcs=ssrcs)
+        reply = await self._call("RemoveTracks", request)
+        return int(reply.removed)
+
     async def release_conference(self, conference_id: str) -> int:
         reply = await self._call("ReleaseConference", mediad_pb2.ReleaseConferenceRequest(conference_id=conference_id))
         return int(reply.endpoints_deleted)
@@ -142,7 +152,7 @@ def _translate(daemon_id: str, method: str, error: grpc.aio.AioRpcError) -> Char
         return AlreadyExists(f"media daemon {daemon_id}: {details}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return Unavailable(f"media daemon {daemon_id} takes no new endpoints: {details}")
-    if code == grpc.StatusCode.NOT_FOUND and method == "UpdateSubscriptions":
+    if code == grpc.StatusCode.NOT_FOUND and method in ("UpdateSubscriptions", "RemoveTracks"):
         return NotFound(f"media daemon {daemon_id}: {details}")
     return Internal(f"media daemon {daemon_id} refused {method} ({code.name}): {details}")
 

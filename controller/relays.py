@@ -100,11 +100,18 @@ def route_source(conference: Conference, publisher_id: str, track_ssrc: int, rec
     return link.end(conference.conference_id, receiver_daemon), link.relayed[(publisher_id, track_ssrc)]
 
 
-def forget(conference: Conference, gone: Participant) -> None:
-    """Drop the links' relayed copies of the tracks of a participant that is gone."""
-    for link in conference.links.values():
+def forget(conference: Conference, gone: Participant) -> dict[tuple[str, frozenset[str]], list[int]]:
+    """Drop the links' relayed copies of the tracks of a participant that is gone, and say
+    where they were published: (daemon, link) -> the SSRCs its end of the link must remove
+    (the end away from the participant's daemon publishes them)."""
+    copies: dict[tuple[str, frozenset[str]], list[int]] = {}
+    for pair, link in conference.links.items():
         for track in gone.tracks:
-            link.relayed.pop((gone.participant_id, track.ssrc), None)
+            relayed = link.relayed.pop((gone.participant_id, track.ssrc), None)
+            if relayed is not None and gone.daemon_id in link.daemons:
+                far = link.daemons[1 - link.side(gone.daemon_id)]
+                copies.setdefault((far, pair), []).append(relayed)
+    return copies
 
 
 def _new_ssrc(taken: set[int]) -> int:

@@ -237,6 +237,20 @@ class Media:
             codec=track.codec,
         )
 
+    def remove_tracks(self, endpoint_id: str, ssrcs: Sequence[int]) -> int:
+        """Remove the endpoint's tracks with these SSRCs and their subscriptions, as closing
+        the endpoint does; SSRCs it does not hold are skipped (a retry removes 0). How many went."""
+        endpoint = self.get_endpoint(endpoint_id)
+        removed = 0
+        for ssrc in dict.fromkeys(ssrcs):
+            track = endpoint.find_track(ssrc)
+            if track is not None:
+                endpoint.remove_track(track)
+                removed += 1
+        if removed:
+            log.debug("tracks removed", extra={"endpoint_id": endpoint_id, "tracks": removed})
+        return removed
+
     def subscribe(self, specs: Sequence[SubscriptionSpec]) -> int:
         """Create every route that does not exist yet; all are checked before any is made."""
         plan: list[tuple[_forward.Track, _forward.Endpoint, SubscriptionSpec]] = []

@@ -118,6 +118,14 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
         specs = [parse_subscription_spec(f"subscriptions[{i}]", s) for i, s in enumerate(request.subscriptions)]
         return mediad_pb2.UpdateSubscriptionsResponse(changed=self.media.update_subscriptions(specs))
 
+    async def RemoveTracks(
+        self,
+        request: mediad_pb2.RemoveTracksRequest,
+        context: ServicerContext[mediad_pb2.RemoveTracksRequest, mediad_pb2.RemoveTracksResponse],
+    ) -> mediad_pb2.RemoveTracksResponse:
+        removed = self.media.remove_tracks(check_id("endpoint_id", request.endpoint_id), request.ssrcs)
+        return mediad_pb2.RemoveTracksResponse(removed=removed)
+
     async def GetStats(
         self,
         request: mediad_pb2.GetStatsRequest,

@@ -8,7 +8,7 @@ import contextlib
 import random
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ class CharterUp:
 
     def __init__(
         self, workdir: Path, *, media_ports: str | None = None, log_level: str = "warning", auth: str = "none",
-        tls: str = "mutual", options: Sequence[str] = (),
+        tls: str = "mutual", options: Sequence[str] = (), env: Mapping[str, str] | None = None,
     ) -> None:
         self.controller_address = f"127.0.0.1:{free_port()}"
         self.registry_address = f"127.0.0.1:{free_port()}"
@@ -81,7 +81,7 @@ class CharterUp:
             log_level,
             *options,
         ]
-        self.process = MediaProcess("charter-up", argv, workdir)
+        self.process = MediaProcess("charter-up", argv, workdir, env)
         self.channel = grpc.insecure_channel(self.controller_address)
         self.conferences = controller_pb2_grpc.ConferenceServiceStub(self.channel)
         self._registry = controller_pb2_grpc.DaemonRegistryStub(self.channel)
@@ -177,9 +177,10 @@ class CharterUp:
 
 
 @contextlib.contextmanager
-def charter_up(workdir: Path) -> Iterator[CharterUp]:
-    """A CharterUp for the block; closed after it, and then it must have stopped cleanly."""
-    system = CharterUp(workdir)
+def charter_up(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[CharterUp]:
+    """A CharterUp for the block; closed after it, and then it must have stopped cleanly.
+    `env`: more environment for its processes (the daemons' CHARTER_MEDIAD_* settings)."""
+    system = CharterUp(workdir, env=env)
     try:
         yield system
     finally:

@@ -19,7 +19,7 @@ How it stays faithful to the real pair (MediaDaemonClient talking to mediad):
   in it and other tasks run meanwhile.
 
 Faults, by RPC method name ("CreateEndpoint", "DeleteEndpoint", "ReleaseConference",
-"ListEndpoints"):
+"ListEndpoints", "UpdateSubscriptions", "RemoveTracks"):
 - `fail(method)`: the daemon does not answer (Unavailable); with `done=True` it did the work
   and the answer was lost;
 - `hold(method)`: the call waits (after the daemon did the work, by default) until the test
@@ -50,10 +50,12 @@ from charter.errors import (
 )
 from charter.subscriptions import SubscriptionSpec, check_id
 from charter.tracks import Track
+from charter.v1 import mediad_pb2
 from controller.daemons import _translate
 from controller.registry import DaemonInfo, DaemonLoad
 
-METHODS = ("CreateEndpoint", "DeleteEndpoint", "ReleaseConference", "ListEndpoints", "UpdateSubscriptions")
+METHODS = ("CreateEndpoint", "DeleteEndpoint", "ReleaseConference", "ListEndpoints", "UpdateSubscriptions",
+           "RemoveTracks")
 DOUBLE_FINGERPRINT = DtlsFingerprint("sha-256", ":".join(["AB"] * 32))
 """The DTLS certificate fingerprint of every double (a real daemon makes a certificate at start)."""
 
@@ -65,7 +67,8 @@ class Call:
     method: str
     request: Any
     """CreateEndpoint: the EndpointSpec as sent; DeleteEndpoint: the endpoint id;
-    ReleaseConference and ListEndpoints: the conference id."""
+    ReleaseConference and ListEndpoints: the conference id; RemoveTracks: (endpoint id,
+    SSRCs)."""
     outcome: str = "pending"
     """"ok", "not answered", "answer lost", "cancelled", or the status code name of a refusal."""
     result: Any = None
@@ -192,6 +195,12 @@ class DaemonDouble:
 
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         return bool(await self._call("DeleteEndpoint", endpoint_id))
+
+    async def remove_tracks(self, endpoint_id: str, ssrcs: Sequence[int]) -> int:
+        # The request message is built as the real client builds it (an SSRC out of uint32
+        # fails here alike).
+        request = mediad_pb2.RemoveTracksRequest(endpoint_id=endpoint_id, ssrcs=ssrcs)
+        return int(await self._call("RemoveTracks", (request.endpoint_id, tuple(request.ssrcs))))
 
     async def release_conference(self, conference_id: str) -> int:
         return int(await self._call("ReleaseConference", conference_id))
@@ -368,6 +377,9 @@ class DaemonDouble:
             return len(ids)
         if method == "UpdateSubscriptions":
             return self._update(request)
+        if method == "RemoveTracks":
+            endpoint_id, ssrcs = request
+            return self._remove_tracks(check_id("endpoint_id", endpoint_id), ssrcs)
         if method == "ListEndpoints":
             return {k: self._endpoints[k].spec.conference_id for k in self.endpoint_ids(request)}
         raise AssertionError(method)
@@ -414,6 +426,20 @@ class DaemonDouble:
                 self._routes[spec.route] = dataclasses.replace(held, paused=spec.paused)
                 changed += 1
         return changed
+
+    def _remove_tracks(self, endpoint_id: str, ssrcs: tuple[int, ...]) -> int:
+        """As Media.remove_tracks: the tracks held go with their routes; the others are skipped."""
+        endpoint = self._endpoints.get(endpoint_id)
+        if endpoint is None:
+            raise NotFound(f"endpoint {endpoint_id!r} not found")
+        removed = 0
+        for ssrc in dict.fromkeys(ssrcs):
+            if endpoint.tracks.pop(ssrc, None) is None:
+                continue
+            removed += 1
+            for key in [k for k in self._routes if k[0] == endpoint_id and k[1] == ssrc]:
+                del self._routes[key]
+        return removed
 
     def _delete(self, endpoint_id: str, allow_missing: bool = False) -> bool:
         endpoint = self._endpoints.pop(endpoint_id, None)

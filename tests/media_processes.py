@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -127,11 +128,12 @@ def random_ssrcs() -> Iterator[int]:
 class MediaProcess:
     """A peer subprocess with its output in a log file (read back in failure messages)."""
 
-    def __init__(self, name: str, argv: Sequence[str], workdir: Path) -> None:
+    def __init__(self, name: str, argv: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = workdir / f"{name}.log"
-        self.process = start_logged(self.argv, self.log_path, cwd=workdir)
+        self.process = start_logged(self.argv, self.log_path, cwd=workdir,
+                                    env=None if env is None else {**os.environ, **env})
 
     @property
     def running(self) -> bool:
@@ -197,21 +199,35 @@ class Running:
 # Senders: publish `frames` frames of a test source, paced in real time.
 
 
-def _ffmpeg_encoder(stream: Stream, frames: int) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Picture:
+    """What a video sender encodes: its size and frame rate (smaller where many run at once),
+    and the RTP sequence number it starts from (None: random). A sender started again with
+    the same key and SSRC must start above where the last one stopped, or its packets are
+    replays to the receiving SRTP session."""
+
+    width: int = VIDEO_SIZE[0]
+    height: int = VIDEO_SIZE[1]
+    fps: int = VIDEO_FPS
+    first_seq: int | None = None
+
+
+def _ffmpeg_encoder(stream: Stream, frames: int, picture: Picture) -> list[str]:
     codec = stream.codec_name
-    width, height = VIDEO_SIZE
+    width, height, fps = picture.width, picture.height, picture.fps
     if codec in ("vp8", "h264"):
         source = [
             "-re",
             "-f",
             "lavfi",
             "-i",
-            f"testsrc=size={width}x{height}:rate={VIDEO_FPS}",
+            f"testsrc=size={width}x{height}:rate={fps}",
             "-frames:v",
             str(frames),
         ]
         if codec == "vp8":
-            return [*source, "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k", "-g", "30"]
+            return [*source, "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k",
+                    "-g", str(fps)]
         return [
             *source,
             "-c:v",
@@ -227,7 +243,7 @@ def _ffmpeg_encoder(stream: Stream, frames: int) -> list[str]:
             "-b:v",
             "300k",
             "-g",
-            "30",
+            str(fps),
         ]
     if codec == "opus":
         return [
@@ -252,7 +268,7 @@ def _ffmpeg_encoder(stream: Stream, frames: int) -> list[str]:
     raise ValueError(f"no ffmpeg encoder for {stream.codec}")
 
 
-def ffmpeg_sender(name: str, stream: Stream, frames: int, workdir: Path) -> MediaProcess:
+def ffmpeg_sender(name: str, stream: Stream, frames: int, workdir: Path, picture: Picture = Picture()) -> MediaProcess:
     """ffmpeg encoding a test source and sending it as SRTP to the stream's address.
 
     RTCP goes to the same port (rtcp-mux); the SSRC option is a signed 32-bit integer.
@@ -267,11 +283,12 @@ def ffmpeg_sender(name: str, stream: Stream, frames: int, workdir: Path) -> Medi
         "-nostdin",
         "-loglevel",
         "warning",
-        *_ffmpeg_encoder(stream, frames),
+        *_ffmpeg_encoder(stream, frames, picture),
         "-f",
         "rtp",
         "-payload_type",
         str(stream.payload_type),
+        *(["-seq", str(picture.first_seq)] if picture.first_seq is not None else []),
         "-ssrc",
         str(ssrc),
         "-srtp_out_suite",
@@ -283,20 +300,22 @@ def ffmpeg_sender(name: str, stream: Stream, frames: int, workdir: Path) -> Medi
     return MediaProcess(name, argv, workdir)
 
 
-def _gst_encoder(stream: Stream, frames: int) -> str:
+def _gst_encoder(stream: Stream, frames: int, picture: Picture) -> str:
     codec = stream.codec_name
-    width, height = VIDEO_SIZE
+    width, height, fps = picture.width, picture.height, picture.fps
     pay = f"pt={stream.payload_type} ssrc={stream.ssrc}"
+    if picture.first_seq is not None:
+        pay += f" seqnum-offset={picture.first_seq}"
     if codec in ("vp8", "h264"):
         source = (
             f"videotestsrc num-buffers={frames} is-live=true "
-            f"! video/x-raw,width={width},height={height},framerate={VIDEO_FPS}/1"
+            f"! video/x-raw,width={width},height={height},framerate={fps}/1"
         )
         if codec == "vp8":
-            encoder = "vp8enc deadline=1 cpu-used=8 target-bitrate=300000 keyframe-max-dist=30"
+            encoder = f"vp8enc deadline=1 cpu-used=8 target-bitrate=300000 keyframe-max-dist={fps}"
             return f"{source} ! {encoder} ! rtpvp8pay {pay} mtu=1200"
         return (
-            f"{source} ! openh264enc bitrate=300000 gop-size=30 ! h264parse "
+            f"{source} ! openh264enc bitrate=300000 gop-size={fps} ! h264parse "
             f"! rtph264pay {pay} mtu=1200 config-interval=-1"
         )
     if codec == "opus":
@@ -307,11 +326,11 @@ def _gst_encoder(stream: Stream, frames: int) -> str:
     raise ValueError(f"no GStreamer encoder for {stream.codec}")
 
 
-def gst_sender(name: str, stream: Stream, frames: int, workdir: Path) -> MediaProcess:
+def gst_sender(name: str, stream: Stream, frames: int, workdir: Path, picture: Picture = Picture()) -> MediaProcess:
     """gst-launch encoding a test source, srtpenc, udpsink to the stream's address."""
     cipher, auth = GST_SUITES[stream.suite]
     pipeline = (
-        f"{_gst_encoder(stream, frames)} "
+        f"{_gst_encoder(stream, frames, picture)} "
         f"! srtpenc key={stream.key_hex} rtp-cipher={cipher} rtp-auth={auth} rtcp-cipher={cipher} rtcp-auth={auth} "
         f"! udpsink host={stream.host} port={stream.port} sync=false"
     )

@@ -37,7 +37,9 @@ SCREENSHOT = os.environ.get("CHARTER_TEST_SCREENSHOT", "")
 
 @pytest.fixture(scope="module")
 def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CharterUp]:
-    with charter_up(tmp_path_factory.mktemp("charter-up")) as system:
+    # ICE consent (RFC 7675) lapses after 30 s by default; a browser checks every 4-6 s, so
+    # 12 s still takes a missed check or two, and a silent browser is found sooner.
+    with charter_up(tmp_path_factory.mktemp("charter-up"), env={"CHARTER_MEDIAD_CONSENT_TIMEOUT": "12"}) as system:
         yield system
 
 

@@ -3,7 +3,8 @@ daemon runs short, the next participants go to another one, and the two are link
 relay endpoint on each (both ends sending to each other); every route that crosses goes
 publisher -> its daemon's end of the link -> the other end -> the receiver, each track once
 over the link whatever the number of its receivers there. Leaving, the relayed copies are
-forgotten and a daemon nobody of the conference is on any more loses its link ends; ending
+forgotten and removed from the far link ends (the daemons hold what the controller stored),
+and a daemon nobody of the conference is on any more loses its link ends; ending
 releases the conference on every daemon; a daemon of it that is lost moves only the
 participants that were on it."""
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import asyncio
 
 from charter.subscriptions import SubscriptionSpec
-from conference_world import LEASE_TTL, run, settle, two_daemons, video
+from conference_world import LEASE_TTL, World, audio, run, settle, two_daemons, video
+from controller.model import Conference
 
 CAPACITY = 4  # endpoints per daemon: d1 takes 2 participants, keeps 1 for a link end
 
@@ -71,6 +73,101 @@ def test_a_conference_spreads_over_two_daemons_through_a_relay_link() -> None:
     run(scenario)
 
 
+def held_copies(w: World, conference: Conference) -> dict[str, set[int]]:
+    """Link end -> the SSRCs of the tracks it holds, on its daemon (the double)."""
+    held = {}
+    for link in conference.links.values():
+        for daemon_id in link.daemons:
+            end = w.daemons.daemons[daemon_id].endpoint(link.end("c", daemon_id))
+            assert end is not None
+            held[link.end("c", daemon_id)] = set(end.tracks)
+    return held
+
+
+def stored_copies(conference: Conference) -> dict[str, set[int]]:
+    """Link end -> the SSRCs of the relayed copies it publishes, as the controller stored them."""
+    stored: dict[str, set[int]] = {}
+    for link in conference.links.values():
+        for daemon_id in link.daemons:
+            stored[link.end("c", daemon_id)] = {
+                relayed for (publisher, _), relayed in link.relayed.items()
+                if conference.participants[publisher].daemon_id != daemon_id}
+    return stored
+
+
+def test_a_publisher_that_leaves_takes_its_relayed_copies_off_the_far_link_ends() -> None:
+    async def scenario() -> None:
+        w, d1, d2 = two_daemons(capacity=CAPACITY)
+        await w.conferences.create("c", "", persistent=False)
+        await w.join("c", "a", video(1), audio(11))
+        for name, ssrc in (("b", 2), ("c", 3), ("d", 4), ("e", 5)):
+            await w.join("c", name, video(ssrc))
+        conference = await w.conference("c")
+        relayed = dict(conference.links[frozenset(("d1", "d2"))].relayed)
+        a_copies = {relayed[("a", 1)], relayed[("a", 11)]}
+        far = d2.endpoint("c/~link~d1")
+        assert far is not None and a_copies <= set(far.tracks)
+        assert {r.track_ssrc for r in d2.routes_from("c/~link~d1")} >= a_copies
+
+        await w.conferences.leave("c", "a")
+        conference = await w.conference("c")
+        assert held_copies(w, conference) == stored_copies(conference)
+        assert set(far.tracks) == {relayed[("b", 2)], relayed[("c", 3)]}
+        assert {r.track_ssrc for r in d2.routes_from("c/~link~d1")} == {relayed[("b", 2)], relayed[("c", 3)]}
+        assert [c.request for c in d2.calls_to("RemoveTracks")] == [("c/~link~d1", (relayed[("a", 1)],
+                                                                                      relayed[("a", 11)]))]
+        assert d1.calls_to("RemoveTracks") == []  # nothing of a's crossed from d2
+
+        # A publisher on d2 leaves: its copy goes from d1's end, e's stays.
+        await w.conferences.leave("c", "d")
+        conference = await w.conference("c")
+        assert held_copies(w, conference) == stored_copies(conference)
+        near = d1.endpoint("c/~link~d2")
+        assert near is not None and set(near.tracks) == {relayed[("e", 5)]}
+        # The last of d2 leaves: its link closes, and nothing is removed from ends that close.
+        await w.conferences.leave("c", "e")
+        assert (await w.conference("c")).links == {}
+        assert len(d1.calls_to("RemoveTracks")) == 1 and len(d2.calls_to("RemoveTracks")) == 1
+
+    run(scenario)
+
+
+def test_people_coming_and_going_leave_no_copies_on_the_link_ends() -> None:
+    async def scenario() -> None:
+        w, d1, d2 = two_daemons(capacity=CAPACITY)
+        await w.conferences.create("c", "", persistent=False)
+        for name, ssrc in (("a", 1), ("b", 2), ("c", 3), ("d", 4)):
+            await w.join("c", name, video(ssrc))
+        for round_ in range(5):
+            await w.join("c", f"x{round_}", video(100 + round_), audio(200 + round_))
+            await w.conferences.leave("c", f"x{round_}")
+            conference = await w.conference("c")
+            assert held_copies(w, conference) == stored_copies(conference)
+        # a, b, c on d1 and d on d2: three copies on d2's end, one on d1's.
+        assert {k: len(v) for k, v in held_copies(w, conference).items()} == {"c/~link~d1": 3, "c/~link~d2": 1}
+
+    run(scenario)
+
+
+def test_a_link_end_that_keeps_a_copy_does_not_fail_the_leave() -> None:
+    async def scenario() -> None:
+        w, d1, d2 = two_daemons(capacity=CAPACITY)
+        await w.conferences.create("c", "", persistent=False)
+        for name, ssrc in (("a", 1), ("b", 2), ("c", 3), ("d", 4)):
+            await w.join("c", name, video(ssrc))
+        copy = (await w.conference("c")).links[frozenset(("d1", "d2"))].relayed[("a", 1)]
+        d2.fail("RemoveTracks")
+        assert await w.conferences.leave("c", "a") is False
+        conference = await w.conference("c")
+        assert "a" not in conference.participants and d1.endpoint("c/a") is None
+        assert ("a", 1) not in conference.links[frozenset(("d1", "d2"))].relayed
+        assert [c.outcome for c in d2.calls_to("RemoveTracks")] == ["not answered"]
+        far = d2.endpoint("c/~link~d1")
+        assert far is not None and copy in far.tracks  # left there, forwarding nothing
+
+    run(scenario)
+
+
 def test_the_usage_placement_reads_counts_every_endpoint_where_it_is() -> None:
     async def scenario() -> None:
         w, _, _ = two_daemons(capacity=CAPACITY)
@@ -119,6 +216,36 @@ def test_a_lost_daemon_of_a_spread_conference_moves_only_its_participants() -> N
         kinds = [s[0] for s in watch.summaries(initial=False)]
         assert kinds == ["track removed", "moved", "track added"], kinds
         await watch.close()
+
+    run(scenario)
+
+
+def test_a_participant_being_moved_is_still_there_for_readers_until_its_move_is_done() -> None:
+    # GetParticipant and watch snapshots read without the conference's lock: a move made in
+    # place would show them the conference without the participant while its new endpoint
+    # is being made.
+    async def scenario() -> None:
+        w, d1, _ = two_daemons(capacity=CAPACITY)
+        w.daemon("d3", capacity=CAPACITY)
+        await w.conferences.create("c", "", persistent=False)
+        for name, ssrc in (("a", 1), ("b", 2), ("d", 4)):
+            await w.join("c", name, video(ssrc))
+        gate = d1.hold("CreateEndpoint", when=lambda request: request.endpoint_id == "c/d")
+        w.clock.advance(LEASE_TTL / 2)
+        w.renew("d1")
+        w.renew("d3")
+        w.clock.advance(LEASE_TTL / 2 + 0.01)
+        w.registry.expire()
+        await asyncio.wait_for(gate.entered.wait(), 5)
+        halfway = await w.conferences.get_participant("c", "d")
+        assert halfway.daemon_id == "d2"
+        assert set((await w.conference("c")).participants) == {"a", "b", "d"}
+        gate.release()
+        for _ in range(100):
+            if (await w.conferences.get_participant("c", "d")).daemon_id == "d1":
+                break
+            await asyncio.sleep(0.01)
+        assert (await w.conferences.get_participant("c", "d")).daemon_id == "d1"
 
     run(scenario)
 

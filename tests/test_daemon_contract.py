@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from charter.endpoints import EndpointSpec
-from charter.errors import AlreadyExists, Internal, ResourceExhausted, Unavailable
+from charter.errors import AlreadyExists, Internal, NotFound, ResourceExhausted, Unavailable
 from charter.subscriptions import SubscriptionSpec, parse_subscription_spec
 from charter.suites import DEFAULT_SUITE
 from charter.tracks import Track, parse_track
@@ -291,6 +291,41 @@ def test_deleting_an_endpoint_removes_the_routes_from_and_to_it(run: Callable[[S
     run(scenario)
 
 
+def test_removing_tracks_removes_the_routes_from_them_and_is_idempotent(run: Callable[[Scenario], None]) -> None:
+    # A link end's relayed copies of a publisher that left: the tracks go with their routes,
+    # the endpoint's other tracks and routes stay.
+    async def scenario(t: Target) -> None:
+        await t.client.create_endpoint(spec("c/link", tracks=(video(1), audio(2), video(3))))
+        await t.client.create_endpoint(spec("c/a", key=2, routes=(route("c/link", 1, "c/a", 10),
+                                                                   route("c/link", 2, "c/a", 11),
+                                                                   route("c/link", 3, "c/a", 12))))
+        await t.client.create_endpoint(spec("c/b", key=3, tracks=(video(4),),
+                                            routes=(route("c/link", 1, "c/b", 10), route("c/link", 3, "c/b", 11))))
+        await t.client.create_endpoint(spec("c/link", routes=(route("c/b", 4, "c/link", 20),)))
+        assert await t.client.remove_tracks("c/link", [1, 2, 99]) == 2
+        held = await t.view("c/link")
+        assert held is not None and held.tracks == {3: video(3)}
+        assert held.receives == {route("c/b", 4, "c/link", 20)}, "routes to it stay"
+        assert (await t.view("c/a")).receives == {route("c/link", 3, "c/a", 12)}  # type: ignore[union-attr]
+        assert (await t.view("c/b")).receives == {route("c/link", 3, "c/b", 11)}  # type: ignore[union-attr]
+        # A retry finds nothing to remove and changes nothing.
+        assert await t.client.remove_tracks("c/link", [1, 2]) == 0
+        assert await t.client.remove_tracks("c/link", []) == 0
+        assert (await t.view("c/link")).tracks == {3: video(3)}  # type: ignore[union-attr]
+        # Its SSRCs are free: the track can be added again, and routed with the old SSRCs.
+        await t.client.create_endpoint(spec("c/link", tracks=(audio(1),)))
+        await t.client.create_endpoint(spec("c/a", key=2, routes=(route("c/link", 1, "c/a", 10),)))
+        assert (await t.view("c/a")).receives == {route("c/link", 3, "c/a", 12),  # type: ignore[union-attr]
+                                                  route("c/link", 1, "c/a", 10)}
+        with pytest.raises(NotFound, match=r"media daemon contract-mediad: endpoint 'c/x' not found"):
+            await t.client.remove_tracks("c/x", [1])
+        with pytest.raises(Internal, match=r"RemoveTracks \(INVALID_ARGUMENT\).*endpoint_id: is required"):
+            await t.client.remove_tracks("", [1])
+        assert set((await t.view("c/link")).tracks) == {1, 3}  # type: ignore[union-attr]
+
+    run(scenario)
+
+
 def test_release_conference_and_list_by_conference(run: Callable[[Scenario], None]) -> None:
     async def scenario(t: Target) -> None:
         await t.client.create_endpoint(spec("c1/a", "c1"))
@@ -362,6 +397,7 @@ def test_a_daemon_nobody_answers_for_is_unavailable(kind: str) -> None:
                 client.delete_endpoint("c/a"),
                 client.release_conference("c"),
                 client.list_endpoints(),
+                client.remove_tracks("c/a", [1]),
             ]
             for call in calls:
                 with pytest.raises(

@@ -3,7 +3,8 @@ pair of relay endpoints (ordinary SDES endpoints, daemon to daemon, made through
 MediaDaemon API as a controller would). A publisher on one daemon reaches a subscriber on
 the other through the same hot path on both sides (its track routed to the relay endpoint,
 which on the far side publishes it to the local subscribers), and the subscriber's key-frame
-request (PLI) crosses back over the link to the publisher, with each side's SSRCs."""
+request (PLI) crosses back over the link to the publisher, with each side's SSRCs. Removing
+the relayed track from the far end (its publisher left) takes its route with it."""
 from __future__ import annotations
 
 import asyncio
@@ -13,12 +14,14 @@ import socket
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from charter.endpoints import EndpointSpec
 from charter.subscriptions import SubscriptionSpec
 from charter.suites import SrtpSuite
 from charter.tracks import Track
+from charter.v1 import mediad_pb2, mediad_pb2_grpc
 from controller.daemons import MediaDaemonClient
 from mediad import rtcp
 from processes import Process, free_udp_range, start_mediad
@@ -29,6 +32,7 @@ TRACK = Track(0x1111_1111, "video", "VP8", 96, 90000, name="camera")
 RELAYED = 0x2222_2222   # the track's SSRC on the link
 RECEIVED = 0x3333_3333  # the subscriber's SSRC of it
 PACKETS = 60
+AFTER = 10  # packets the publisher sends once the far end no longer has its track
 
 
 @pytest.fixture
@@ -117,6 +121,34 @@ def test_a_track_crosses_a_relay_link_and_its_key_frame_request_comes_back(
                 if isinstance(packet, rtcp.PictureLossIndication):
                     asked.append(packet.media_ssrc)
         assert asked == [TRACK.ssrc]
+
+        # Y's end of the link removes the relayed copy (its publisher left the conference):
+        # the route to the subscriber goes with it, and what X still relays is dropped there.
+        y = MediaDaemonClient("mediad-y", daemons[1].address)
+        channel = grpc.aio.insecure_channel(daemons[1].address)
+        stub = mediad_pb2_grpc.MediaDaemonStub(channel)
+        try:
+            assert await y.remove_tracks("c/relay-x", [RELAYED]) == 1
+            assert await y.remove_tracks("c/relay-x", [RELAYED]) == 0
+            end = await stub.GetEndpoint(mediad_pb2.GetEndpointRequest(endpoint_id="c/relay-x"), timeout=5)
+            assert list(end.tracks) == []
+            held = await stub.GetEndpoint(mediad_pb2.GetEndpointRequest(endpoint_id="c/subscriber"), timeout=5)
+            assert list(held.subscriptions) == []
+            for seq in range(PACKETS, PACKETS + AFTER):
+                publisher.sendto(send.protect(build_rtp(seq, seq * 3000, TRACK.ssrc, b"frame %d" % seq)),
+                                 ("127.0.0.1", p_port))
+            dropped = 0
+            deadline = time.monotonic() + 5
+            while dropped < AFTER and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                stats = await stub.GetStats(mediad_pb2.GetStatsRequest(endpoint_id="c/relay-x"), timeout=5)
+                dropped = stats.endpoints[0].counters.drops["unknown_ssrc"]
+            assert dropped == AFTER
+            stats = await stub.GetStats(mediad_pb2.GetStatsRequest(endpoint_id="c/subscriber"), timeout=5)
+            assert list(stats.endpoints[0].subscriptions) == []
+        finally:
+            await y.close()
+            await channel.close()
         publisher.close()
         subscriber.close()
 

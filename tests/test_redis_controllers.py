@@ -76,9 +76,15 @@ def shared(tmp_path: Path) -> Iterator[Shared]:
                            what=f"the daemon's lease seen by {controller.address}")
             yield Shared(redis, controllers, daemon)
         finally:
-            for process in started:
+            # The daemon goes first and at once: its SIGTERM would hand its conferences over,
+            # waiting for controllers that may be gone (the tests do not look at its exit).
+            for process in reversed(started):
                 with contextlib.suppress(Exception):
-                    process.stop(10)
+                    if process is started[-1] and process not in controllers:
+                        process.process.kill()
+                        process.process.wait()
+                    else:
+                        process.stop(10)
 
 
 def watch(controller: Process, conference_id: str, seen: list[pb.ConferenceEvent]) -> threading.Thread:
