@@ -60,6 +60,8 @@ class JoinSpec:
     """None: generated."""
     offer: BrowserOffer | None = None
     """A browser's SDP offer: a WebRTC participant (its tracks are the offer's)."""
+    region: str = ""
+    """Where it is: placed on a daemon of that region first ("" for unsaid)."""
 
 
 def new_ssrc(taken: set[int]) -> int:
@@ -196,7 +198,7 @@ class Conferences:
                     # Two streams with one SSRC in a conference: receivers could not tell them apart.
                     raise AlreadyExists(f"tracks[{i}].ssrc: {track.ssrc} is published by participant "
                                         f"{published[track.ssrc]!r} of this conference; choose another (random) SSRC")
-            record = await self._place_participant(conference)
+            record = await self._place_participant(conference, region=spec.region)
             client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)
 
             suite = spec.suite
@@ -218,6 +220,7 @@ class Conferences:
                 endpoint_id=ep_id,
                 media_address=(record.info.media_ip, 0),
                 joined_at=self._clock(),
+                region=spec.region,
             )
             await self._admit(conference, participant, client, record, offer)
             added: list[events.Body] = [events.ParticipantJoined.of(participant)]
@@ -762,7 +765,8 @@ class Conferences:
                 far = link.daemons[1] if link.daemons[0] == lost else link.daemons[0]
                 await self._client_of(conference, far).delete_endpoint(link.end(cid, far))
             for participant in moving:
-                record = await self._place_participant(conference, excluded=excluded, stored=before)
+                record = await self._place_participant(conference, excluded=excluded, stored=before,
+                                                       region=participant.region)
                 client = self.daemons.get(record.info.daemon_id, record.info.grpc_address)
                 await self._move_participant(conference, participant, client, record)
                 made.append((record.info.daemon_id, participant.endpoint_id))
@@ -898,6 +902,7 @@ class Conferences:
                 conferences=used.conferences if used else 0,
                 draining=record.load.draining,
                 max_conferences=self.limits.conferences_per_daemon,
+                region=record.info.region,
             )
             result[candidate.daemon_id] = (candidate, record)
         return result
@@ -914,9 +919,10 @@ class Conferences:
         return live[chosen.daemon_id][1]
 
     async def _place_participant(self, conference: Conference, *, excluded: str = "",
-                                 stored: Conference | None = None) -> DaemonRecord:
-        """The daemon of the conference's next participant: one it is on while it has room,
-        else another, linked to them (placement.place_participant); never `excluded`.
+                                 stored: Conference | None = None, region: str = "") -> DaemonRecord:
+        """The daemon of the conference's next participant (from `region`): one of that
+        region first, then one it is on while it has room, else another, linked to them
+        (placement.place_participant); never `excluded`.
         `stored`: the conference as the store still counts it, when `conference` is a copy
         being changed (a move): the daemons' usage counts it as it is now."""
         unknown = any(self.registry.get(d) is None for d in conference.daemons())
@@ -936,7 +942,7 @@ class Conferences:
         for participant in conference.participants.values():
             hosting[participant.daemon_id] = hosting.get(participant.daemon_id, 0) + 1
         chosen = place_participant(home.info.daemon_id, hosting, set(conference.links),
-                                   [c for c, _ in live.values()])
+                                   [c for c, _ in live.values()], region)
         if chosen is None:
             await self._check_room(home, conference)  # says why the conference's own daemon cannot
             raise ResourceExhausted(f"no media daemon has room for another participant of conference "

@@ -56,7 +56,8 @@ def parse_daemon(field: str, daemon: pb.Daemon) -> DaemonInfo:
         raise InvalidArgument(f"{field}.port_range", f"{first}-{last} is not a UDP port range")
     if daemon.capacity == 0:
         raise InvalidArgument(f"{field}.capacity", "is required: the endpoints it takes at most")
-    return DaemonInfo(daemon_id, daemon.grpc_address, daemon.media_ip, first, last, daemon.capacity)
+    region = parse_id(f"{field}.region", daemon.region, required=False)
+    return DaemonInfo(daemon_id, daemon.grpc_address, daemon.media_ip, first, last, daemon.capacity, region)
 
 
 def parse_load(load: pb.DaemonLoad) -> DaemonLoad:
@@ -91,6 +92,7 @@ def daemon_to_proto(info: DaemonInfo) -> pb.Daemon:
         media_ip=info.media_ip,
         port_range=media_pb2.PortRange(first=info.port_first, last=info.port_last),
         capacity=info.capacity,
+        region=info.region,
     )
 
 
@@ -138,6 +140,7 @@ def participant_to_proto(p: Participant) -> pb.Participant:
         subscriptions=[s.to_proto() for s in p.subscriptions.values()],
         daemon_id=p.daemon_id,
         joined_at=timestamp(p.joined_at),
+        region=p.region,
     )
     if p.receive_address is not None:
         message.receive_address.CopyFrom(address_to_proto(p.receive_address))

@@ -30,6 +30,8 @@ class Participant:
     """By (publisher_id, publisher's SSRC)."""
     webrtc: WebRtcSession | None = None
     """A browser's session (it joined with an SDP offer)."""
+    region: str = ""
+    """Where it is (JoinRequest.region): placed on a daemon of that region first."""
 
     def received_ssrcs(self) -> set[int]:
         """The SSRCs it receives on, RTX streams included."""

@@ -19,6 +19,8 @@ class Candidate:
     draining: bool = False
     max_conferences: int = 0
     """Conferences it takes at most (0: as many as its endpoints allow)."""
+    region: str = ""
+    """Where it runs ("" for unnamed)."""
 
     @property
     def free(self) -> int:
@@ -71,19 +73,22 @@ MAX_LINK_RESERVE = 4
 
 
 def place_participant(
-    home: str, hosting: dict[str, int], linked: set[frozenset[str]], candidates: Iterable[Candidate]
+    home: str, hosting: dict[str, int], linked: set[frozenset[str]], candidates: Iterable[Candidate],
+    region: str = "",
 ) -> Candidate | None:
     """Which daemon takes a conference's next participant. `home`: the daemon the conference
     was placed on; `hosting`: its participants per daemon; `linked`: the pairs of daemons
-    already joined by a relay link. A daemon that takes the participant needs an endpoint
-    for it and one per daemon of the conference it has no link to yet; each of those needs
-    one for its end of the new link.
+    already joined by a relay link; `region`: where the participant is ("" for unsaid). A
+    daemon that takes the participant needs an endpoint for it and one per daemon of the
+    conference it has no link to yet; each of those needs one for its end of the new link.
 
-    In order: a daemon of the conference with room, most participants first (fewer relayed
-    streams), the home daemon on ties; else the spread: the least-loaded other daemon with
-    room for the participant and its links. Each keeps endpoints free for the ends of later
-    links (one per other daemon, at most MAX_LINK_RESERVE), unless there is nowhere to spread
-    to. None when none has room."""
+    Near first: with a `region` that some daemon has, the participant goes to a daemon of
+    that region with room, one of the conference's before another (the conference spreads
+    to its region). Then, or without a region, in order: a daemon of the conference with
+    room, most participants first (fewer relayed streams), the home daemon on ties; else the
+    spread: the least-loaded other daemon with room for the participant and its links. Each
+    keeps endpoints free for the ends of later links (one per other daemon, at most
+    MAX_LINK_RESERVE), unless there is nowhere to spread to. None when none has room."""
     pool = {c.daemon_id: c for c in candidates}
     # Room for an end of a link to each other daemon (up to MAX_LINK_RESERVE) stays free: a
     # daemon filled to its last endpoints could never let its conference spread further.
@@ -99,12 +104,22 @@ def place_participant(
     def here(daemon_id: str) -> tuple[int, int, str]:
         return (-hosting.get(daemon_id, 0), 0 if daemon_id == home else 1, daemon_id)
 
-    members = [pool[d] for d in sorted(set(hosting) | ({home} if home else set()), key=here) if d in pool]
-    for candidate in members:
-        if fits(candidate):
-            return candidate
-    spread = [c for c in pool.values() if c.daemon_id not in hosting and c.daemon_id != home and fits(c)]
-    if spread:
-        return min(spread, key=lambda c: (c.load(0), c.conferences, c.daemon_id))
+    def first_fit(among: dict[str, Candidate]) -> Candidate | None:
+        """Of `among`: a daemon of the conference, else the least-loaded other one."""
+        members = [among[d] for d in sorted(set(hosting) | ({home} if home else set()), key=here) if d in among]
+        for candidate in members:
+            if fits(candidate):
+                return candidate
+        spread = [c for c in among.values() if c.daemon_id not in hosting and c.daemon_id != home and fits(c)]
+        return min(spread, key=lambda c: (c.load(0), c.conferences, c.daemon_id)) if spread else None
+
+    if region:
+        near = first_fit({d: c for d, c in pool.items() if c.region == region})
+        if near is not None:
+            return near
+    chosen = first_fit(pool)
+    if chosen is not None:
+        return chosen
     # Nowhere to spread to: the conference's daemons give their last endpoints too.
+    members = [pool[d] for d in sorted(set(hosting) | ({home} if home else set()), key=here) if d in pool]
     return next((c for c in members if fits(c, reserve=0)), None)

@@ -133,6 +133,7 @@ def _participant_record(participant: Participant, seal: Seal) -> dict[str, Any]:
         "joined_at": participant.joined_at,
         "subscriptions": [_subscription_record(s) for s in participant.subscriptions.values()],
         "webrtc": None if participant.webrtc is None else _session_record(participant.webrtc),
+        "region": participant.region,
     }
 
 
@@ -155,6 +156,7 @@ def _participant_from(conference_id: str, record: dict[str, Any], unseal: Unseal
         joined_at=float(record["joined_at"]),
         subscriptions={(s.publisher_id, s.track.ssrc): s for s in subscriptions},
         webrtc=None if session is None else _session_from(session),
+        region=str(record.get("region", "")),  # records written before regions have none
     )
 
 

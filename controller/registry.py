@@ -25,6 +25,8 @@ class DaemonInfo:
     port_first: int
     port_last: int
     capacity: int
+    region: str = ""
+    """Where it runs (free text, as the operator names regions); "" for anywhere."""
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
             receive_address=self._receive_address(request),
             suite=suite,
             send_key=decode_key("send_key", suite, request.send_key) if request.send_key else None,
+            region=m.parse_id("region", request.region, required=False),
         )
         participant = await self.conferences.join(spec)
         return pb.JoinResponse(participant=m.participant_to_proto(participant))
@@ -159,6 +160,7 @@ class ConferenceService(controller_pb2_grpc.ConferenceServiceServicer):
             suite=SrtpSuite.AES_CM_128_HMAC_SHA1_80,
             send_key=None,
             offer=offer,
+            region=m.parse_id("region", request.region, required=False),
         )
         participant = await self.conferences.join(spec)
         return pb.JoinResponse(participant=m.participant_to_proto(participant))

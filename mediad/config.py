@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ class MediadConfig:
     port_last: int = 32767
     capacity: int = 0
     """Endpoints taken at most; 0: one per port of the range."""
+    region: str = ""
+    """Where it runs, for placement near participants (JoinRequest.region); empty: unnamed."""
     drain_timeout: float = 10.0
     metrics_listen: str = ""
     """host:port of /metrics (Prometheus); empty: none."""
@@ -83,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"UDP port range of endpoints, first-last [{p}PORTS, default %(default)s]")
     parser.add_argument("--capacity", type=int, default=int(env(p, "CAPACITY", d.capacity)),
                         help=f"endpoints taken at most; 0: one per port [{p}CAPACITY, default %(default)s]")
+    parser.add_argument("--region", default=env(p, "REGION", d.region),
+                        help=f"where this daemon runs (a region, zone or site name): participants that join with "
+                        f"this region are placed here first [{p}REGION, default: none]")
     parser.add_argument("--drain-timeout", type=float, default=float(env(p, "DRAIN_TIMEOUT", d.drain_timeout)),
                         help=f"seconds a shutdown waits for endpoints to be released "
                         f"[{p}DRAIN_TIMEOUT, default %(default)s]")
@@ -127,6 +133,8 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
         raise SystemExit("--consent-timeout must be more than 0")
     if args.capacity < 0:
         raise SystemExit("--capacity must be 0 or more")
+    if args.region and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.region):
+        raise SystemExit(f"--region {args.region[:80]!r}: use 1-64 letters, digits, '.', '_' or '-'")
     try:
         ReceiverProof.parse(args.unproven_budget, args.trusted_receivers)
     except ValueError as error:
@@ -143,6 +151,7 @@ def from_args(args: argparse.Namespace) -> MediadConfig:
         port_first=ports[0],
         port_last=ports[1],
         capacity=args.capacity,
+        region=args.region,
         drain_timeout=args.drain_timeout,
         consent_timeout=args.consent_timeout,
         publish_bitrate=args.publish_bitrate,

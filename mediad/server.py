@@ -92,6 +92,7 @@ async def serve(config: MediadConfig) -> None:
             "media_ip": config.media_ip,
             "ports": f"{config.port_first}-{config.port_last}",
             "capacity": media.capacity,
+            "region": config.region,
         },
     )
 
@@ -104,6 +105,7 @@ async def serve(config: MediadConfig) -> None:
             media_ip=config.media_ip,
             port_range=media_pb2.PortRange(first=config.port_first, last=config.port_last),
             capacity=media.capacity,
+            region=config.region,
         )
         registration = Registration(config.controller, daemon, LoadMeter(media), media.take_closed_endpoints,
                                     pki.channel_credentials(identity) if identity is not None else None)

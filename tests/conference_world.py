@@ -70,9 +70,11 @@ class World:
         receive_address: Address | None = None,
         suite: SrtpSuite = DEFAULT_SUITE,
         send_key: bytes | None = None,
+        region: str = "",
     ) -> Participant:
         spec = JoinSpec(
-            conference_id, participant_id, f"name of {participant_id}", tracks, receive_address, suite, send_key
+            conference_id, participant_id, f"name of {participant_id}", tracks, receive_address, suite, send_key,
+            region=region,
         )
         return await self.conferences.join(spec)
 

@@ -140,6 +140,7 @@ class DaemonDouble:
         ports: tuple[int, int] = (20000, 20099),
         capacity: int = 0,
         media_ip: str = "127.0.0.1",
+        region: str = "",
     ) -> None:
         first, last = ports
         if not 0 < first <= last <= 65535:
@@ -147,6 +148,7 @@ class DaemonDouble:
         self.daemon_id = daemon_id
         self.address = address or f"double.{daemon_id}:8443"
         self.media_ip = media_ip
+        self.region = region
         self.port_first, self.port_last = first, last
         size = last - first + 1
         # As Media: the capacity is at most one endpoint per port; 0 means one per port.
@@ -169,7 +171,8 @@ class DaemonDouble:
 
     def info(self) -> DaemonInfo:
         """What the daemon registers with (its effective capacity, as mediad sends it)."""
-        return DaemonInfo(self.daemon_id, self.address, self.media_ip, self.port_first, self.port_last, self.capacity)
+        return DaemonInfo(self.daemon_id, self.address, self.media_ip, self.port_first, self.port_last, self.capacity,
+                          self.region)
 
     def load(self) -> DaemonLoad:
         endpoints, tracks, subscriptions = self.counts()

@@ -250,6 +250,43 @@ def test_a_participant_being_moved_is_still_there_for_readers_until_its_move_is_
     run(scenario)
 
 
+def test_participants_are_placed_near_them_and_a_moved_one_stays_near() -> None:
+    # Daemons in two regions: each participant goes to a daemon of its own region, the
+    # conference spreading there with room left at home; one whose region's daemon is lost
+    # moves to the other daemon of its region; the region is kept in the store.
+    async def scenario() -> None:
+        w = World()
+        eu = w.daemon("eu1", capacity=10, region="eu")
+        us1 = w.daemon("us1", capacity=10, region="us")
+        us2 = w.daemon("us2", capacity=10, region="us")
+        await w.conferences.create("c", "", persistent=False)
+        await w.join("c", "a", video(1), region="eu")
+        await w.join("c", "b", video(2), region="us")
+        await w.join("c", "n", video(3))
+        conference = await w.conference("c")
+        where = {p.participant_id: p.daemon_id for p in conference.participants.values()}
+        assert where["a"] == "eu1" and where["b"] in ("us1", "us2") and where["n"] in (where["a"], where["b"])
+        assert conference.participants["b"].region == "us" and conference.participants["n"].region == ""
+        lost = where["b"]
+        other = "us2" if lost == "us1" else "us1"
+        for name in ("eu1", other):
+            w.renew(name)
+        w.clock.advance(LEASE_TTL / 2)
+        for name in ("eu1", other):
+            w.renew(name)
+        w.clock.advance(LEASE_TTL / 2 + 0.01)
+        w.registry.expire()
+        for _ in range(100):
+            if (await w.conferences.get_participant("c", "b")).daemon_id != lost:
+                break
+            await asyncio.sleep(0.01)
+        assert (await w.conferences.get_participant("c", "b")).daemon_id == other
+        # (the lost daemon's copy goes when reconciliation reaches it)
+        assert "c/b" in {"us1": us1, "us2": us2}[other].endpoint_ids("c") and "c/b" not in eu.endpoint_ids("c")
+
+    run(scenario)
+
+
 def test_a_controller_that_has_not_yet_mirrored_a_daemons_lease_reads_the_leases_again() -> None:
     # Controllers sharing leases mirror them every half second: a join may reach one before
     # it has seen the lease of the daemon another placed the conference on.

@@ -8,13 +8,25 @@ from __future__ import annotations
 import random
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import pytest
 
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc, mediad_pb2
 from participants import Peer, exchange
-from processes import Cluster, cluster, conference_stub, mediad_stub
+from processes import (
+    Cluster,
+    cluster,
+    conference_stub,
+    free_udp_range,
+    live_daemons,
+    mediad_stub,
+    registry_stub,
+    start_controller,
+    start_mediad,
+)
 from waits import wait_until
 
 
@@ -105,3 +117,42 @@ def test_a_killed_daemon_of_a_spread_conference_moves_only_its_participants(char
     finally:
         for peer in peers:
             peer.close()
+
+
+def test_participants_are_placed_on_daemons_of_their_region(tmp_path: Path) -> None:
+    """Two daemons that name their regions (--region): a participant that joins with a region
+    goes to that region's daemon, and the conference spreads to it while its first daemon
+    has room; their media crosses the link between them."""
+    controller = start_controller(tmp_path, lease_ttl=2.0)
+    started = [controller]
+    try:
+        for daemon_id, region in (("mediad-eu", "eu-west"), ("mediad-us", "us-east")):
+            started.append(start_mediad(tmp_path, controller.address, daemon_id, free_udp_range(8),
+                                        options=("--region", region)))
+        wait_until(lambda: live_daemons(controller) == {"mediad-eu", "mediad-us"}, what="both daemons to register")
+        listed = registry_stub(controller).ListDaemons(pb.ListDaemonsRequest(), timeout=10).daemons
+        assert {d.daemon.daemon_id: d.daemon.region for d in listed} == {"mediad-eu": "eu-west",
+                                                                           "mediad-us": "us-east"}
+        api = conference_stub(controller)
+        api.CreateConference(pb.CreateConferenceRequest(conference_id="near"), timeout=10)
+        ssrcs = random.sample(range(1, 2**32), 3)
+        peers = [Peer(name, [ssrc]) for name, ssrc in zip(("eve", "sam", "una"), ssrcs, strict=True)]
+        try:
+            for peer, region in zip(peers, ("eu-west", "us-east", "eu-west"), strict=True):
+                request = peer.join_request("near")
+                request.region = region
+                peer.joined(api.Join(request, timeout=10).participant)
+            placed = {p.participant_id: (p.session.daemon_id, p.session.region) for p in peers if p.session}
+            assert placed == {"eve": ("mediad-eu", "eu-west"), "sam": ("mediad-us", "us-east"),
+                              "una": ("mediad-eu", "eu-west")}
+            exchange(peers, lambda: all(len(p.counts()) == 2 and min(p.counts().values()) >= 5 for p in peers),
+                     timeout=30)
+            with pytest.raises(grpc.RpcError) as refused:
+                api.Join(pb.JoinRequest(conference_id="near", participant_id="x", region="not a region"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "region" in str(refused.value.details())
+        finally:
+            for peer in peers:
+                peer.close()
+    finally:
+        for process in reversed(started):
+            process.stop()

@@ -147,3 +147,32 @@ def test_six_participants_spread_over_three_daemons_of_five_endpoints() -> None:
     # Nowhere left to spread to: the 7th takes a daemon's last endpoint.
     last = place_participant("m0", hosting, linked, [c(d, n, 5) for d, n in used.items()])
     assert last is not None and last.daemon_id == "m1"
+
+
+def r(daemon_id: str, region: str, endpoints: int = 0, capacity: int = 10) -> Candidate:
+    return Candidate(daemon_id, capacity, endpoints, 0, region=region)
+
+
+def test_a_participant_goes_to_a_daemon_of_its_region_first() -> None:
+    # (home, participants per daemon, pool, linked pairs, the participant's region) -> where it goes
+    eu, us, us2 = r("eu", "eu-west"), r("us", "us-east"), r("us2", "us-east")
+    table = [
+        ("eu", {}, [eu, us], set(), "us-east", "us"),                      # the first: near, not home
+        ("eu", {"eu": 2}, [r("eu", "eu-west", 2), us], set(), "us-east", "us"),  # the conference spreads near
+        ("eu", {"eu": 2}, [r("eu", "eu-west", 2), us], set(), "eu-west", "eu"),
+        ("eu", {"eu": 2}, [r("eu", "eu-west", 2), us], set(), "", "eu"),         # no region: where it is
+        ("eu", {"eu": 2}, [r("eu", "eu-west", 2), us], set(), "ap-south", "eu"),  # a region no daemon has
+        # Of the region, a daemon of the conference before another, however loaded.
+        ("eu", {"eu": 1, "us2": 1}, [r("eu", "eu-west", 2), us, r("us2", "us-east", 6)],
+         {frozenset(("eu", "us2"))}, "us-east", "us2"),
+        # Of the region, the least loaded when the conference is on none of it.
+        ("eu", {"eu": 1}, [r("eu", "eu-west", 1), r("us", "us-east", 5), us2], set(), "us-east", "us2"),
+        # The region full (its daemon keeps its last endpoint for a link end): where it is.
+        ("eu", {"eu": 1}, [r("eu", "eu-west", 1), r("us", "us-east", 9)], set(), "us-east", "eu"),
+        # A draining daemon of the region is no choice.
+        ("eu", {"eu": 1}, [r("eu", "eu-west", 1), Candidate("us", 10, 0, 0, draining=True, region="us-east")],
+         set(), "us-east", "eu"),
+    ]
+    for home, hosting, pool, linked, region, expected in table:
+        chosen = place_participant(home, hosting, linked, pool, region)
+        assert (chosen.daemon_id if chosen else None) == expected, (home, hosting, pool, region)
