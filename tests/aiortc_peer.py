@@ -103,6 +103,8 @@ class AiortcParticipant:
     errors: list[str] = field(default_factory=list)
     rewrite: Callable[[str], str] = str
     """Applied to Charter's SDP before aiortc reads it (tests/loss_shim.py puts a shim between)."""
+    region: str = ""
+    """Where it joins from (JoinRequest.region)."""
     _pc: Any = None
     _video: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -127,7 +129,8 @@ class AiortcParticipant:
             self._pc.addTransceiver(tone_track(), direction="sendonly")
         await self._pc.setLocalDescription(await self._pc.createOffer())
         offer = self._pc.localDescription.sdp
-        request = pb.JoinRequest(conference_id=self.conference_id, display_name=self.name, offer=offer)
+        request = pb.JoinRequest(conference_id=self.conference_id, display_name=self.name, offer=offer,
+                                 region=self.region)
         reply = await self.api.Join(request, timeout=10)
         participant = reply.participant
         self.participant_id = participant.participant_id
@@ -213,3 +216,41 @@ class AiortcParticipant:
         if self._pc is not None:
             await self._pc.close()
 
+
+ENOUGH = 0.9
+"""Of the frames a publisher sent while a receiver was subscribed, the receiver decodes this many."""
+WINDOW = 6.0
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def describe(*peers: AiortcParticipant) -> str:
+    return "; ".join(
+        f"{p.name}: {p.connection_state}, sent {p.frames_sent}, offers answered {p.offers_answered}, "
+        f"received {p.received}, errors {p.errors}" for p in peers
+    )
+
+
+async def decode_each_other(peers: list[AiortcParticipant]) -> None:
+    """Every peer decodes at least ENOUGH of the frames each other peer sends in a window."""
+    pairs = [(r, s) for r in peers for s in peers if r is not s]
+    await eventually(
+        lambda: all(s.participant_id in r.received and r.received[s.participant_id].video_frames > 0 for r, s in pairs),
+        f"every peer's first frame from every other ({describe(*peers)})",
+    )
+    sent = {p.name: p.frames_sent for p in peers}
+    got = {(r.name, s.name): r.received[s.participant_id].video_frames for r, s in pairs}
+    await asyncio.sleep(WINDOW)
+    for r, s in pairs:
+        frames_sent = s.frames_sent - sent[s.name]
+        decoded = r.received[s.participant_id].video_frames - got[(r.name, s.name)]
+        assert frames_sent > WINDOW * VIDEO_FPS / 3, f"{s.name} sent only {frames_sent} frames in {WINDOW} s"
+        assert decoded >= ENOUGH * frames_sent, (
+            f"{r.name} decoded {decoded} of the {frames_sent} frames {s.name} sent ({describe(*peers)})"
+        )

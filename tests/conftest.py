@@ -41,7 +41,8 @@ LAYERS = {
         "test_web_gateway.py", "test_auth.py", "test_tls.py", "test_redis_",
     ),
     "real media peers: ffmpeg, GStreamer, aiortc, the demo": (
-        "test_peers_", "test_demo.py", "test_webrtc_conference", "test_webrtc_bad_input.py", "test_secrets.py",
+        "test_peers_", "test_demo.py", "test_webrtc_conference", "test_webrtc_cascade", "test_webrtc_bad_input.py",
+        "test_secrets.py",
     ),
     "real browsers: headless Chromium": ("test_browser",),
 }

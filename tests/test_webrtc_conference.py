@@ -5,7 +5,6 @@ them, and a peer that vanishes without Leave."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from socket import SOCK_DGRAM
@@ -13,7 +12,16 @@ from socket import SOCK_DGRAM
 import grpc
 import pytest
 
-from aiortc_peer import AiortcParticipant, Received, allow_loopback
+from aiortc_peer import (
+    ENOUGH,
+    WINDOW,
+    AiortcParticipant,
+    Received,
+    allow_loopback,
+    decode_each_other,
+    describe,
+    eventually,
+)
 from charter import sdp
 from charter.processes import free_port
 from charter.tracks import Track
@@ -27,9 +35,6 @@ from waits import settle
 
 pytestmark = pytest.mark.peers
 
-ENOUGH = 0.9
-"""Of the frames a publisher sent while a receiver was subscribed, the receiver decodes this many."""
-WINDOW = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -45,40 +50,6 @@ def run(charter: CharterUp, scenario: Callable[[controller_pb2_grpc.ConferenceSe
             await scenario(controller_pb2_grpc.ConferenceServiceStub(channel))
 
     asyncio.run(main())
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-def describe(*peers: AiortcParticipant) -> str:
-    return "; ".join(
-        f"{p.name}: {p.connection_state}, sent {p.frames_sent}, offers answered {p.offers_answered}, "
-        f"received {p.received}, errors {p.errors}" for p in peers
-    )
-
-
-async def decode_each_other(peers: list[AiortcParticipant]) -> None:
-    """Every peer decodes at least ENOUGH of the frames each other peer sends in a window."""
-    pairs = [(r, s) for r in peers for s in peers if r is not s]
-    await eventually(
-        lambda: all(s.participant_id in r.received and r.received[s.participant_id].video_frames > 0 for r, s in pairs),
-        f"every peer's first frame from every other ({describe(*peers)})",
-    )
-    sent = {p.name: p.frames_sent for p in peers}
-    got = {(r.name, s.name): r.received[s.participant_id].video_frames for r, s in pairs}
-    await asyncio.sleep(WINDOW)
-    for r, s in pairs:
-        frames_sent = s.frames_sent - sent[s.name]
-        decoded = r.received[s.participant_id].video_frames - got[(r.name, s.name)]
-        assert frames_sent > WINDOW * VIDEO_FPS / 3, f"{s.name} sent only {frames_sent} frames in {WINDOW} s"
-        assert decoded >= ENOUGH * frames_sent, (
-            f"{r.name} decoded {decoded} of the {frames_sent} frames {s.name} sent ({describe(*peers)})"
-        )
 
 
 def test_two_webrtc_participants_see_and_hear_each_other(charter: CharterUp) -> None:
