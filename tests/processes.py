@@ -285,6 +285,7 @@ def cluster(
     store: str | None = None,
     controller_options: Sequence[str] = (),
     mediad_options: Sequence[str] = (),
+    drain_timeout: float = 10.0,
 ) -> Iterator[Cluster]:
     """A controller (its conferences in memory, or in the SQLite file `store`) and `daemons`
     media daemons, each daemon registered before this yields."""
@@ -296,7 +297,7 @@ def cluster(
             daemon_id = f"mediad-{i}"
             ranges[daemon_id] = free_udp_range(ports_per_daemon)
             started.append(start_mediad(log_dir, controller.address, daemon_id, ranges[daemon_id], capacity=capacity,
-                                        options=mediad_options))
+                                        drain_timeout=drain_timeout, options=mediad_options))
         wait_until(lambda: live_daemons(controller) == set(ranges), what="every media daemon to register")
         result = Cluster(controller, started, ranges)
     except BaseException:

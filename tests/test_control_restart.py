@@ -19,6 +19,9 @@ from processes import Process, cluster, conference_stub, live_daemons, mediad_st
 from waits import wait_until
 
 LEASE = 3.0
+DRAIN = 1.0
+"""A durable controller keeps its conferences when it stops, so at the end the daemons would
+wait out their drain for a controller gone: not long."""
 
 
 def received_from(peer: Peer, publisher: str) -> int:
@@ -50,7 +53,8 @@ def restarted(tmp_path: Path, port: int, store: str) -> Process:
 
 def test_a_killed_controller_restarts_with_every_conference_and_media_never_stops(tmp_path: Path) -> None:
     store = str(tmp_path / "state" / "controller.sqlite3")
-    with cluster(tmp_path, daemons=1, lease_ttl=LEASE, store=store, check_exit=False) as charter:
+    with cluster(tmp_path, daemons=1, lease_ttl=LEASE, store=store, check_exit=False,
+                 drain_timeout=DRAIN) as charter:
         api = conference_stub(charter.controller)
         api.CreateConference(pb.CreateConferenceRequest(conference_id="durable", name="Kept"), timeout=10)
         alice, bob = Peer("alice", [random.randrange(1, 2**32)]), Peer("bob", [random.randrange(1, 2**32)])
@@ -107,7 +111,8 @@ def test_a_killed_controller_restarts_with_every_conference_and_media_never_stop
 
 def test_a_sigterm_keeps_the_conferences_of_a_durable_controller(tmp_path: Path) -> None:
     store = str(tmp_path / "controller.sqlite3")
-    with cluster(tmp_path, daemons=1, lease_ttl=LEASE, store=store, check_exit=False) as charter:
+    with cluster(tmp_path, daemons=1, lease_ttl=LEASE, store=store, check_exit=False,
+                 drain_timeout=DRAIN) as charter:
         api = conference_stub(charter.controller)
         api.CreateConference(pb.CreateConferenceRequest(conference_id="kept"), timeout=10)
         api.Join(pb.JoinRequest(conference_id="kept", participant_id="a"), timeout=10)
@@ -124,7 +129,8 @@ def test_a_sigterm_keeps_the_conferences_of_a_durable_controller(tmp_path: Path)
 
 def test_a_daemon_that_died_while_the_controller_was_down_is_handled_when_it_comes_back(tmp_path: Path) -> None:
     store = str(tmp_path / "controller.sqlite3")
-    with cluster(tmp_path, daemons=2, lease_ttl=LEASE, store=store, check_exit=False) as charter:
+    with cluster(tmp_path, daemons=2, lease_ttl=LEASE, store=store, check_exit=False,
+                 drain_timeout=DRAIN) as charter:
         api = conference_stub(charter.controller)
         conference = api.CreateConference(pb.CreateConferenceRequest(conference_id="orphan"), timeout=10)
         alice = Peer("alice", [random.randrange(1, 2**32)])
