@@ -105,12 +105,14 @@ class EndpointSpec:
     """Routes to and from the endpoint, made with it or not at all."""
     webrtc: WebRtcTransport | None = None
     """ICE-lite and DTLS-SRTP instead of SDES keys."""
+    relay_link: bool = False
+    """An end of a link to another daemon (controller/relays.py): no send budget."""
 
     def same_endpoint(self, other: EndpointSpec) -> bool:
         """Whether `other` asks for this endpoint again (a retry), tracks and routes aside."""
-        return (self.conference_id, self.suite, self.rx_key, self.tx_key, self.remote, self.webrtc) == (
-            other.conference_id, other.suite, other.rx_key, other.tx_key, other.remote, other.webrtc
-        )
+        return (self.conference_id, self.suite, self.rx_key, self.tx_key, self.remote, self.webrtc,
+                self.relay_link) == (other.conference_id, other.suite, other.rx_key, other.tx_key, other.remote,
+                                     other.webrtc, other.relay_link)
 
     def fixes_remote(self, other: EndpointSpec) -> bool:
         """Whether `other` asks this latching endpoint again with a fixed remote, all else the
@@ -128,6 +130,7 @@ class EndpointSpec:
             tx_key=self.tx_key,
             tracks=[t.to_proto() for t in self.tracks],
             subscriptions=[s.to_proto() for s in self.subscriptions],
+            relay_link=self.relay_link,
         )
         if self.remote is not None:
             request.remote.CopyFrom(address_to_proto(self.remote))
@@ -143,7 +146,8 @@ def parse_endpoint_spec(request: mediad_pb2.CreateEndpointRequest) -> EndpointSp
     check_distinct("tracks", tracks)
     webrtc = parse_webrtc_transport("webrtc", request.webrtc) if request.HasField("webrtc") else None
     if webrtc is not None:
-        given = {"rx_key": request.rx_key, "tx_key": request.tx_key, "remote": request.HasField("remote")}
+        given = {"rx_key": request.rx_key, "tx_key": request.tx_key, "remote": request.HasField("remote"),
+                 "relay_link": request.relay_link}
         for name in (n for n, value in given.items() if value):
             raise InvalidArgument(name, "is left out of a WebRTC endpoint: DTLS gives the keys, ICE the address")
     return EndpointSpec(
@@ -154,6 +158,7 @@ def parse_endpoint_spec(request: mediad_pb2.CreateEndpointRequest) -> EndpointSp
         tx_key=b"" if webrtc else check_key("tx_key", suite, request.tx_key),
         remote=parse_address("remote", request.remote) if request.HasField("remote") else None,
         webrtc=webrtc,
+        relay_link=request.relay_link,
         tracks=tracks,
         subscriptions=tuple(
             parse_subscription_spec(f"subscriptions[{i}]", s) for i, s in enumerate(request.subscriptions)

@@ -37,7 +37,7 @@ def end_spec(conference_id: str, link: RelayLink, daemon_id: str, tracks: tuple[
     side = link.side(daemon_id)
     other = link.addresses[1 - side]
     return EndpointSpec(link.end(conference_id, daemon_id), conference_id, LINK_SUITE, link.keys[1 - side],
-                        link.keys[side], other if other[1] else None, tracks, subscriptions)
+                        link.keys[side], other if other[1] else None, tracks, subscriptions, relay_link=True)
 
 
 @dataclass

@@ -157,7 +157,8 @@ class Media:
                     name=spec.endpoint_id,
                     description=description,
                 )
-                budget = self.proof.budget_for(spec.remote)
+                # A link end's remote is another daemon, given by the controller: no proof.
+                budget = None if spec.relay_link else self.proof.budget_for(spec.remote)
                 if budget is not None:
                     endpoint.require_proof(budget)
         except ValueError as error:

@@ -153,3 +153,82 @@ def test_a_track_crosses_a_relay_link_and_its_key_frame_request_comes_back(
         subscriber.close()
 
     asyncio.run(scenario())
+
+
+BUDGET = 5
+MIC = Track(0x4444_4444, "audio", "opus", 111, 48000, name="mic")
+
+
+@pytest.fixture
+def strict_daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Process]]:
+    """Two daemons on machines of their own, as far as the send budget goes: no receiver's
+    network is trusted, and an unproven one gets BUDGET packets."""
+    log_dir = tmp_path_factory.mktemp("strict")
+    options = ("--trusted-receivers", "", "--unproven-budget", str(BUDGET))
+    x = start_mediad(log_dir, "", "mediad-x", free_udp_range(4), drain_timeout=1, options=options)
+    try:
+        y = start_mediad(log_dir, "", "mediad-y", free_udp_range(4), drain_timeout=1, options=options)
+        try:
+            yield x, y
+        finally:
+            y.stop()
+    finally:
+        x.stop()
+
+
+@pytest.mark.parametrize("relay_link", [True, False], ids=["relay-link", "plain-endpoints"])
+def test_a_relay_link_end_is_sent_everything_without_proof(strict_daemons: tuple[Process, Process],
+                                                           relay_link: bool) -> None:
+    """Made as relay link ends (CreateEndpointRequest.relay_link), the ends of a link need no
+    proof: the near end, which sends to the far one, is proven from the start, and audio
+    crossing one way (nothing comes back but the far daemon's reports, once a second) gets
+    through whole. Made as plain endpoints, the near end starts unproven, on its budget."""
+    async def scenario() -> tuple[bool, int]:
+        x = MediaDaemonClient("mediad-x", strict_daemons[0].address)
+        y = MediaDaemonClient("mediad-y", strict_daemons[1].address)
+        publisher_keys, subscriber_keys, x_to_y, y_to_x = (key(), key()), (key(), key()), key(), key()
+        publisher, subscriber = udp(), udp()
+        channel = grpc.aio.insecure_channel(strict_daemons[0].address)
+        try:
+            p_port = await x.create_endpoint(EndpointSpec(
+                "c/publisher", "c", SUITE, publisher_keys[0], publisher_keys[1], None, tracks=(MIC,)))
+            y_end = EndpointSpec("c/relay-x", "c", SUITE, x_to_y, y_to_x, None,
+                                 tracks=(dataclasses.replace(MIC, ssrc=RELAYED),), relay_link=relay_link)
+            relay_y = await y.create_endpoint(y_end)
+            relay_x = await x.create_endpoint(EndpointSpec(
+                "c/relay-y", "c", SUITE, y_to_x, x_to_y, ("127.0.0.1", relay_y),
+                subscriptions=(SubscriptionSpec("c/publisher", MIC.ssrc, "c/relay-y", RELAYED),),
+                relay_link=relay_link))
+            await y.create_endpoint(dataclasses.replace(y_end, remote=("127.0.0.1", relay_x)))
+            s_port = await y.create_endpoint(EndpointSpec(
+                "c/subscriber", "c", SUITE, subscriber_keys[0], subscriber_keys[1], subscriber.getsockname()[:2],
+                subscriptions=(SubscriptionSpec("c/relay-x", RELAYED, "c/subscriber", RECEIVED),)))
+            stats = await mediad_pb2_grpc.MediaDaemonStub(channel).GetStats(
+                mediad_pb2.GetStatsRequest(endpoint_id="c/relay-y"), timeout=5)
+            proven = stats.endpoints[0].proven
+        finally:
+            await x.close()
+            await y.close()
+            await channel.close()
+        if not relay_link:
+            return proven, 0
+        # The subscriber proves itself: an authenticated report from its address.
+        report = sender_session(SUITE.value, subscriber_keys[0])
+        subscriber.sendto(report.protect_rtcp(bytes(rtcp.ReceiverReport(0xABCD))), ("127.0.0.1", s_port))
+        await asyncio.sleep(0.2)
+        send = sender_session(SUITE.value, publisher_keys[0])
+        for seq in range(PACKETS):
+            publisher.sendto(send.protect(build_rtp(seq, seq * 960, MIC.ssrc, b"frame %d" % seq, payload_type=111)),
+                             ("127.0.0.1", p_port))
+        got = 0
+        while got < PACKETS:
+            data = subscriber.recv(2048)
+            got += not 192 <= data[1] <= 223
+        publisher.close()
+        subscriber.close()
+        return proven, got
+
+    proven, got = asyncio.run(scenario())
+    assert proven == relay_link
+    if relay_link:
+        assert got == PACKETS
