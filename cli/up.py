@@ -231,7 +231,8 @@ def plan(args: argparse.Namespace) -> Plan:
             "web",
             "",
             [sys.executable, "-m", "cli", "web", "--listen", f"{args.host}:{args.web_port}",
-             "--controller", controllers[0].grpc_address, "--api-keys", str(state / "api-keys.json"), *common],
+             "--controller", ",".join(c.grpc_address for c in controllers),
+             "--api-keys", str(state / "api-keys.json"), *common],
             detail=url,
             http_health=url + "healthz",
         )

@@ -19,6 +19,9 @@ the controller's API:
 
 It keeps no state beyond its open sockets: what a socket joined as, and that watch stream.
 On SIGTERM it closes every socket, which makes each of their participants Leave, and exits 0.
+Given several controllers (sharing one store), it uses one and moves to the next when that
+one stops answering; a page's watch stream then resumes there after the last event it had
+(WatchConferenceRequest.after_sequence), so the page misses nothing and sees nothing twice.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from charter import logs
 from charter.config import LOG_FORMATS, LOG_LEVELS, env
+from charter.controllers import controller_target
 from charter.serving import stop_event
 from charter.tokens import ApiKeys, Grant, call_metadata
 from charter.v1 import controller_pb2 as pb
@@ -46,6 +50,9 @@ log = logging.getLogger("cli.web")
 STATIC = Path(__file__).with_name("static")
 PREFIX = "CHARTER_WEB_"
 CALL_TIMEOUT = 10.0
+RESUME_SECONDS = 30.0
+"""How long a broken watch stream is tried again (a controller gone: another takes over)."""
+RESUME_PAUSE = (0.2, 2.0)
 # The largest message a page sends: an SDP offer of a few kilobytes.
 MAX_MESSAGE = 1 << 20
 
@@ -55,6 +62,7 @@ API: web.AppKey[controller_pb2_grpc.ConferenceServiceStub] = web.AppKey(
     "api", controller_pb2_grpc.ConferenceServiceStub
 )
 CHANNEL: web.AppKey[grpc.aio.Channel] = web.AppKey("channel", grpc.aio.Channel)
+SEVERAL: web.AppKey[bool] = web.AppKey("several controllers", bool)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the controller's API keys file: the gateway signs each page a token for the conference "
                         f"it joins; empty: calls carry no token (a controller with --auth none) [{PREFIX}API_KEYS]")
     parser.add_argument("--controller", default=env(PREFIX, "CONTROLLER", "127.0.0.1:50051"),
-                        help=f"the controller's gRPC address [{PREFIX}CONTROLLER, default %(default)s]")
+                        help=f"the controller's gRPC address, or several (IP:port,IP:port: controllers sharing one "
+                        f"store, used in turn) [{PREFIX}CONTROLLER, default %(default)s]")
     parser.add_argument("--log-level", default=env(PREFIX, "LOG_LEVEL", "info"), choices=LOG_LEVELS,
                         help=f"[{PREFIX}LOG_LEVEL, default %(default)s]")
     parser.add_argument("--log-format", default=env(PREFIX, "LOG_FORMAT", "json"), choices=LOG_FORMATS,
@@ -85,7 +94,8 @@ class BrowserSession:
     """One browser's WebSocket: at most one participant at a time, and its watch stream."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, api: controller_pb2_grpc.ConferenceServiceStub, keys: ApiKeys | None = None
+        self, ws: web.WebSocketResponse, api: controller_pb2_grpc.ConferenceServiceStub, keys: ApiKeys | None = None,
+        *, wait_for_ready: bool = False,
     ) -> None:
         self.keys = keys
         self.token = ""
@@ -95,6 +105,8 @@ class BrowserSession:
         self.conference_id = ""
         self.participant_id = ""
         self.watch: asyncio.Task[None] | None = None
+        self.wait_for_ready = wait_for_ready
+        """With several controllers: a call made while the channel moves to the next waits for it."""
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -105,7 +117,8 @@ class BrowserSession:
     async def call(self, method: str, request: Any) -> Any:
         """A unary call of ConferenceService; GatewayError naming it and its status if it fails."""
         try:
-            return await getattr(self.api, method)(request, timeout=CALL_TIMEOUT, metadata=call_metadata(self.token))
+            return await getattr(self.api, method)(request, timeout=CALL_TIMEOUT, metadata=call_metadata(self.token),
+                                                   wait_for_ready=self.wait_for_ready)
         except grpc.aio.AioRpcError as error:
             raise GatewayError(method, error.code().name, error.details() or "") from None
 
@@ -170,7 +183,7 @@ class BrowserSession:
         # From now on the page acts as its participant only; it is handed the token too.
         self._grant(Grant(conference_id, ("join", "watch", "read"), self.participant_id))
         log.info("joined", extra={"conference_id": conference_id, "participant_id": self.participant_id,
-                                  "created": created})
+                                  "conference_created": created})
         await self.send({"type": "joined", "conference": conference_id, "participant": self.participant_id,
                          "name": participant.display_name, "answer": participant.sdp, "token": self.token})
         self.watch = asyncio.create_task(self._watch(conference_id, self.participant_id))
@@ -225,16 +238,39 @@ class BrowserSession:
         self.watch = None
 
     async def _watch(self, conference_id: str, participant_id: str) -> None:
-        request = pb.WatchConferenceRequest(conference_id=conference_id, participant_id=participant_id)
-        try:
-            stream: Any = self.api.WatchConference(request, metadata=call_metadata(self.token))  # an async iterator
-            async for event in stream:
-                if not await self._forward(event, participant_id):
-                    return
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
-                await self.send({"type": "error", "call": "WatchConference", "code": error.code().name,
-                                 "detail": error.details() or ""})
+        """Forward the conference's events to the page. A stream that breaks because its
+        controller went away is opened again (on another controller, or the same one back)
+        after the last event forwarded, for up to RESUME_SECONDS."""
+        last = 0
+        broken_since: float | None = None
+        pause = RESUME_PAUSE[0]
+        loop = asyncio.get_running_loop()
+        while True:
+            request = pb.WatchConferenceRequest(conference_id=conference_id, participant_id=participant_id,
+                                                after_sequence=last)
+            try:
+                stream: Any = self.api.WatchConference(request, metadata=call_metadata(self.token),
+                                                       wait_for_ready=self.wait_for_ready)  # an async iterator
+                async for event in stream:
+                    broken_since, pause = None, RESUME_PAUSE[0]
+                    last = max(last, event.sequence)  # initial events carry the state's sequence
+                    if not await self._forward(event, participant_id):
+                        return
+                return
+            except grpc.aio.AioRpcError as error:
+                now = loop.time()
+                if broken_since is None:
+                    broken_since = now
+                if error.code() == grpc.StatusCode.UNAVAILABLE and last and now - broken_since < RESUME_SECONDS:
+                    log.info("watch stream broken: opening it again", extra={
+                        "conference_id": conference_id, "after_sequence": last, "detail": error.details() or ""})
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, RESUME_PAUSE[1])
+                    continue
+                if error.code() != grpc.StatusCode.CANCELLED:
+                    await self.send({"type": "error", "call": "WatchConference", "code": error.code().name,
+                                     "detail": error.details() or ""})
+                return
 
     async def _forward(self, event: pb.ConferenceEvent, participant_id: str) -> bool:
         """Tell the page of one event; False when the participant is no longer in the conference."""
@@ -297,7 +333,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
     await ws.prepare(request)
-    session = BrowserSession(ws, request.app[API], request.app[KEYS])
+    session = BrowserSession(ws, request.app[API], request.app[KEYS], wait_for_ready=request.app[SEVERAL])
     sessions = request.app[SESSIONS]
     sessions.add(session)
     try:
@@ -310,11 +346,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 def make_app(controller: str, keys: ApiKeys | None = None) -> web.Application:
     app = web.Application()
     app[KEYS] = keys
+    target, options = controller_target(controller)
+    app[SEVERAL] = bool(options)
     sessions: set[BrowserSession] = set()
     app[SESSIONS] = sessions
 
     async def channel(app: web.Application) -> Any:
-        app[CHANNEL] = grpc.aio.insecure_channel(controller)
+        app[CHANNEL] = grpc.aio.insecure_channel(target, options)
         app[API] = controller_pb2_grpc.ConferenceServiceStub(app[CHANNEL])
         yield
         await app[CHANNEL].close()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import grpc
 
-from charter import pki
+from charter.controllers import controller_target
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import controller_pb2_grpc
 
@@ -19,20 +19,6 @@ log = logging.getLogger("mediad.registration")
 CALL_TIMEOUT = 2.0
 RETRY_MIN = 0.2
 RETRY_MAX = 2.0
-
-
-def controller_target(controller: str) -> tuple[str, list[tuple[str, str]]]:
-    """The gRPC target and channel options for `controller`: one host:port, or several
-    (IP:port,IP:port, controllers sharing one store), tried in turn: the channel moves to
-    the next when the one it uses stops answering, and the lease lives on there."""
-    addresses = [a.strip() for a in controller.split(",") if a.strip()]
-    if len(addresses) <= 1:
-        return controller, []
-    # Every controller's certificate names it "charter-controller" (charter/pki.py): the name
-    # checked, whichever of the addresses answers.
-    return "ipv4:" + ",".join(addresses), [("grpc.lb_policy_name", "pick_first"),
-                                           ("grpc.ssl_target_name_override", pki.CONTROLLER),
-                                           ("grpc.default_authority", pki.CONTROLLER)]
 
 
 class Registration:
@@ -52,7 +38,7 @@ class Registration:
         self._unsent: list[pb.ClosedEndpoint] = []
         self.lease_id = ""
         self.registered = asyncio.Event()
-        target, options = controller_target(controller)
+        target, options = controller_target(controller, tls=credentials is not None)
         self._channel = (grpc.aio.secure_channel(target, credentials, options) if credentials is not None
                          else grpc.aio.insecure_channel(target, options))
         self._stub = controller_pb2_grpc.DaemonRegistryStub(self._channel)

@@ -9,6 +9,7 @@ loses none it acknowledged and leaves nothing half-made; Redis restarted, both c
 `charter up --store redis --controllers 2` runs all of it on one machine."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import shutil
@@ -19,10 +20,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 
+from aiortc_peer import allow_loopback
 from charter import pki
 from charter.processes import free_port
 from charter.v1 import controller_pb2 as pb
@@ -43,6 +47,7 @@ from processes import (
 )
 from redis_server import RedisServer, missing, redis_server
 from waits import wait_until
+from web_page import TIMEOUT, browser_offer, reply_to
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
@@ -309,3 +314,64 @@ def test_redis_restarted_the_controllers_reconnect_and_carry_on(shared: Shared) 
     seen = a.GetConference(pb.GetConferenceRequest(conference_id="before"), timeout=10)
     assert [p.participant_id for p in seen.participants] == ["after"]
     assert live_daemons(shared.controllers[0]) == live_daemons(shared.controllers[1]) == {"mediad-0"}
+
+
+def test_the_web_gateway_moves_to_the_other_controller_and_its_pages_miss_nothing(shared: Shared,
+                                                                                   tmp_path: Path) -> None:
+    """`charter web --controller A,B`: a page joined through A; A is killed; the gateway moves
+    to B, the page's watch stream resumes there after its last event, and the page hears of
+    a participant who joined meanwhile through B, once."""
+    allow_loopback()
+    port = free_port()
+    a, b = shared.controllers
+    log = tmp_path / "web.log"
+    web = start_logged([sys.executable, "-m", "cli", "web", "--listen", f"127.0.0.1:{port}", "--controller",
+                        f"{a.address},{b.address}", "--log-format", "json", "--log-level", "info"], log)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as health:
+                        if health.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert web.poll() is None and time.monotonic() < deadline, log.read_text()
+                await asyncio.sleep(0.2)
+            pc, offer = await browser_offer()
+            try:
+                async with http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                    joined = await reply_to(ws, {"type": "join", "conference": "gw-fail", "name": "Ada",
+                                                 "offer": offer})
+                    assert joined["type"] == "joined", joined
+                    first = dict(await ws.receive_json(timeout=15))
+                    assert first["type"] == "participant_joined" and first["initial"], first  # the watch is open
+                    a.signal(signal.SIGKILL)
+                    # Through B, while the page's stream is broken or resuming (a conference lock
+                    # A held when killed lasts its 10 s expiry at most).
+                    conference_stub(b).Join(pb.JoinRequest(conference_id="gw-fail", participant_id="late"),
+                                            timeout=30)
+                    heard: list[dict[str, Any]] = []
+                    while not any(m.get("participant") == "late" for m in heard):
+                        message = dict(await ws.receive_json(timeout=30))
+                        assert message["type"] != "error", message
+                        heard.append(message)
+                    # Nothing more of "late" comes: the resumed stream starts after the last event.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        while True:
+                            heard.append(dict(await ws.receive_json(timeout=1.5)))
+                    joins = [m for m in heard if m["type"] == "participant_joined"]
+                    assert [m["participant"] for m in joins] == ["late"], heard
+                    left = await reply_to(ws, {"type": "leave"})
+                    assert left["type"] == "left", left
+            finally:
+                await pc.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        web.send_signal(signal.SIGTERM)
+        assert web.wait(20) == 0, log.read_text()
+    assert "watch stream broken: opening it again" in log.read_text()

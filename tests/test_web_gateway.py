@@ -15,14 +15,13 @@ import aiohttp
 import grpc
 import pytest
 
-from aiortc_peer import allow_loopback, moving_pattern_track
+from aiortc_peer import allow_loopback
 from charter.processes import free_port
 from charter.v1 import controller_pb2 as pb
 from charter_up import CharterUp, charter_up
 from processes import start_logged
 from waits import wait_until
-
-TIMEOUT = aiohttp.ClientTimeout(total=20)
+from web_page import TIMEOUT, browser_offer, reply_to
 
 
 @pytest.fixture(scope="module")
@@ -30,29 +29,6 @@ def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CharterUp]:
     allow_loopback()
     with charter_up(tmp_path_factory.mktemp("charter-up")) as system:
         yield system
-
-
-EVENTS = ("participant_joined", "participant_left", "offer")
-"""What the watch stream tells the page meanwhile, in no set order with the replies."""
-
-
-async def reply_to(ws: aiohttp.ClientWebSocketResponse, message: Any) -> dict[str, Any]:
-    """The gateway's reply to `message`, events of the watch stream that come between skipped."""
-    await (ws.send_str(message) if isinstance(message, str) else ws.send_json(message))
-    while True:
-        reply = dict(await ws.receive_json(timeout=15))
-        if reply.get("type") not in EVENTS:
-            return reply
-
-
-async def browser_offer() -> tuple[Any, str]:
-    """A real WebRTC offer (aiortc): a camera, sent only."""
-    from aiortc import RTCPeerConnection
-
-    pc = RTCPeerConnection()
-    pc.addTransceiver(moving_pattern_track(), direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, pc.localDescription.sdp
 
 
 def test_the_page_and_health_are_served(charter: CharterUp) -> None:
