@@ -40,6 +40,26 @@ def endpoint_to_proto(
     return message
 
 
+def summed_counters(endpoints: list[_forward.Endpoint]) -> mediad_pb2.Counters:
+    """The counters of `endpoints` added up (a conference's totals)."""
+    total = mediad_pb2.Counters()
+    drops = [0] * len(_forward.DROP_REASONS)
+    for endpoint in endpoints:
+        counters = endpoint.counters
+        total.packets_in += counters.packets_in
+        total.bytes_in += counters.bytes_in
+        total.packets_out += counters.packets_out
+        total.bytes_out += counters.bytes_out
+        total.rtcp_in += counters.rtcp_in
+        total.rtcp_out += counters.rtcp_out
+        total.rtcp_errors += counters.rtcp_errors
+        total.handshakes_in += counters.handshakes_in
+        total.handshake_errors += counters.handshake_errors
+        drops = [a + b for a, b in zip(drops, counters.drops, strict=True)]
+    total.drops.update({reason: count for reason, count in zip(_forward.DROP_REASONS, drops, strict=True) if count})
+    return total
+
+
 def counters_to_proto(counters: _forward.Counters) -> mediad_pb2.Counters:
     return mediad_pb2.Counters(
         packets_in=counters.packets_in,
@@ -155,9 +175,19 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
         return mediad_pb2.DrainResponse(endpoints=endpoints, draining=self.media.draining)
 
     def _stats(self, endpoint_id: str, conference_id: str) -> mediad_pb2.Stats:
-        endpoints, tracks, subscriptions = self.media.counts()
+        selected = self.media.select(endpoint_id, conference_id)
+        if conference_id:
+            # A conference's own figures: its endpoints' counters and counts, not the daemon's.
+            conference = selected if not endpoint_id else self.media.select("", conference_id)
+            totals = summed_counters(conference)
+            endpoints = len(conference)
+            tracks = sum(len(e.tracks) for e in conference)
+            subscriptions = sum(len(e.subscriptions) for e in conference)
+        else:
+            totals = counters_to_proto(self.media.forwarder.totals())
+            endpoints, tracks, subscriptions = self.media.counts()
         message = mediad_pb2.Stats(
-            totals=counters_to_proto(self.media.forwarder.totals()),
+            totals=totals,
             endpoint_count=endpoints,
             track_count=tracks,
             subscription_count=subscriptions,
@@ -166,7 +196,7 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
             webrtc=self.media.webrtc.stats(),
         )
         now = time.monotonic()
-        for endpoint in self.media.select(endpoint_id, conference_id):
+        for endpoint in selected:
             last = endpoint.last_activity
             entry = message.endpoints.add(
                 endpoint_id=endpoint.name,

@@ -187,7 +187,20 @@ def test_stats_unary_and_streaming(charter: Cluster) -> None:
             assert endpoint.idle_seconds >= 0
             assert [t.packets >= 5 for t in endpoint.tracks] == [True]
             assert [s.packets >= 5 for s in endpoint.subscriptions] == [True]
-        assert stats.totals.packets_in >= sum(e.counters.packets_in for e in stats.endpoints)
+        # The conference's own totals and counts, not the daemon's: once b has left, a's alone
+        # (the daemon's totals keep what b's closed endpoint counted).
+        assert stats.totals.packets_in == sum(e.counters.packets_in for e in stats.endpoints)
+        assert (stats.endpoint_count, stats.track_count, stats.subscription_count) == (2, 2, 2)
+        api.Leave(pb.LeaveRequest(conference_id=conference.conference_id, participant_id=b.participant_id), timeout=10)
+        alone = daemon.GetStats(mediad_pb2.GetStatsRequest(conference_id=conference.conference_id), timeout=10)
+        (left,) = alone.endpoints
+        assert alone.totals.packets_in == left.counters.packets_in and alone.totals.bytes_out == left.counters.bytes_out
+        assert (alone.endpoint_count, alone.track_count, alone.subscription_count) == (1, 1, 0)
+        whole = daemon.GetStats(mediad_pb2.GetStatsRequest(), timeout=10)
+        assert whole.totals.packets_in >= stats.totals.packets_in > alone.totals.packets_in
+        b = Peer("stats-b2", [random.randrange(1, 2**32)])
+        b.joined(api.Join(b.join_request(conference.conference_id), timeout=10).participant)
+        exchange([a, b], lambda: sum(a.counts().values()) >= 5 and sum(b.counts().values()) >= 5)
 
         stream = daemon.WatchStats(
             mediad_pb2.WatchStatsRequest(conference_id=conference.conference_id, interval=Duration(nanos=100_000_000)),
