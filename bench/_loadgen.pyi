@@ -2,8 +2,14 @@
 
 from typing import Any
 
+from typing_extensions import disjoint_base
+
+SOCKET_BUFFER: int
+PAYLOAD_TYPE: int
+
 def expected_payload(rtp_size: int) -> bytes: ...
 
+@disjoint_base
 class LoadGen:
     rtp_size: int
     ssrc: int
@@ -23,3 +29,13 @@ class LoadGen:
     def flush(self) -> int: ...
     def prepare(self, rate: float, duration: float) -> int: ...
     def run(self, *, burst: int = 8, drain: float = 0.3, capture: bool = False) -> dict[str, Any]: ...
+
+def run_together(
+    gens: list[LoadGen],
+    *,
+    burst: int = 8,
+    drain: float = 0.3,
+    capture: bool = False,
+    idle_sleep: bool = False,
+    max_catch_up: float = 1e300,
+) -> list[dict[str, Any]]: ...

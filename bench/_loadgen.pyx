@@ -3,7 +3,8 @@
 
 The generator sends pre-protected SRTP packets from one socket, in bursts with sendmmsg,
 paced to an offered rate; the receivers drain their sockets with recvmmsg in the same busy
-loop. Each packet carries its generator index in its single CSRC (plaintext, forwarded
+loop (run_together: several generators, each to its own target with its own key, in one
+loop). Each packet carries its generator index in its single CSRC (plaintext, forwarded
 byte-identical by every relay under test), so a receiver knows exactly which packet it got
 without decrypting it. Receive times are the kernel's (SO_TIMESTAMPNS, CLOCK_REALTIME, taken
 when the relay's send reached the socket); send times are CLOCK_REALTIME read just before
@@ -25,6 +26,10 @@ from mediad._net cimport (
 )
 
 from mediad import srtp as _srtp
+
+
+cdef extern from "<time.h>" nogil:
+    int nanosleep(const timespec* request, timespec* remaining)
 
 cdef enum:
     BATCH = 64          # datagrams per recvmmsg / sendmmsg call
@@ -85,6 +90,17 @@ cdef class LoadGen:
     cdef double prepared_rate
     cdef object _suite
     cdef long epoch          # whole seconds subtracted from CLOCK_REALTIME stamps (precision)
+    # The current run (_begin, _step, _finish)
+    cdef Py_ssize_t r_n, r_sent, r_got, r_expected
+    cdef double r_rate, r_drain, r_next_time, r_deadline, r_t_first, r_t_last
+    cdef double r_max_lag, r_max_send_call, r_max_drain, r_catch_up
+    cdef int r_burst
+    cdef bint r_capture, r_done, r_backlog
+    cdef uint32_t r_base
+    cdef int64_t r_send_errors
+    cdef int64_t r_counters[5]
+    cdef int r_seq_delta[MAX_RECEIVERS]
+    cdef uint32_t r_ssrcs[MAX_RECEIVERS]
 
     def __cinit__(self):
         self.packets = NULL
@@ -312,6 +328,8 @@ cdef class LoadGen:
                         self.sample_count[r] += 1
                 if count < BATCH:
                     break
+                if rounds == 4:
+                    self.r_backlog = True   # more may wait: no sleep before the next pass
         return got
 
     def flush(self) -> int:
@@ -344,13 +362,29 @@ cdef class LoadGen:
     def run(self, *, int burst=8, double drain=0.3, bint capture=False) -> dict:
         """Send the prepared packets at their rate in bursts of `burst`, then wait up to
         `drain` s for the last ones; returns counts and latencies (microseconds)."""
+        self._begin(burst, drain, capture, -1.0, 1e300)
+        with nogil:
+            while not self.r_done:
+                self._step()
+        return self._finish()
+
+    # --- one run, in steps (run() drives one generator, run_together() several) ---------
+
+    cdef int _begin(self, int burst, double drain, bint capture, double start, double catch_up) except -1:
+        """Reset the receivers and counters for the prepared packets; the first burst goes
+        at `start` (CLOCK_MONOTONIC; negative: in 2 ms). Behind schedule by more than
+        `catch_up` s, the schedule slips rather than the late packets going out at once."""
         if self.prepared <= 0:
             raise RuntimeError("prepare() first")
         if burst < 1 or burst > BATCH:
             raise ValueError("burst must be 1..64")
         cdef Py_ssize_t n = self.prepared
-        cdef double rate = self.prepared_rate
-        cdef double duration = n / rate
+        self.r_n = n
+        self.r_rate = self.prepared_rate
+        self.r_burst = burst
+        self.r_drain = drain
+        self.r_catch_up = catch_up
+        self.r_capture = capture
         self.prepared = 0
         self.flush()
         memset(self.recv_times, 0, self.n_rx * n * sizeof(double))
@@ -359,64 +393,83 @@ cdef class LoadGen:
         for r in range(self.n_rx):
             self.sample_count[r] = self.max_samples if not capture else 0
             self.rx_drops_base[r] = self.rx_drops[r]
-        cdef int64_t[5] counters
-        cdef int[MAX_RECEIVERS] seq_delta
-        cdef uint32_t[MAX_RECEIVERS] ssrcs
-        memset(counters, 0, sizeof(counters))
+        memset(self.r_counters, 0, sizeof(self.r_counters))
         for r in range(MAX_RECEIVERS):
-            seq_delta[r] = -1
-            ssrcs[r] = 0
-        cdef uint32_t base = <uint32_t>self.next_index
-        cdef Py_ssize_t sent = 0, got = 0, expected = n * self.n_rx
-        cdef Py_ssize_t k, j
-        cdef int64_t send_errors = 0
-        cdef int status
-        cdef double now, stamp, t_first = 0.0, t_last = 0.0, max_lag = 0.0
-        cdef double next_time, deadline = 0.0
-        cdef double t_call, max_send_call = 0.0, max_drain = 0.0
+            self.r_seq_delta[r] = -1
+            self.r_ssrcs[r] = 0
+        self.r_base = <uint32_t>self.next_index
+        self.r_sent = 0
+        self.r_got = 0
+        self.r_expected = n * self.n_rx
+        self.r_send_errors = 0
+        self.r_t_first = 0.0
+        self.r_t_last = 0.0
+        self.r_max_lag = 0.0
+        self.r_deadline = 0.0
+        self.r_max_send_call = 0.0
+        self.r_max_drain = 0.0
+        self.r_done = False
         cdef timespec wall
         clock_gettime(CLOCK_REALTIME, &wall)
         self.epoch = wall.tv_sec - 1
-        with nogil:
-            next_time = clock_seconds(CLOCK_MONOTONIC) + 0.002
-            while True:
-                now = clock_seconds(CLOCK_MONOTONIC)
-                if sent < n and now >= next_time:
-                    if now - next_time > max_lag:
-                        max_lag = now - next_time
-                    k = n - sent
-                    if k > burst:
-                        k = burst
-                    for j in range(k):
-                        self.tx_iov[j].iov_base = self.packets + (sent + j) * self.stride
-                        self.tx_iov[j].iov_len = self.lengths[sent + j]
-                    clock_gettime(CLOCK_REALTIME, &wall)
-                    stamp = (wall.tv_sec - self.epoch) + wall.tv_nsec * 1e-9
-                    status = sendmmsg(self.tx_fd, self.tx_msgs, <unsigned int>k, 0)
-                    t_call = clock_seconds(CLOCK_MONOTONIC) - now
-                    if t_call > max_send_call:
-                        max_send_call = t_call
-                    if status > 0:
-                        for j in range(status):
-                            self.send_times[sent + j] = stamp
-                        if sent == 0:
-                            t_first = now
-                        sent += status
-                        next_time += status / rate
-                    elif errno != EAGAIN and errno != EINTR:
-                        send_errors += 1      # e.g. ECONNREFUSED: the packet is skipped
-                        sent += 1
-                        next_time += 1.0 / rate
-                    if sent >= n:
-                        t_last = now
-                        deadline = now + drain
-                t_call = clock_seconds(CLOCK_MONOTONIC)
-                got += self._drain(base, n, counters, seq_delta, ssrcs)
-                t_call = clock_seconds(CLOCK_MONOTONIC) - t_call
-                if t_call > max_drain:
-                    max_drain = t_call
-                if sent >= n and (got >= expected or clock_seconds(CLOCK_MONOTONIC) >= deadline):
-                    break
+        self.r_next_time = start if start >= 0.0 else clock_seconds(CLOCK_MONOTONIC) + 0.002
+        return 0
+
+    cdef void _step(self) noexcept nogil:
+        """Send the burst that is due, if one is, and drain the receivers once (r_backlog: a
+        receiver had more than one pass takes). Sets r_done once every packet was received
+        or the drain time after the last send is over."""
+        cdef Py_ssize_t n = self.r_n
+        cdef Py_ssize_t k, j
+        cdef int status
+        cdef double stamp, t_call
+        cdef timespec wall
+        cdef double now = clock_seconds(CLOCK_MONOTONIC)
+        if self.r_sent < n and now >= self.r_next_time:
+            if now - self.r_next_time > self.r_max_lag:
+                self.r_max_lag = now - self.r_next_time
+            if now - self.r_next_time > self.r_catch_up:
+                self.r_next_time = now - self.r_catch_up
+            k = n - self.r_sent
+            if k > self.r_burst:
+                k = self.r_burst
+            for j in range(k):
+                self.tx_iov[j].iov_base = self.packets + (self.r_sent + j) * self.stride
+                self.tx_iov[j].iov_len = self.lengths[self.r_sent + j]
+            clock_gettime(CLOCK_REALTIME, &wall)
+            stamp = (wall.tv_sec - self.epoch) + wall.tv_nsec * 1e-9
+            status = sendmmsg(self.tx_fd, self.tx_msgs, <unsigned int>k, 0)
+            t_call = clock_seconds(CLOCK_MONOTONIC) - now
+            if t_call > self.r_max_send_call:
+                self.r_max_send_call = t_call
+            if status > 0:
+                for j in range(status):
+                    self.send_times[self.r_sent + j] = stamp
+                if self.r_sent == 0:
+                    self.r_t_first = now
+                self.r_sent += status
+                self.r_next_time += status / self.r_rate
+            elif errno != EAGAIN and errno != EINTR:
+                self.r_send_errors += 1      # e.g. ECONNREFUSED: the packet is skipped
+                self.r_sent += 1
+                self.r_next_time += 1.0 / self.r_rate
+            if self.r_sent >= n:
+                self.r_t_last = now
+                self.r_deadline = now + self.r_drain
+        t_call = clock_seconds(CLOCK_MONOTONIC)
+        self.r_backlog = False
+        self.r_got += self._drain(self.r_base, n, self.r_counters, self.r_seq_delta, self.r_ssrcs)
+        t_call = clock_seconds(CLOCK_MONOTONIC) - t_call
+        if t_call > self.r_max_drain:
+            self.r_max_drain = t_call
+        if self.r_sent >= n and (self.r_got >= self.r_expected or clock_seconds(CLOCK_MONOTONIC) >= self.r_deadline):
+            self.r_done = True
+
+    cdef dict _finish(self):
+        """The run's counts and latencies (microseconds)."""
+        cdef Py_ssize_t n = self.r_n
+        cdef double rate = self.r_rate
+        cdef int r
         self.next_index += n
         send = np.array(<double[:n]>self.send_times)
         recv = np.array(<double[:self.n_rx * n]>self.recv_times).reshape(self.n_rx, n)
@@ -426,35 +479,91 @@ cdef class LoadGen:
         sent_ok = int(np.count_nonzero(send))
         result = {
             "offered_pps": rate,
-            "duration_s": duration,
-            "burst": burst,
+            "duration_s": n / rate,
+            "burst": self.r_burst,
             "sent": sent_ok,
-            "send_errors": int(send_errors),
-            "achieved_pps": (n - 1) / (t_last - t_first) if t_last > t_first else 0.0,
-            "max_lag_ms": max_lag * 1e3,
-            "max_send_call_ms": max_send_call * 1e3,
-            "max_receive_pass_ms": max_drain * 1e3,
+            "send_errors": int(self.r_send_errors),
+            "achieved_pps": (n - 1) / (self.r_t_last - self.r_t_first) if self.r_t_last > self.r_t_first else 0.0,
+            "max_lag_ms": self.r_max_lag * 1e3,
+            "max_send_call_ms": self.r_max_send_call * 1e3,
+            "max_receive_pass_ms": self.r_max_drain * 1e3,
             "received": received,
             "loss": 1.0 - sum(received) / float(max(1, sent_ok * self.n_rx)),
-            "strays": int(counters[0]),
-            "duplicates": int(counters[1]),
-            "malformed": int(counters[2]),
-            "seq_breaks": int(counters[3]),
-            "ssrc_changes": int(counters[4]),
-            "seq_deltas": [int(seq_delta[r]) for r in range(self.n_rx)],
-            "ssrcs": [int(ssrcs[r]) for r in range(self.n_rx)],
+            "strays": int(self.r_counters[0]),
+            "duplicates": int(self.r_counters[1]),
+            "malformed": int(self.r_counters[2]),
+            "seq_breaks": int(self.r_counters[3]),
+            "ssrc_changes": int(self.r_counters[4]),
+            "seq_deltas": [int(self.r_seq_delta[r]) for r in range(self.n_rx)],
+            "ssrcs": [int(self.r_ssrcs[r]) for r in range(self.n_rx)],
             "receiver_overflows": sum(<uint32_t>(self.rx_drops[r] - self.rx_drops_base[r]) for r in range(self.n_rx)),
-            "first_index": int(base),
+            "first_index": int(self.r_base),
         }
         if latency_us.size:
             p = np.percentile(latency_us, [50, 90, 99, 99.9])
             result.update(latency_p50_us=float(p[0]), latency_p90_us=float(p[1]),
                           latency_p99_us=float(p[2]), latency_p999_us=float(p[3]),
                           latency_max_us=float(latency_us.max()))
-        if capture:
+        if self.r_capture:
             result["samples"] = [
                 [bytes(<uint8_t[:self.sample_lengths[r * self.max_samples + s]]>(self.samples + (r * self.max_samples + s) * SLOT))
                  for s in range(self.sample_count[r])]
                 for r in range(self.n_rx)
             ]
         return result
+
+
+cdef double IDLE_MIN = 50e-6     # sleep only when the next burst is at least this far off (s)
+cdef double IDLE_MARGIN = 20e-6  # and wake this much before it
+cdef double IDLE_MAX = 1e-3      # at most this long: the receivers are drained every millisecond
+
+
+def run_together(gens, *, int burst=8, double drain=0.3, bint capture=False, bint idle_sleep=False,
+                 double max_catch_up=1e300) -> list:
+    """Run several prepared generators at once from this thread, each at its own rate (for
+    publishers of several conferences or daemons); their first bursts are spread over one
+    burst interval. With `idle_sleep` the loop sleeps until the next burst is due (at most
+    1 ms) unless a receiver has more waiting than one pass takes: the receivers are drained
+    in larger batches, and the load uses only the CPU it needs on a core it shares. A generator
+    more than `max_catch_up` s behind its schedule (this process waited for a core) lets
+    the schedule slip instead of sending what is late in one burst; its achieved_pps says
+    by how much. Returns each generator's run() result, in order."""
+    cdef tuple all_gens = tuple(gens)
+    cdef Py_ssize_t count = len(all_gens), i, running
+    cdef bint backlog
+    cdef LoadGen gen
+    cdef double start, now, due, pause
+    cdef timespec nap
+    if count == 0:
+        return []
+    for gen in all_gens:
+        if gen.prepared <= 0:
+            raise RuntimeError("prepare() every generator first")
+    start = clock_seconds(CLOCK_MONOTONIC) + 0.002
+    for i in range(count):
+        gen = all_gens[i]
+        gen._begin(burst, drain, capture, start + i * burst / (gen.prepared_rate * count), max_catch_up)
+    running = count
+    while running:
+        backlog = False
+        running = 0
+        due = 1e300
+        for i in range(count):
+            gen = all_gens[i]
+            if gen.r_done:
+                continue
+            gen._step()
+            backlog = backlog or gen.r_backlog
+            if not gen.r_done:
+                running += 1
+                if gen.r_sent < gen.r_n and gen.r_next_time < due:
+                    due = gen.r_next_time
+        if idle_sleep and running and not backlog:
+            now = clock_seconds(CLOCK_MONOTONIC)
+            pause = min(due - now - IDLE_MARGIN, IDLE_MAX)
+            if due - now >= IDLE_MIN and pause > 0:
+                nap.tv_sec = 0
+                nap.tv_nsec = <long>(pause * 1e9)
+                with nogil:
+                    nanosleep(&nap, NULL)
+    return [gen._finish() for gen in all_gens]

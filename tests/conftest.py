@@ -37,12 +37,12 @@ LAYERS = {
         "test_forward_", "test_rtcp_router.py", "test_webrtc_transports.py", "test_publisher_reports.py",
     ),
     "real processes: controller, daemons, grpcurl, the double's contract": (
-        "test_control_", "test_limits.py", "test_grpcurl.py", "test_daemon_contract.py", "test_mediad_",
+        "test_control_", "test_limits.py", "test_grpcurl.py", "test_daemon_contract.py", "test_mediad_", "test_bench_",
         "test_web_gateway.py", "test_auth.py", "test_tls.py", "test_redis_",
     ),
     "real media peers: ffmpeg, GStreamer, aiortc, the demo": (
         "test_peers_", "test_demo.py", "test_webrtc_conference", "test_webrtc_cascade", "test_webrtc_bad_input.py",
-        "test_secrets.py",
+        "test_secrets.py", "test_sdp_command.py",
     ),
     "real browsers: headless Chromium": ("test_browser",),
 }
