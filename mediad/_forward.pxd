@@ -24,6 +24,12 @@ cdef enum:  # drop reasons, indexes of Counters.drop_counts and DROP_REASONS
     N_DROP_REASONS
 
 
+cdef enum:  # Subscription.waiting
+    WAIT_NONE = 0                   # live: every packet is forwarded
+    WAIT_KEY_FRAME = 1              # nothing until a packet that starts a key frame
+    WAIT_REPLAY = 2                 # the key-frame cache is being sent; live packets wait in it
+
+
 cdef enum:  # codecs whose key frames the hot path recognizes (Track.codec_id)
     CODEC_OTHER = 0                 # audio, unknown: a route never waits for a key frame
     CODEC_VP8
@@ -85,12 +91,15 @@ cdef class Subscription:
     cdef readonly uint8_t rtx_payload_type
     cdef uint16_t rtx_seq           # sequence number of the next RTX packet (RFC 4588)
     cdef bint wait_key_frame        # the option: wait for a key frame at the start and after resume
-    cdef bint waiting               # forwarding nothing until a packet starts a key frame
+    cdef int waiting                # WAIT_*: live, waiting for a key frame, or replaying the cache
+    cdef uint16_t replay_next       # while replaying: the next cached packet to send
     cdef readonly uint64_t packets, bytes, dropped_paused, dropped_no_remote, dropped_stale, send_errors
     cdef readonly uint64_t retransmitted, retransmit_misses
     cdef readonly uint64_t dropped_waiting_key_frame, rtx_sent
     cdef readonly uint64_t dropped_unproven   # the target had spent its budget before proving itself
+    cdef readonly uint64_t replayed           # packets sent from the key-frame cache (fast start)
     cdef bint _arm(self) noexcept
+    cdef bint _send_cached(self, const uint8_t *src, int length, double now) noexcept
     cdef readonly double last_activity
 
 
@@ -115,6 +124,12 @@ cdef class Track:
     cdef int *cache_len             # 0: empty slot
     cdef uint16_t *cache_seq
     cdef uint32_t *cache_source
+    # The latest key frame, while the cache holds it from its first packet on: what a new
+    # receiver can start from when the publisher does not answer a key-frame request.
+    cdef bint key_valid
+    cdef uint16_t key_seq
+    cdef uint32_t key_ts, key_source
+    cdef readonly uint64_t key_frames   # key frames seen (their first packets)
     cdef void _allocate_cache(self, int packets) except *
     cdef void _rebuild(self) except *
 

@@ -213,6 +213,10 @@ class Track:
     @property
     def cache_packets(self) -> int: ...
     @property
+    def key_frames(self) -> int:
+        """Key frames seen (their first packets), on a video track with a cache: the latest
+        one is kept whole in the cache while it fits, for start_replay."""
+    @property
     def highest_seq(self) -> int | None:
         """The extended highest sequence number received (wrap-arounds counted, RFC 3550
         A.1); None before the first packet."""
@@ -288,6 +292,9 @@ class Subscription:
     @property
     def retransmit_misses(self) -> int: ...
     @property
+    def replayed(self) -> int:
+        """Packets sent from the track's key-frame cache (start_replay)."""
+    @property
     def last_activity(self) -> float: ...
     @property
     def ssrc(self) -> int: ...
@@ -317,6 +324,20 @@ class Subscription:
     @property
     def waiting_for_key_frame(self) -> bool:
         """True while the route forwards nothing until a packet that starts a key frame."""
+    @property
+    def replaying(self) -> bool:
+        """True while the route is sent the key-frame cache (start_replay)."""
+    def start_replay(self) -> bool:
+        """Fast start: a route waiting for a key frame starts from the latest one its track's
+        cache holds whole (its publisher ignored the request): from replay() on, it is sent
+        that key frame and every packet after it, with the route's own numbers continuing
+        without a gap; live packets wait in the cache meanwhile. False, and nothing changes,
+        when it does not wait, is paused or has no remote, or no whole key frame is cached."""
+    def replay(self, most: int) -> int:
+        """Send up to `most` packets of the replay, oldest first (paced by the caller): how
+        many are left; 0 once it caught up with the live stream, which it forwards again;
+        -1 when the cache moved on past it, or it was paused: it waits for the next key
+        frame again, as before start_replay. Packets never received are skipped."""
     def pause(self) -> None: ...
     def resume(self) -> None:
         """Resume; the outgoing sequence continues without a gap. With wait_for_key_frame,

@@ -427,7 +427,12 @@ cdef class Subscription:
 
     @property
     def waiting_for_key_frame(self):
-        return bool(self.waiting)
+        return self.waiting == WAIT_KEY_FRAME
+
+    @property
+    def replaying(self):
+        """True while the route is sent the key-frame cache (start_replay)."""
+        return self.waiting == WAIT_REPLAY
 
     def pause(self):
         self.rw.paused = 1
@@ -447,11 +452,104 @@ cdef class Subscription:
     cdef bint _arm(self) noexcept:
         if self._track.codec_id == CODEC_OTHER:
             return 0
-        self.waiting = 1
+        self.waiting = WAIT_KEY_FRAME
         # The key frame starts a new mapping that continues the outgoing numbers without a
         # gap: the receiver has nothing to ask again for what was skipped.
         if self.rw.started:
             self.rw.resync = 1
+        return 1
+
+    def start_replay(self):
+        """Fast start: a route waiting for a key frame starts from the latest one in its
+        track's cache instead (its publisher ignored the request), sent with replay() with
+        the route's own numbers; live packets wait in the cache meanwhile. False, changing
+        nothing, when it does not wait or the cache holds no whole key frame."""
+        cdef Track track = self._track
+        cdef Endpoint target = self._target
+        cdef int k
+        if (self.waiting != WAIT_KEY_FRAME or not self._active or self.rw.paused or not track.key_valid
+                or track.key_source != track.source or not target.has_remote or target.tx_ctx == NULL):
+            return False
+        k = track.key_seq % track.cache_packets
+        if track.cache_len[k] == 0 or track.cache_seq[k] != track.key_seq or track.cache_source[k] != track.source:
+            return False
+        self.waiting = WAIT_REPLAY
+        self.replay_next = track.key_seq
+        if self.rw.started:
+            self.rw.resync = 1  # the numbers go on without a gap from the key frame
+        return True
+
+    def replay(self, int most):
+        """Send up to `most` packets of the replay, oldest first: how many are left (0: it
+        caught up with the live stream and forwards it again), or -1 when the cache moved on
+        past it (then it waits for the next key frame, as before the replay)."""
+        cdef Track track = self._track
+        cdef int k, sent = 0
+        cdef int16_t left
+        cdef uint16_t seq
+        cdef double now = clock_seconds(CLOCK_MONOTONIC)
+        if self.waiting != WAIT_REPLAY:
+            return 0
+        if not self._active or self.rw.paused or track.source != track.key_source:
+            self._arm()
+            return -1
+        while True:
+            left = <int16_t><uint16_t>(track.rx.max_seq - self.replay_next + 1)
+            if left <= 0:
+                self.waiting = WAIT_NONE
+                return 0
+            if sent >= most:
+                return left
+            seq = self.replay_next
+            k = seq % track.cache_packets
+            if track.cache_len[k] == 0 or track.cache_seq[k] != seq or track.cache_source[k] != track.source:
+                if track.cache_len[k] and <int16_t><uint16_t>(track.cache_seq[k] - seq) > 0:
+                    self._arm()  # overwritten by a newer packet: the replay fell behind
+                    return -1
+                self.replay_next += 1  # never received (lost): the receiver may ask again
+                continue
+            if self._send_cached(track.cache + k * CACHE_SLOT, track.cache_len[k], now):
+                sent += 1
+            self.replay_next += 1
+
+    cdef bint _send_cached(self, const uint8_t *src, int length, double now) noexcept:
+        """One packet of the cache, mapped, protected and sent as the live path would."""
+        cdef Endpoint target = self._target
+        cdef uint8_t out[TX_SLOT]
+        cdef uint16_t seq
+        cdef uint32_t ts
+        if not target.has_remote or target.tx_ctx == NULL:
+            self.dropped_no_remote += 1
+            return 0
+        if not _take_budget(target):
+            self.dropped_unproven += 1
+            return 0
+        if not _rewrite(&self.rw, self._track.source, load16(src + 2), load32(src + 4), now,
+                        self._track._clock_rate, &seq, &ts):
+            self.dropped_stale += 1
+            return 0
+        if self.transform:
+            length = _route_copy(self, out, src, length)
+            if length < 0:
+                self.send_errors += 1
+                return 0
+        else:
+            memcpy(out, src, length)
+        store16(out + 2, seq)
+        store32(out + 4, ts)
+        store32(out + 8, self._ssrc)
+        if _srtp_protect(target.tx_ctx, out, &length) != SRTP_OK:
+            self.send_errors += 1
+            return 0
+        if sendto(target.fd, out, length, MSG_DONTWAIT, &target.remote_addr, sizeof(sockaddr_in)) != length:
+            self.send_errors += 1
+            return 0
+        self.packets += 1
+        self.bytes += length
+        self.replayed += 1
+        self.last_activity = now
+        target.counters.packets_out += 1
+        target.counters.bytes_out += length
         return 1
 
     def retransmit(self, int sequence):
@@ -1121,8 +1219,8 @@ cdef class Forwarder:
             self.batches += 1
             self.batch_packets += n
             for i in range(n):
+                self.rx_key[i] = -1  # before _accept, which may know it already
                 self.rx_track[i] = self._accept(ep, i, now)
-                self.rx_key[i] = -1
                 # A strong reference until fan-out: the RTCP handler runs Python code
                 # between two packets of the batch and may remove a track.
                 Py_XINCREF(self.rx_track[i])
@@ -1136,6 +1234,7 @@ cdef class Forwarder:
         cdef int length = self.rx_msgs[i].msg_len
         cdef int header, end, err, k, padding
         cdef uint8_t first
+        cdef uint16_t seq
         cdef uint32_t ssrc
         cdef Track track
         cdef PyObject *found = NULL
@@ -1205,12 +1304,26 @@ cdef class Forwarder:
         track.bytes += length
         track.last_activity = now
         _receive(&track.rx, load16(p + 2), load32(p + 4), now, track._clock_rate, track.packets)
-        if track.cache_packets and track.n_subs and length <= CACHE_SLOT:
-            k = load16(p + 2) % track.cache_packets
+        if track.cache_packets and length <= CACHE_SLOT:
+            # Cached with or without receivers: the first one may start from its key frame.
+            seq = load16(p + 2)
+            k = seq % track.cache_packets
             memcpy(track.cache + k * CACHE_SLOT, p, length)
             track.cache_len[k] = length
-            track.cache_seq[k] = load16(p + 2)
+            track.cache_seq[k] = seq
             track.cache_source[k] = track.source
+            if track.codec_id != CODEC_OTHER:
+                self.rx_key[i] = _key_frame(track.codec_id, p, length)
+                if self.rx_key[i]:
+                    # Its first packet (an H.264 key frame's SPS, PPS and IDR share a timestamp).
+                    if not (track.key_valid and track.key_source == track.source and track.key_ts == load32(p + 4)):
+                        track.key_valid = 1
+                        track.key_seq = seq
+                        track.key_ts = load32(p + 4)
+                        track.key_source = track.source
+                        track.key_frames += 1
+                elif track.key_valid and <int16_t><uint16_t>(seq - track.key_seq) >= track.cache_packets:
+                    track.key_valid = 0  # its first packet's slot is taken: no whole key frame cached
         return found
 
     cdef void _accept_rtcp(self, Endpoint ep, int i, int length, double now) noexcept:
@@ -1308,13 +1421,15 @@ cdef class Forwarder:
                 continue
             src = self.rx_buf + j * RX_SLOT
             if sub.waiting:
+                if sub.waiting == WAIT_REPLAY:
+                    continue  # in the cache: the replay sends it in its turn
                 # Looked at once per packet, for the first route of its track that waits.
                 if self.rx_key[j] < 0:
                     self.rx_key[j] = _key_frame(track.codec_id, src, self.rx_len[j])
                 if not self.rx_key[j]:
                     sub.dropped_waiting_key_frame += 1
                     continue
-                sub.waiting = 0
+                sub.waiting = WAIT_NONE
             if unproven:
                 if budget == 0:
                     sub.dropped_unproven += 1

@@ -16,6 +16,7 @@ from charter.tracks import Track
 from charter.v1 import controller_pb2
 from mediad import _forward
 from mediad.dtls import Certificate
+from mediad.fast_start import FastStart
 from mediad.ports import PortAllocator, PortsExhausted
 from mediad.proof import ReceiverProof
 from mediad.rtcp_router import RtcpRouter
@@ -23,9 +24,11 @@ from mediad.webrtc import WebRtcTransports
 
 log = logging.getLogger("mediad.media")
 
-VIDEO_CACHE_PACKETS = 256
-"""Video packets kept per track to answer NACKs (384 KiB a track): about a quarter of a
-second at 1,000 packets/s. Audio is not retransmitted: a late audio packet is a lost one."""
+VIDEO_CACHE_PACKETS = 512
+"""Video packets kept per track (750 KiB a track) to answer NACKs and to start a new
+receiver from the latest key frame (mediad/fast_start.py): half a second at 1,000 packets/s,
+and a 10-second group of pictures at up to about 500 kbit/s. Audio is not retransmitted: a
+late audio packet is a lost one."""
 
 
 def spec_of(endpoint: _forward.Endpoint) -> EndpointSpec:
@@ -85,6 +88,7 @@ class Media:
         """The core's open endpoints by id."""
         self.rtcp = RtcpRouter()
         forwarder.set_rtcp_handler(self.rtcp.handle)
+        self.fast_start = FastStart(self.rtcp.counts)
         self.webrtc = WebRtcTransports(certificate or Certificate.generate(), self._closed_by_transport,
                                        on_connected=self._connected, consent_timeout=consent_timeout)
         forwarder.set_handshake_handler(self.webrtc.handle)
@@ -291,7 +295,7 @@ class Media:
             planned.update((spec.endpoint_id, ssrc) for ssrc in sends.values())
             plan.append((track, target, spec))
         for track, target, spec in plan:
-            track.subscribe(
+            subscription = track.subscribe(
                 target,
                 spec.ssrc,
                 paused=spec.paused,
@@ -306,6 +310,7 @@ class Media:
             publisher = track.endpoint  # never None: subscribe() refuses a removed track
             if track.kind == "video" and publisher is not None and publisher.remote is not None:
                 self.rtcp.request_key_frame(track)
+            self.fast_start.watch(subscription)  # where it waits for one
         return len(plan)
 
     def update_subscriptions(self, specs: Sequence[SubscriptionSpec]) -> int:
@@ -329,6 +334,7 @@ class Media:
                 subscription.pause()
                 continue
             subscription.resume()
+            self.fast_start.watch(subscription)
             track = subscription.track
             publisher = track.endpoint
             if track.kind == "video" and publisher is not None and publisher.remote is not None:

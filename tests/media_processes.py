@@ -210,6 +210,12 @@ class Picture:
     height: int = VIDEO_SIZE[1]
     fps: int = VIDEO_FPS
     first_seq: int | None = None
+    key_frame_interval: int = 0
+    """Frames from one key frame to the next; 0: one a second."""
+
+    @property
+    def gop(self) -> int:
+        return self.key_frame_interval or self.fps
 
 
 def _ffmpeg_encoder(stream: Stream, frames: int, picture: Picture) -> list[str]:
@@ -227,7 +233,7 @@ def _ffmpeg_encoder(stream: Stream, frames: int, picture: Picture) -> list[str]:
         ]
         if codec == "vp8":
             return [*source, "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k",
-                    "-g", str(fps)]
+                    "-g", str(picture.gop), "-keyint_min", str(picture.gop)]
         return [
             *source,
             "-c:v",
@@ -243,7 +249,7 @@ def _ffmpeg_encoder(stream: Stream, frames: int, picture: Picture) -> list[str]:
             "-b:v",
             "300k",
             "-g",
-            str(fps),
+            str(picture.gop),
         ]
     if codec == "opus":
         return [
@@ -312,10 +318,10 @@ def _gst_encoder(stream: Stream, frames: int, picture: Picture) -> str:
             f"! video/x-raw,width={width},height={height},framerate={fps}/1"
         )
         if codec == "vp8":
-            encoder = f"vp8enc deadline=1 cpu-used=8 target-bitrate=300000 keyframe-max-dist={fps}"
+            encoder = f"vp8enc deadline=1 cpu-used=8 target-bitrate=300000 keyframe-max-dist={picture.gop}"
             return f"{source} ! {encoder} ! rtpvp8pay {pay} mtu=1200"
         return (
-            f"{source} ! openh264enc bitrate=300000 gop-size={fps} ! h264parse "
+            f"{source} ! openh264enc bitrate=300000 gop-size={picture.gop} ! h264parse "
             f"! rtph264pay {pay} mtu=1200 config-interval=-1"
         )
     if codec == "opus":
