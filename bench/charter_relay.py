@@ -68,7 +68,7 @@ async def serve(config: RelayConfig, *, webrtc: bool = False) -> None:
         publisher.set_remote(None, latch=True)
     # As the media daemon adds a video track: with its retransmission cache.
     track = publisher.add_track(
-        config.publisher_ssrc, clock_rate=90000, kind="video", cache_packets=VIDEO_CACHE_PACKETS
+        config.publisher_ssrc, clock_rate=90000, kind="video", codec="VP8", cache_packets=VIDEO_CACHE_PACKETS
     )
     for i, sub in enumerate(config.subscribers):
         ep = keyed_endpoint(forwarder, suite, generate_key(suite), sub.key, sub.remote, f"subscriber-{i}",
