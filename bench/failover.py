@@ -111,7 +111,8 @@ async def publish(member: Member, stop: asyncio.Event) -> None:
         if member.session is not None and member.tx is not None and member.sock.transport is not None:
             seq = (seq + 1) & 0xFFFF
             header = bytes([0x80, 96]) + seq.to_bytes(2, "big") + (seq * 3000 & 0xFFFFFFFF).to_bytes(4, "big")
-            packet = header + member.ssrc.to_bytes(4, "big") + bytes(160)
+            # Each the first packet of a VP8 key frame (RFC 7741): a route waiting for one takes it.
+            packet = header + member.ssrc.to_bytes(4, "big") + b"\x10\x00" + bytes(158)
             address = member.session.media_address
             member.sock.transport.sendto(member.tx.protect(packet), (address.ip, address.port))
         await asyncio.sleep(1 / RATE)

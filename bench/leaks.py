@@ -117,7 +117,7 @@ async def send_call(publisher: Call, sender: pb.Participant, rate: int, stop: as
     pre-protected ring would repeat its SRTP indexes, and the daemon drops replays)."""
     tx = srtp(sender.send_key, send=True)
     target = (sender.media_address.ip, sender.media_address.port)
-    payload = bytes(1000)
+    payload = b"\x10\x00" + bytes(998)  # each the first packet of a VP8 key frame: receivers that wait take it
     start, i = time.monotonic(), 0
     while not stop.is_set():
         delay = start + i / rate - time.monotonic()

@@ -38,14 +38,16 @@ class Subscription:
         """The route a media daemon applies for it. A WebRTC receiver's (one with a payload
         type of its own) goes without the publisher's RTP header extensions (their ids mean
         other things to the receiver, which tells streams apart by the SSRCs Charter
-        signalled), and its video starts at a key frame: a browser's decoder can start only
-        there, and asks again and again until it gets one."""
+        signalled). Every receiver's video starts at a key frame: a decoder can start only
+        there (a browser asks again and again; ffmpeg, GStreamer and SIP phones wait, or show
+        garbage), and the daemon starts a late one from its cached key frame when the
+        publisher ignores the request (mediad/fast_start.py)."""
         webrtc = self.payload_type is not None
         return SubscriptionSpec(
             track_endpoint_id, self.track.ssrc, endpoint_id, self.ssrc, paused=paused,
             payload_type=self.payload_type if self.payload_type != self.track.payload_type else None,
             strip_extensions=webrtc, rtx_ssrc=self.rtx_ssrc, rtx_payload_type=self.rtx_payload_type,
-            wait_for_key_frame=webrtc and self.track.kind == "video",
+            wait_for_key_frame=self.track.kind == "video",
         )
 
     def to_proto(self) -> controller_pb2.Subscription:

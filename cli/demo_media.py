@@ -292,7 +292,9 @@ def ffmpeg_command(session: ParticipantSession, index: int, duration: float, siz
 
 class BuiltinPublisher(Publisher):
     """RTP packets with placeholder payloads at the pace of a 30 fps video (two packets a
-    frame) and 20 ms audio, SRTP-protected in Python: for machines without ffmpeg."""
+    frame, a key frame each second) and 20 ms audio, SRTP-protected in Python: for machines
+    without ffmpeg. The video payloads begin as VP8's do (RFC 7741), so that the daemon
+    tells key frames apart, as a new receiver's route waits for one."""
 
     def __init__(self, session: ParticipantSession) -> None:
         self.session = session
@@ -324,7 +326,10 @@ class BuiltinPublisher(Publisher):
             for i, size in enumerate(sizes):
                 marker = 0x80 if i == len(sizes) - 1 else 0
                 header = RTP_HEADER.pack(0x80, marker | track.payload_type, seq, timestamp, track.ssrc)
-                self.transport.sendto(self.tx.protect(header + os.urandom(size)))
+                lead = b""
+                if track.kind == "video":  # frame start (S=1) or not; a key frame (P=0) each second
+                    lead = bytes([0x10 if i == 0 else 0x00, 0x00 if frame % VIDEO_FPS == 0 else 0x01])
+                self.transport.sendto(self.tx.protect(header + lead + os.urandom(size - len(lead))))
                 seq = (seq + 1) & 0xFFFF
                 packets += 1
                 octets += size

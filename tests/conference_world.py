@@ -136,9 +136,11 @@ def audio(ssrc: int) -> Track:
 
 
 def routes_of(conference: Conference) -> set[SubscriptionSpec]:
-    """The routes the daemon should hold for what the controller stored."""
+    """The routes the daemon should hold for what the controller stored (video ones start at a
+    key frame)."""
     return {
-        SubscriptionSpec(endpoint_id(conference.conference_id, publisher_id), track_ssrc, receiver.endpoint_id, s.ssrc)
+        SubscriptionSpec(endpoint_id(conference.conference_id, publisher_id), track_ssrc, receiver.endpoint_id, s.ssrc,
+                         wait_for_key_frame=s.track.kind == "video")
         for receiver in conference.participants.values()
         for (publisher_id, track_ssrc), s in receiver.subscriptions.items()
     }

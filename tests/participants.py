@@ -14,7 +14,7 @@ import pylibsrtp
 
 from charter.v1 import controller_pb2 as pb
 from charter.v1 import media_pb2
-from rtp import build_rtp, parse_rtp, receiver_session, sender_session
+from rtp import VP8_KEY_FRAME_START, build_rtp, parse_rtp, receiver_session, sender_session
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Peer:
         target = (self.session.media_address.ip, self.session.media_address.port)
         for ssrc in self.track_ssrcs:
             seq = self._seq[ssrc] = (self._seq[ssrc] + 1) & 0xFFFF
-            payload = f"{self.participant_id}|{ssrc}|{seq}".encode()
+            payload = VP8_KEY_FRAME_START + f"{self.participant_id}|{ssrc}|{seq}".encode()
             packet = build_rtp(seq, seq * 3000, ssrc, payload)
             self.sock.sendto(self._tx.protect(packet), target)
 
@@ -87,7 +87,7 @@ class Peer:
             if 192 <= datagram[1] <= 223:
                 continue  # RTCP from the daemon (a key-frame request for a video track)
             packet = parse_rtp(self._rx.unprotect(datagram))
-            publisher, track_ssrc, _ = packet.payload.decode().split("|")
+            publisher, track_ssrc, _ = packet.payload.removeprefix(VP8_KEY_FRAME_START).decode().split("|")
             self.received.append(Received(packet.ssrc, publisher, int(track_ssrc)))
             count += 1
 

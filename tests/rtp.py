@@ -65,6 +65,12 @@ def one_byte_extension(elements: list[tuple[int, bytes]]) -> bytes:
     return body + b"\x00" * (-len(body) % 4)
 
 
+VP8_KEY_FRAME_START = b"\x10\x00"
+"""A payload start that reads as the first packet of a VP8 key frame (RFC 7741: descriptor
+S=1 PID=0, payload header P=0): a video route that waits for a key frame takes the packet.
+The tests' made-up video payloads begin with it."""
+
+
 def build_rtp(
     seq: int,
     timestamp: int,

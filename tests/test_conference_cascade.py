@@ -46,15 +46,15 @@ def test_a_conference_spreads_over_two_daemons_through_a_relay_link() -> None:
             got = conference.participants[receiver].subscriptions
             for publisher, ssrc in (("a", 1), ("b", 2), ("c", 3)):
                 assert SubscriptionSpec("c/~link~d1", relayed[(publisher, ssrc)], f"c/{receiver}",
-                                        got[(publisher, ssrc)].ssrc) in d2.routes
+                                        got[(publisher, ssrc)].ssrc, wait_for_key_frame=True) in d2.routes
         for receiver in ("a", "b", "c"):
             got = conference.participants[receiver].subscriptions
             for publisher, ssrc in (("d", 4), ("e", 5)):
                 assert SubscriptionSpec("c/~link~d2", relayed[(publisher, ssrc)], f"c/{receiver}",
-                                        got[(publisher, ssrc)].ssrc) in d1.routes
-        # Local routes stay local.
-        assert SubscriptionSpec("c/d", 4, "c/e", conference.participants["e"].subscriptions[("d", 4)].ssrc) \
-            in d2.routes
+                                        got[(publisher, ssrc)].ssrc, wait_for_key_frame=True) in d1.routes
+        # Local routes stay local. A receiver's video starts at a key frame; a link end takes all.
+        assert SubscriptionSpec("c/d", 4, "c/e", conference.participants["e"].subscriptions[("d", 4)].ssrc,
+                                wait_for_key_frame=True) in d2.routes
 
         # d and e leave: d2 holds nothing of the conference, the link is gone on both sides.
         await w.conferences.leave("c", "d")
@@ -211,7 +211,7 @@ def test_a_lost_daemon_of_a_spread_conference_moves_only_its_participants() -> N
         assert conference.links == {}
         assert d1.endpoint_ids("c") == ["c/a", "c/b", "c/d"] and d3.endpoint_ids("c") == []
         got = conference.participants["a"].subscriptions[("d", 4)]
-        assert SubscriptionSpec("c/d", 4, "c/a", got.ssrc) in d1.routes
+        assert SubscriptionSpec("c/d", 4, "c/a", got.ssrc, wait_for_key_frame=True) in d1.routes
         await settle()
         kinds = [s[0] for s in watch.summaries(initial=False)]
         assert kinds == ["track removed", "moved", "track added"], kinds

@@ -125,7 +125,7 @@ def test_leave_removes_the_routes_and_tells_each_watcher_its_ssrcs() -> None:
             d1.routes
             == routes_of(conference)
             == {
-                SubscriptionSpec("c/a", 1, "c/c", c.subscriptions[("a", 1)].ssrc),
+                SubscriptionSpec("c/a", 1, "c/c", c.subscriptions[("a", 1)].ssrc, wait_for_key_frame=True),
                 SubscriptionSpec("c/c", 4, "c/a", a.subscriptions[("c", 4)].ssrc),
             }
         )

@@ -67,13 +67,15 @@ def test_every_participant_receives_every_other_participants_tracks() -> None:
             earlier = [people[p] for p in list(tracks)[:k]]
             expected = {
                 SubscriptionSpec(
-                    e.endpoint_id, t.ssrc, newcomer.endpoint_id, newcomer.subscriptions[(e.participant_id, t.ssrc)].ssrc
+                    e.endpoint_id, t.ssrc, newcomer.endpoint_id,
+                    newcomer.subscriptions[(e.participant_id, t.ssrc)].ssrc, wait_for_key_frame=t.kind == "video",
                 )
                 for e in earlier
                 for t in e.tracks
             } | {
                 SubscriptionSpec(
-                    newcomer.endpoint_id, t.ssrc, e.endpoint_id, e.subscriptions[(newcomer.participant_id, t.ssrc)].ssrc
+                    newcomer.endpoint_id, t.ssrc, e.endpoint_id,
+                    e.subscriptions[(newcomer.participant_id, t.ssrc)].ssrc, wait_for_key_frame=t.kind == "video",
                 )
                 for e in earlier
                 for t in newcomer.tracks
