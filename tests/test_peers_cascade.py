@@ -41,7 +41,7 @@ pytestmark = [
 
 # Thirty decoders and six encoders share two cores with four Charter processes: small pictures.
 PICTURE = Picture(160, 120, 15)
-SECONDS = 6
+SECONDS = 5
 FRAMES = SECONDS * PICTURE.fps
 ENOUGH = 0.90
 CONFERENCE = "spread-media"

@@ -1,4 +1,4 @@
-"""A conference of four: each participant publishes 12 s of real encoded video (VP8 or
+"""A conference of four: each participant publishes 8 s of real encoded video (VP8 or
 H.264, from ffmpeg or GStreamer) through `charter up` and receives the other three on its
 one receive port; every receiver decodes at least 95 % of every other participant's frames."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.skipif(missing_tools() is not None, reason=f"{missing_tools()}: peer tests need both"),
 ]
 
-SECONDS = 12
+SECONDS = 8
 FRAMES = SECONDS * VIDEO_FPS
 ENOUGH = 0.95
 # (participant, codec, payload type, sending tool)
@@ -40,7 +40,7 @@ def charter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CharterUp]:
         yield system
 
 
-def test_four_participants_all_to_all_for_12_seconds(charter: CharterUp, tmp_path: Path) -> None:
+def test_four_participants_all_to_all_for_8_seconds(charter: CharterUp, tmp_path: Path) -> None:
     for _, codec, _, tool in PARTICIPANTS:
         if tool == "gst" and gst_cannot_send(codec):
             pytest.skip(str(gst_cannot_send(codec)))

@@ -98,7 +98,7 @@ def test_a_late_joiner_sees_everyone_and_everyone_sees_it(charter: CharterUp) ->
 @pytest.mark.skipif(missing_tools() is not None, reason=f"{missing_tools()}: the mixed test needs ffmpeg and gst")
 def test_webrtc_and_sdes_participants_in_one_conference(charter: CharterUp, tmp_path: Path) -> None:
     conference = "mixed"
-    frames = 12 * VIDEO_FPS
+    frames = 8 * VIDEO_FPS
     charter.create_conference(conference)
     ssrcs = random_ssrcs()
     # The SDES participants: an ffmpeg publisher, a GStreamer receiver.
