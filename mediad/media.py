@@ -311,6 +311,7 @@ class Media:
             if track.kind == "video" and publisher is not None and publisher.remote is not None:
                 self.rtcp.request_key_frame(track)
             self.fast_start.watch(subscription)  # where it waits for one
+            self.rtcp.first_report(subscription)  # a sender report with its first packets
         return len(plan)
 
     def update_subscriptions(self, specs: Sequence[SubscriptionSpec]) -> int:

@@ -34,6 +34,11 @@ MAX_RETRANSMISSIONS_PER_NACK = 64
 SENT_REPORTS_KEPT = 16
 """SRs remembered per subscription: a receiver answers one of the last few (RFC 3550 6.4.1)."""
 RTP_FIXED_HEADER = 12
+FIRST_REPORT_WAIT = 0.05
+FIRST_REPORT_LOOKS = 100
+"""A route that has forwarded nothing yet is looked at every FIRST_REPORT_WAIT s, this many
+times (5 s, the longest a fast start waits for its publisher's key frame and more), for its
+first sender report."""
 OTHER_NAMES = {rtcp.SDES: "sdes", rtcp.BYE: "bye", rtcp.APP: "app", rtcp.RTPFB: "feedback", rtcp.PSFB: "feedback"}
 
 
@@ -87,6 +92,10 @@ class RtcpRouter:
         """Requests merged into one sent when the track's interval ends."""
         self._sender_reports: dict[_forward.Track, tuple[int, float]] = {}
         """Of each publisher's track: the LSR of its last SR and when it came."""
+        self._last_sr: dict[_forward.Track, tuple[rtcp.SenderReport, float]] = {}
+        """Of each publisher's track: its last SR and when it came (for a new route's first)."""
+        self._first_reports: set[_forward.Subscription] = set()
+        """Routes waiting to forward something, to be sent a sender report as soon as they have."""
 
     # --- the handler ---------------------------------------------------------------------
 
@@ -133,25 +142,73 @@ class RtcpRouter:
         if len(self._sender_reports) > 4096:  # tracks removed since: their entries go
             self._sender_reports = {t: r for t, r in self._sender_reports.items() if t.endpoint is not None}
         self._sender_reports[track] = (lsr, now)
+        if len(self._last_sr) > 4096:
+            self._last_sr = {t: r for t, r in self._last_sr.items() if t.endpoint is not None}
+        self._last_sr[track] = (report, now)
         for subscription in track.subscriptions:
             if not subscription.active:
                 continue
             timestamp = subscription.map_timestamp(report.rtp_timestamp)
             if timestamp is None:
-                continue  # nothing forwarded yet: the receiver could not relate the times
-            packets = subscription.packets
-            # Octets of payload (RFC 3550 6.4.1), from the bytes sent less the fixed headers.
-            octets = max(0, subscription.bytes - RTP_FIXED_HEADER * packets)
-            translated = rtcp.SenderReport(subscription.ssrc, report.ntp_timestamp, timestamp, packets, octets)
-            if subscription.target.send_rtcp(bytes(translated)):
-                self.counts["sr_sent"] += 1
-                sent = self._state(subscription).sent
-                sent[lsr] = now
-                sent.move_to_end(lsr)
-                while len(sent) > SENT_REPORTS_KEPT:
-                    sent.popitem(last=False)
-            else:
-                self.counts["sr_not_sent"] += 1
+                # Nothing forwarded yet: the receiver could not relate the times. It gets
+                # this report, brought up to date, once it has its first packet.
+                self.first_report(subscription)
+                continue
+            self._send_report(subscription, report, timestamp, lsr, now)
+
+    def first_report(self, subscription: _forward.Subscription) -> None:
+        """Send a new route a sender report as soon as it has forwarded its first packet,
+        from its publisher's last one brought forward to that moment (a receiver relates its
+        stream's times to the wall clock from the first; publishers send one every few s)."""
+        if subscription in self._first_reports or subscription.map_timestamp(0) is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # called outside the daemon's loop (a test): nothing to look with
+        self._first_reports.add(subscription)
+        loop.call_later(FIRST_REPORT_WAIT, self._look_for_first, subscription, 1)
+
+    def _look_for_first(self, subscription: _forward.Subscription, looks: int) -> None:
+        now = self.clock()
+        last = self._last_sr.get(subscription.track)
+        if not subscription.active:
+            self._first_reports.discard(subscription)
+            return
+        if last is not None and subscription.map_timestamp(0) is not None:
+            self._first_reports.discard(subscription)
+            report, received = last
+            # The same instant on both clocks, moved on by the time since it came.
+            elapsed = max(0.0, now - received)
+            ntp = (report.ntp_timestamp + int(elapsed * (1 << 32))) & 0xFFFFFFFFFFFFFFFF
+            rtp_timestamp = (report.rtp_timestamp + int(elapsed * subscription.track.clock_rate)) & 0xFFFFFFFF
+            timestamp = subscription.map_timestamp(rtp_timestamp)
+            if timestamp is not None:
+                fresh = rtcp.SenderReport(report.ssrc, ntp, rtp_timestamp, report.packet_count, report.octet_count)
+                self._send_report(subscription, fresh, timestamp, rtcp.ntp_middle(ntp), now)
+                self.counts["sr_first_sent"] += 1
+            return
+        if looks >= FIRST_REPORT_LOOKS:
+            self._first_reports.discard(subscription)
+            return
+        asyncio.get_running_loop().call_later(FIRST_REPORT_WAIT, self._look_for_first, subscription, looks + 1)
+
+    def _send_report(self, subscription: _forward.Subscription, report: rtcp.SenderReport, timestamp: int,
+                     lsr: int, now: float) -> None:
+        """`report` as the route's receiver gets it: its SSRC, `timestamp` (mapped), its counts."""
+        packets = subscription.packets
+        # Octets of payload (RFC 3550 6.4.1), from the bytes sent less the fixed headers.
+        octets = max(0, subscription.bytes - RTP_FIXED_HEADER * packets)
+        translated = rtcp.SenderReport(subscription.ssrc, report.ntp_timestamp, timestamp, packets, octets)
+        if subscription.target.send_rtcp(bytes(translated)):
+            self.counts["sr_sent"] += 1
+            sent = self._state(subscription).sent
+            sent[lsr] = now
+            sent.move_to_end(lsr)
+            while len(sent) > SENT_REPORTS_KEPT:
+                sent.popitem(last=False)
+        else:
+            self.counts["sr_not_sent"] += 1
 
     def last_sender_report(self, track: _forward.Track, now: float) -> tuple[int, int]:
         """LSR and DLSR (1/65536 s) of a report block about `track` (RFC 3550 6.4.1); (0, 0)

@@ -97,6 +97,49 @@ def test_no_sender_report_before_media_was_forwarded(conference: Conference) -> 
     assert not rtcp_received(conference.subscriber.peer)
 
 
+def first_report_at(conference: Conference, peer: Peer) -> rtcp.SenderReport:
+    conference.harness.wait(lambda: peer.drain() >= 0 and any(isinstance(p, rtcp.SenderReport)
+                                                              for p in rtcp_received(peer)), "a sender report")
+    (report,) = [p for p in rtcp_received(peer) if isinstance(p, rtcp.SenderReport)]
+    return report
+
+
+def same_instant(report: rtcp.SenderReport, ntp: int, rtp_timestamp: int) -> bool:
+    """Whether `report` tells the instant (ntp, rtp_timestamp) tells, moved on alike on both
+    clocks (90 kHz; a tick of rounding)."""
+    seconds = ((report.ntp_timestamp - ntp) & 0xFFFFFFFFFFFFFFFF) / (1 << 32)
+    ticks = (report.rtp_timestamp - rtp_timestamp) & 0xFFFFFFFF
+    return seconds >= 0 and abs(ticks - seconds * 90000) <= 1
+
+
+def test_a_route_gets_a_sender_report_with_its_first_packets(conference: Conference) -> None:
+    # The publisher's SR came before anything was forwarded (ffmpeg sends its first with its
+    # first packet): the route gets it, brought up to date, once it has forwarded one.
+    conference.send_rtcp(conference.publisher, bytes(rtcp.SenderReport(TRACK_SSRC, NTP, 4100, 0, 0)))
+    assert conference.router.counts["sr_sent"] == 0
+    out_ts = conference.forward_one(timestamp=5000)
+    report = first_report_at(conference, conference.subscriber.peer)
+    assert report.ssrc == SUB_SSRC and report.packet_count == 1
+    assert same_instant(report, NTP, (out_ts - 900) & 0xFFFFFFFF), (report, out_ts)
+    assert conference.router.counts["sr_first_sent"] == 1
+
+
+def test_a_late_route_gets_a_sender_report_without_waiting_for_the_publishers_next(
+        conference: Conference) -> None:
+    conference.forward_one(seq=1, timestamp=5000)
+    conference.sender_report(5000)
+    late = conference.harness.participant(name="late")
+    route = conference.track.subscribe(late.endpoint, 0x3333)
+    conference.harness.loop.call_soon(conference.router.first_report, route)  # as the daemon does for a new route
+    before = len(late.peer.received)
+    conference.publisher.peer.send(build_rtp(2, 5000 + 3000, TRACK_SSRC, b"media"))
+    conference.harness.wait(lambda: late.peer.drain() >= 0 and len(late.peer.received) > before, "its first packet")
+    out_ts = int(struct.unpack_from("!I", late.peer.received[-1].plain or b"", 4)[0])
+    report = first_report_at(conference, late.peer)
+    assert report.ssrc == 0x3333 and report.packet_count == 1
+    assert same_instant(report, NTP, (out_ts - 3000) & 0xFFFFFFFF), (report, out_ts)
+
+
 def test_round_trip_time_from_lsr_and_dlsr(conference: Conference) -> None:
     harness = conference.harness
     conference.forward_one()
