@@ -218,6 +218,9 @@ class MediaDaemonService(mediad_pb2_grpc.MediaDaemonServicer):
                     dropped_waiting_key_frame=subscription.dropped_waiting_key_frame,
                     rtx_sent=subscription.rtx_sent,
                     dropped_unproven=subscription.dropped_unproven,
+                    retransmitted=subscription.retransmitted,
+                    retransmit_misses=subscription.retransmit_misses,
+                    replayed=subscription.replayed,
                 )
                 figures = self.media.rtcp.figures(subscription)
                 if figures is None:
