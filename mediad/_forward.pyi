@@ -355,6 +355,11 @@ class Subscription:
         `sequence` as the original sequence number.
         False when it is not in the cache (any more): counted in retransmit_misses.
         ValueError unless 0 <= sequence <= 65535."""
+    def source_sequence(self, sequence: int) -> int | None:
+        """The publisher's sequence number of what this route sent, or would have sent, as
+        `sequence` in its current mapping (a NACK the cache cannot answer is passed on to the
+        publisher with it); None outside the mapping or before the first packet. ValueError
+        unless 0 <= sequence <= 65535."""
     def map_timestamp(self, timestamp: int) -> int | None:
         """The outgoing RTP timestamp for one of the publisher's (to translate sender
         reports), or None before the first packet was forwarded."""

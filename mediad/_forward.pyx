@@ -615,6 +615,21 @@ cdef class Subscription:
         target.counters.bytes_out += length
         return True
 
+    def source_sequence(self, int sequence):
+        """The publisher's sequence number of what this route sent, or would have sent, as
+        `sequence` in its current mapping (to pass on a NACK the cache cannot answer); None
+        outside it, or before the first packet."""
+        cdef uint16_t in_seq
+        if not 0 <= sequence <= 0xFFFF:
+            raise ValueError(f"an RTP sequence number is in 0..65535, got {sequence}")
+        if not self.rw.started:
+            return None
+        in_seq = <uint16_t>(<uint16_t>sequence - self.rw.seq_offset)
+        if (<int16_t><uint16_t>(in_seq - self.rw.epoch_start) < 0
+                or <int16_t><uint16_t>(in_seq - self.rw.max_in) > 0):
+            return None
+        return in_seq
+
     def map_timestamp(self, uint32_t timestamp):
         """The outgoing RTP timestamp for a publisher's one (for sender reports), or None
         before the first packet was forwarded."""

@@ -34,6 +34,8 @@ MAX_RETRANSMISSIONS_PER_NACK = 64
 SENT_REPORTS_KEPT = 16
 """SRs remembered per subscription: a receiver answers one of the last few (RFC 3550 6.4.1)."""
 RTP_FIXED_HEADER = 12
+NACK_REPEAT = 0.1
+"""Seconds before a number asked of a publisher is asked again."""
 FIRST_REPORT_WAIT = 0.05
 FIRST_REPORT_LOOKS = 100
 """A route that has forwarded nothing yet is looked at every FIRST_REPORT_WAIT s, this many
@@ -95,6 +97,8 @@ class RtcpRouter:
         self._last_sr: dict[_forward.Track, tuple[rtcp.SenderReport, float]] = {}
         """Of each publisher's track: its last SR and when it came (for a new route's first)."""
         self._first_reports: set[_forward.Subscription] = set()
+        self._nacked: dict[_forward.Track, dict[int, float]] = {}
+        """Of each track: its sequence numbers asked of the publisher, and when."""
         """Routes waiting to forward something, to be sent a sender report as soon as they have."""
 
     # --- the handler ---------------------------------------------------------------------
@@ -298,11 +302,41 @@ class RtcpRouter:
         if len(lost) > MAX_RETRANSMISSIONS_PER_NACK:
             self.counts["retransmit_refused"] += len(lost) - MAX_RETRANSMISSIONS_PER_NACK
             lost = lost[:MAX_RETRANSMISSIONS_PER_NACK]
+        missed: list[int] = []
         for sequence in lost:
             if subscription.retransmit(sequence):
                 self.counts["retransmitted"] += 1
             else:
                 self.counts["retransmit_missed"] += 1
+                source = subscription.source_sequence(sequence)
+                if source is not None:
+                    missed.append(source)
+        if missed:
+            self._nack_publisher(subscription.track, missed)
+
+    def _nack_publisher(self, track: _forward.Track, sequences: list[int]) -> None:
+        """Pass a NACK the cache could not answer on to the publisher, in its numbers (it
+        never reached the daemon, or is too old for the cache); a number asked for within
+        NACK_REPEAT is not asked again (several receivers missing the same packet)."""
+        publisher = track.endpoint
+        if publisher is None:
+            return
+        now = self.clock()
+        asked = self._nacked.setdefault(track, {})
+        if len(asked) > 1024:
+            self._nacked[track] = asked = {s: t for s, t in asked.items() if now - t < NACK_REPEAT}
+        if len(self._nacked) > 4096:
+            self._nacked = {t: a for t, a in self._nacked.items() if t.endpoint is not None}
+        fresh = [s for s in sequences if now - asked.get(s, -NACK_REPEAT) >= NACK_REPEAT]
+        if not fresh:
+            self.counts["nack_not_repeated"] += 1
+            return
+        for sequence in fresh:
+            asked[sequence] = now
+        if publisher.send_rtcp(bytes(rtcp.GenericNack(self.ssrc, track.ssrc, tuple(fresh)))):
+            self.counts["nack_forwarded"] += 1
+        else:
+            self.counts["nack_not_forwarded"] += 1
 
     # --- key frames ----------------------------------------------------------------------
 

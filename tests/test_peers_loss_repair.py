@@ -90,14 +90,15 @@ def gst_subscriber(name: str, port: int, stream: Stream, send_key: bytes, daemon
                    workdir: Path) -> tuple[MediaProcess, Path]:
     """gst-launch: SRTP in on `port` (RTCP muxed), rtpbin with AVPF feedback (NACKs when
     `repair`), VP8 decoded to 16x16 I420 frames in a file; its RTCP protected with its send
-    key to the daemon's port."""
+    key to the daemon's port. The jitter buffer holds 1.5 s: on two busy cores a packet sent
+    again can take longer than a loopback round trip."""
     cipher, auth = GST_SUITES[stream.suite]
     caps = (f"application/x-srtp,media=video,clock-rate=90000,encoding-name=VP8,payload={stream.payload_type},"
             f"ssrc=(uint){stream.ssrc},srtp-key=(buffer){stream.key_hex},srtp-cipher={cipher},srtp-auth={auth},"
             f"srtcp-cipher={cipher},srtcp-auth={auth}")
     output = workdir / f"{name}.raw"
     pipeline = (
-        f"rtpbin name=rb rtp-profile=avpf latency=400 do-retransmission={'true' if repair else 'false'} "
+        f"rtpbin name=rb rtp-profile=avpf latency=1500 do-retransmission={'true' if repair else 'false'} "
         f"udpsrc address=127.0.0.1 port={port} caps=application/x-srtp ! capssetter replace=true caps={caps} "
         f"! srtpdec name=dec dec.rtp_src ! rb.recv_rtp_sink_0 dec.rtcp_src ! rb.recv_rtcp_sink_0 "
         f"rb. ! rtpvp8depay ! vp8dec ! videoconvert ! videoscale ! video/x-raw,format=I420,width=16,height=16 "

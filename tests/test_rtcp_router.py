@@ -252,6 +252,32 @@ def test_nack_is_answered_from_the_cache(conference: Conference) -> None:
     assert not rtcp_received(conference.publisher.peer)  # answered here, not sent on
 
 
+def test_a_nack_the_cache_cannot_answer_goes_on_to_the_publisher_in_its_numbers(conference: Conference) -> None:
+    harness, router = conference.harness, conference.router
+    track = conference.publisher.endpoint.add_track(0x3333, cache_packets=16)
+    track.subscribe(conference.subscriber.endpoint, 0x4444)
+    peer = conference.subscriber.peer
+    before = len(peer.received)
+    for seq in (40, 41, 43):  # 42 never reached the daemon
+        conference.publisher.peer.send(build_rtp(seq, seq * 3000, 0x3333, b"frame %d" % seq))
+    harness.wait(lambda: len(peer.received) == before + 3, "three packets")
+    second = struct.unpack_from("!H", peer.received[before + 1].plain or b"", 2)[0]
+    gap = (second + 1) & 0xFFFF
+
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.GenericNack(77, 0x4444, (gap,))))
+    harness.wait(lambda: bool(rtcp_received(conference.publisher.peer)), "the NACK at the publisher")
+    assert rtcp_received(conference.publisher.peer) == [rtcp.GenericNack(router.ssrc, 0x3333, (42,))]
+    assert (router.counts["retransmit_missed"], router.counts["nack_forwarded"]) == (1, 1)
+    # Asked again at once (another receiver, or the same one): not passed on twice.
+    conference.send_rtcp(conference.subscriber, bytes(rtcp.GenericNack(77, 0x4444, (gap,))))
+    assert router.counts["nack_not_repeated"] == 1 and router.counts["nack_forwarded"] == 1
+    # The publisher sends it again: the route forwards it with the number it was missing.
+    conference.publisher.peer.send(build_rtp(42, 42 * 3000, 0x3333, b"frame 42"))
+    harness.wait(lambda: len(peer.received) == before + 4, "the repaired packet")
+    repaired = peer.received[-1].plain or b""
+    assert struct.unpack_from("!H", repaired, 2)[0] == gap and repaired.endswith(b"frame 42")
+
+
 def test_one_nack_cannot_ask_for_unbounded_work(conference: Conference) -> None:
     router = conference.router
     conference.forward_one(seq=1)
