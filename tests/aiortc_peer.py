@@ -219,7 +219,7 @@ class AiortcParticipant:
 
 ENOUGH = 0.9
 """Of the frames a publisher sent while a receiver was subscribed, the receiver decodes this many."""
-WINDOW = 6.0
+WINDOW = 4.0
 
 
 async def eventually(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

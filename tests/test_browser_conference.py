@@ -30,7 +30,7 @@ from waits import wait_until
 pytestmark = [pytest.mark.peers, needs_browsers]
 
 ENOUGH = 0.9
-WINDOW = 10.0
+WINDOW = 6.0
 SCREENSHOT = os.environ.get("CHARTER_TEST_SCREENSHOT", "")
 """Where to keep the screenshot of three (the README's is docs/conference.png)."""
 
@@ -160,7 +160,7 @@ def test_a_late_browser_sees_everyone_and_is_seen(charter: CharterUp, browsers: 
 @pytest.mark.skipif(missing_tools() is not None, reason=f"{missing_tools()}: the mixed test needs ffmpeg and gst")
 def test_a_browser_with_ffmpeg_and_gstreamer(charter: CharterUp, browsers: Browsers, tmp_path: Path) -> None:
     conference = "mixed-browser"
-    frames = 20 * VIDEO_FPS
+    frames = 16 * VIDEO_FPS
     charter.create_conference(conference)
     camera = Track(next(random_ssrcs()), "video", "VP8", 96, 90000, name="camera")
     charter.join(conference, "ffmpeg-cam", [camera], receive_address=("127.0.0.1", free_port(SOCK_DGRAM)))
