@@ -29,6 +29,9 @@ from mediad import _forward, rtcp
 log = logging.getLogger("mediad.rtcp")
 
 KEY_FRAME_INTERVAL = 0.5
+TIMER_SLACK = 0.005
+"""The event loop's timers may fire this much before their time (uvloop's tick is 1 ms): a
+request deferred to the end of an interval is due when it fires, not deferred again."""
 MAX_RETRANSMISSIONS_PER_NACK = 64
 """Bounds the work one NACK can ask for (its FCI could name thousands of packets)."""
 SENT_REPORTS_KEPT = 16
@@ -353,7 +356,7 @@ class RtcpRouter:
         KEY_FRAME_INTERVAL ago; whether it was sent."""
         now = self.clock() if now is None else now
         last = self._key_frame_sent.get(track)
-        if last is not None and now - last < KEY_FRAME_INTERVAL:
+        if last is not None and now - last < KEY_FRAME_INTERVAL - TIMER_SLACK:
             # Merged, not lost: a route resumed just after a request may have missed the key
             # frame it brought, and waits for the next.
             self.counts["key_frame_suppressed"] += 1
