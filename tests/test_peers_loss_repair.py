@@ -3,7 +3,8 @@ GStreamer subscribers (rtpbin, AVPF) each behind a lossy leg that drops 5 % of t
 RTP packets in bursts of 3, the same packets for both. One asks for what it lost (rtpbin's
 retransmission requests: RTCP generic NACKs, SRTCP with its key) and the daemon sends those
 packets again from its cache; the other does not. The one that asks decodes at least 99 % of
-the frames; both figures are printed."""
+the frames; both figures are printed. What the subscribers' receiver reports tell the daemon
+(loss, round-trip time; GetStats) agrees with what the legs did."""
 from __future__ import annotations
 
 import asyncio
@@ -171,6 +172,9 @@ def test_a_gstreamer_subscriber_that_asks_again_decodes_what_a_lossy_leg_lost(da
         stats = mediad_pb2_grpc.MediaDaemonStub(channel).GetStats(mediad_pb2.GetStatsRequest(conference_id="c"),
                                                                   timeout=10)
     retransmitted = {s.subscription.endpoint_id: s.retransmitted for e in stats.endpoints for s in e.subscriptions}
+    reported = {s.subscription.endpoint_id: (s.receiver_reports, s.packets_lost, s.fraction_lost, s.jitter_ms, s.rtt_ms)
+                for e in stats.endpoints for s in e.subscriptions}
+    print(f"as the subscribers reported it (reports, lost, fraction lost, jitter ms, RTT ms): {reported}")
     print(f"loss repair: {FRAMES} frames sent, {legs['repaired'].dropped} of "
           f"{legs['repaired'].dropped + legs['repaired'].relayed} datagrams dropped on each leg; decoded "
           f"{got['repaired']} with repair ({retransmitted.get('c/repaired', 0)} packets sent again), "
@@ -178,3 +182,10 @@ def test_a_gstreamer_subscriber_that_asks_again_decodes_what_a_lossy_leg_lost(da
     assert legs["repaired"].dropped > 0
     assert retransmitted.get("c/repaired", 0) > 0 and retransmitted.get("c/unrepaired", 0) == 0
     assert got["repaired"] >= ENOUGH * FRAMES, got
+    # The subscribers' own receiver reports, as the daemon shows them, agree with the legs: the
+    # one without repair lost what its leg dropped (up to its last report), the other nothing
+    # in the end; both measured a round trip through the daemon's sender reports.
+    reports, lost, _, _, rtt = reported["c/unrepaired"]
+    assert reports >= 1 and 0 < lost <= legs["unrepaired"].dropped and 0 < rtt < 50, reported
+    reports, repaired_lost, _, _, rtt = reported["c/repaired"]
+    assert reports >= 1 and repaired_lost < lost and 0 < rtt < 50, reported
