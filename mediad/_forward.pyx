@@ -306,6 +306,26 @@ cdef int _route_copy(Subscription sub, uint8_t *out, const uint8_t *src, int len
     return length
 
 
+cdef inline int _protect_for(Subscription sub, uint8_t *out, const uint8_t *src, int length, uint16_t seq,
+                             uint32_t ts) noexcept:
+    """`src` as the route sends it, into `out`: its numbers, its options, protected with its
+    target's key; the length, or -1 (counted in send_errors)."""
+    if sub.transform:
+        length = _route_copy(sub, out, src, length)
+        if length < 0:
+            sub.send_errors += 1
+            return -1
+    else:
+        memcpy(out, src, length)
+    store16(out + 2, seq)
+    store32(out + 4, ts)
+    store32(out + 8, sub._ssrc)
+    if _srtp_protect(sub._target.tx_ctx, out, &length) != SRTP_OK:
+        sub.send_errors += 1
+        return -1
+    return length
+
+
 cdef int _rtx_copy(Subscription sub, uint8_t *out, const uint8_t *src, int length, uint16_t osn) noexcept:
     """An RFC 4588 (4) retransmission of a plaintext packet: its header (CSRCs, and its
     extension unless the route strips it), the RTX payload type with its marker bit, the
@@ -528,18 +548,8 @@ cdef class Subscription:
                         self._track._clock_rate, &seq, &ts):
             self.dropped_stale += 1
             return 0
-        if self.transform:
-            length = _route_copy(self, out, src, length)
-            if length < 0:
-                self.send_errors += 1
-                return 0
-        else:
-            memcpy(out, src, length)
-        store16(out + 2, seq)
-        store32(out + 4, ts)
-        store32(out + 8, self._ssrc)
-        if _srtp_protect(target.tx_ctx, out, &length) != SRTP_OK:
-            self.send_errors += 1
+        length = _protect_for(self, out, src, length, seq, ts)
+        if length < 0:
             return 0
         if sendto(target.fd, out, length, MSG_DONTWAIT, &target.remote_addr, sizeof(sockaddr_in)) != length:
             self.send_errors += 1
@@ -1458,20 +1468,9 @@ cdef class Forwarder:
                             track._clock_rate, &seq, &ts):
                 sub.dropped_stale += 1
                 continue
-            length = self.rx_len[j]
             out = self.tx_buf + count * TX_SLOT
-            if sub.transform:
-                length = _route_copy(sub, out, src, length)
-                if length < 0:
-                    sub.send_errors += 1
-                    continue
-            else:
-                memcpy(out, src, length)
-            store16(out + 2, seq)
-            store32(out + 4, ts)
-            store32(out + 8, sub._ssrc)
-            if _srtp_protect(target.tx_ctx, out, &length) != SRTP_OK:
-                sub.send_errors += 1
+            length = _protect_for(sub, out, src, self.rx_len[j], seq, ts)
+            if length < 0:
                 continue
             self.tx_iov[count].iov_len = length
             self.tx_msgs[count].msg_hdr.msg_name = &target.remote_addr

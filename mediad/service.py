@@ -41,22 +41,16 @@ def endpoint_to_proto(
 
 
 def summed_counters(endpoints: list[_forward.Endpoint]) -> mediad_pb2.Counters:
-    """The counters of `endpoints` added up (a conference's totals)."""
+    """The counters of `endpoints` added up (a conference's totals), field by field."""
     total = mediad_pb2.Counters()
-    drops = [0] * len(_forward.DROP_REASONS)
     for endpoint in endpoints:
-        counters = endpoint.counters
-        total.packets_in += counters.packets_in
-        total.bytes_in += counters.bytes_in
-        total.packets_out += counters.packets_out
-        total.bytes_out += counters.bytes_out
-        total.rtcp_in += counters.rtcp_in
-        total.rtcp_out += counters.rtcp_out
-        total.rtcp_errors += counters.rtcp_errors
-        total.handshakes_in += counters.handshakes_in
-        total.handshake_errors += counters.handshake_errors
-        drops = [a + b for a, b in zip(drops, counters.drops, strict=True)]
-    total.drops.update({reason: count for reason, count in zip(_forward.DROP_REASONS, drops, strict=True) if count})
+        counters = counters_to_proto(endpoint.counters)
+        for field in mediad_pb2.Counters.DESCRIPTOR.fields:
+            if field.name == "drops":
+                for reason, count in counters.drops.items():
+                    total.drops[reason] += count
+            else:
+                setattr(total, field.name, getattr(total, field.name) + getattr(counters, field.name))
     return total
 
 

@@ -9,6 +9,7 @@ charter.processes.free_port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -25,9 +26,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from charter import processes
+from charter.endpoints import EndpointSpec
 from charter.processes import free_port
 from charter.tokens import ApiKeys, Grant
 from charter.v1 import controller_pb2, controller_pb2_grpc, mediad_pb2_grpc
+from controller.daemons import MediaDaemonClient
 from waits import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,3 +315,15 @@ def cluster(
     if check_exit:
         logs = "\n".join(f"--- {p.name}\n{p.log()[-2000:]}" for p in [controller, *started] if codes[p.name] != 0)
         assert all(code == 0 for code in codes.values()), f"exit codes {codes}\n{logs}"
+
+
+def create_endpoints(daemon: Process, *specs: EndpointSpec) -> list[int]:
+    """Make endpoints on a real daemon as a controller would (CreateEndpoint); their ports."""
+    async def make() -> list[int]:
+        client = MediaDaemonClient(daemon.name, daemon.address)
+        try:
+            return [await client.create_endpoint(spec) for spec in specs]
+        finally:
+            await client.close()
+
+    return asyncio.run(make())

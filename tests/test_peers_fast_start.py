@@ -7,7 +7,6 @@ pictures, key frame first, where it would otherwise have waited for the next key
 none, the publisher stops before it)."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import time
@@ -22,10 +21,9 @@ from charter.subscriptions import SubscriptionSpec
 from charter.suites import SrtpSuite
 from charter.tracks import Track
 from charter.v1 import mediad_pb2, mediad_pb2_grpc
-from controller.daemons import MediaDaemonClient
 from media_processes import Picture, Running, Stream, ffmpeg_sender, missing_tools
 from media_receivers import GstReceiver
-from processes import Process, free_udp_range, start_mediad
+from processes import Process, create_endpoints, free_udp_range, start_mediad
 from waits import settle, wait_until
 
 pytestmark = [
@@ -56,15 +54,8 @@ def test_a_late_receiver_of_a_publisher_that_ignores_key_frame_requests_starts_f
         daemon: Process, tmp_path: Path) -> None:
     publisher_keys, receiver_keys = (os.urandom(30), os.urandom(30)), (os.urandom(30), os.urandom(30))
 
-    async def make(*specs: EndpointSpec) -> list[int]:
-        client = MediaDaemonClient("mediad-f", daemon.address)
-        try:
-            return [await client.create_endpoint(spec) for spec in specs]
-        finally:
-            await client.close()
-
-    (p_port,) = asyncio.run(make(EndpointSpec("c/cam", "c", SUITE, publisher_keys[0], publisher_keys[1], None,
-                                              tracks=(CAMERA,))))
+    (p_port,) = create_endpoints(daemon, EndpointSpec("c/cam", "c", SUITE, publisher_keys[0], publisher_keys[1], None,
+                                                              tracks=(CAMERA,)))
     sending = Stream("video", "VP8", 96, 90000, 0, CAMERA.ssrc, "127.0.0.1", p_port, SUITE.value,
                      base64.b64encode(publisher_keys[0]).decode())
     with Running() as running:
@@ -77,9 +68,9 @@ def test_a_late_receiver_of_a_publisher_that_ignores_key_frame_requests_starts_f
         time.sleep(LATE)
         assert sender.running, sender.describe()
         subscribed = time.monotonic()
-        asyncio.run(make(EndpointSpec(
+        create_endpoints(daemon, EndpointSpec(
             "c/late", "c", SUITE, receiver_keys[0], receiver_keys[1], ("127.0.0.1", receiver_port),
-            subscriptions=(SubscriptionSpec("c/cam", CAMERA.ssrc, "c/late", RECEIVED, wait_for_key_frame=True),))))
+            subscriptions=(SubscriptionSpec("c/cam", CAMERA.ssrc, "c/late", RECEIVED, wait_for_key_frame=True),)))
         wait_until(lambda: receiver.frames(RECEIVED) > 0 or not sender.running, timeout=30,
                    what="the late receiver's first frame")
         first_frame = time.monotonic() - subscribed

@@ -7,7 +7,6 @@ the frames; both figures are printed. What the subscribers' receiver reports tel
 (loss, round-trip time; GetStats) agrees with what the legs did."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import random
@@ -24,9 +23,8 @@ from charter.subscriptions import SubscriptionSpec
 from charter.suites import SrtpSuite
 from charter.tracks import Track
 from charter.v1 import mediad_pb2, mediad_pb2_grpc
-from controller.daemons import MediaDaemonClient
 from media_processes import GST_LAUNCH, GST_SUITES, MediaProcess, Picture, Running, Stream, ffmpeg_sender, missing_tools
-from processes import Process, free_udp_range, start_mediad, udp_port_bound
+from processes import Process, create_endpoints, free_udp_range, start_mediad, udp_port_bound
 from waits import settle, wait_until
 
 pytestmark = [
@@ -130,24 +128,17 @@ def test_a_gstreamer_subscriber_that_asks_again_decodes_what_a_lossy_leg_lost(da
     legs = {name: LossyLeg(("127.0.0.1", ports[name]), seed) for name in keys}
     ssrcs = {"repaired": 0x0B5E_0002, "unrepaired": 0x0B5E_0003}
 
-    async def make(*specs: EndpointSpec) -> list[int]:
-        client = MediaDaemonClient("mediad-l", daemon.address)
-        try:
-            return [await client.create_endpoint(spec) for spec in specs]
-        finally:
-            await client.close()
-
-    (cam_port,) = asyncio.run(make(EndpointSpec("c/cam", "c", SUITE, cam_keys[0], cam_keys[1], None,
-                                                tracks=(CAMERA,))))
+    (cam_port,) = create_endpoints(daemon, EndpointSpec("c/cam", "c", SUITE, cam_keys[0], cam_keys[1], None,
+                                                                tracks=(CAMERA,)))
     try:
         with Running() as running:
             outputs: dict[str, Path] = {}
             endpoint_ports: dict[str, int] = {}
             for name in keys:
-                endpoint_ports[name], = asyncio.run(make(EndpointSpec(
+                endpoint_ports[name], = create_endpoints(daemon, EndpointSpec(
                     f"c/{name}", "c", SUITE, keys[name][0], keys[name][1], legs[name].address,
                     subscriptions=(SubscriptionSpec("c/cam", CAMERA.ssrc, f"c/{name}", ssrcs[name],
-                                                    wait_for_key_frame=True),))))
+                                                    wait_for_key_frame=True),)))
                 stream = Stream("video", "VP8", 96, 90000, 0, ssrcs[name], "127.0.0.1", ports[name], SUITE.value,
                                 base64.b64encode(keys[name][1]).decode())
                 process, outputs[name] = gst_subscriber(name, ports[name], stream, keys[name][0],
